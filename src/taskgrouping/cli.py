@@ -1,0 +1,161 @@
+"""Command line: ``taskgrouping run`` (the regroup flow).
+
+Exit status: 0 success; 2 bad input or arguments (one line on stderr naming the file,
+column or value); 1 an internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from taskgrouping import __version__
+from taskgrouping.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own errors are bad arguments: exit 2, one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _groups(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--groups must be an integer or 'auto', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``taskgrouping`` argument parser."""
+    parser = _Parser(prog="taskgrouping", description="Decide which ML tasks to train together.")
+    parser.add_argument("--version", action="version", version=f"taskgrouping {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="sample, probe, affinity, select, train per group, report")
+    run.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
+    run.add_argument("--tasks", default=None, help="comma list or glob of label columns (default y_*)")
+    run.add_argument("--features", default=None, help="comma list or glob of feature columns")
+    run.add_argument("--method", default="swola", help="affinity method (swola)")
+    run.add_argument("--selector", default="spectral", help="group selector (spectral, gat)")
+    run.add_argument("--groups", type=_groups, default=None, help="number of groups, or auto")
+    run.add_argument("--samples", type=int, default=512, help="probe samples")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--store", default="./taskgrouping-store")
+    run.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    run.add_argument("--dask-address", default=None, help="an existing Dask scheduler")
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    run.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
+    run.add_argument("--normalise", default="task", choices=["none", "task", "sample"])
+    run.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
+    run.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
+    run.add_argument("--max-epochs", type=int, default=200)
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Build the :class:`RunConfig` (validation of everything that needs no data)."""
+    from taskgrouping.config import RunConfig
+    from taskgrouping.methods.swola import SwolaSettings
+    from taskgrouping.models.train import TrainSettings
+
+    if args.trunks < 1:
+        raise InputError(f"--trunks must be at least 1, got {args.trunks}")
+    if args.hidden < 1:
+        raise InputError(f"--hidden must be at least 1, got {args.hidden}")
+    if args.max_epochs < 1:
+        raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
+    data = args.data
+    if not data.startswith("builtin:"):
+        data = str(Path(data).expanduser().resolve())
+    return RunConfig(
+        data=data, tasks=args.tasks, features=args.features, method=args.method, selector=args.selector,
+        groups=args.groups, samples=args.samples, seed=args.seed,
+        store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
+        dask_address=args.dask_address, device=args.device,
+        swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),
+        train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
+    )
+
+
+def preflight(cfg: Any) -> int:
+    """Load and validate the data before anything starts or is written; returns the task count."""
+    from taskgrouping.data.load import load_dataset
+
+    ds = load_dataset(cfg.data if cfg.data.startswith("builtin:") else cfg.data, cfg.tasks, cfg.features)
+    n_tasks = len(ds.tasks)
+    if cfg.groups is not None and not 1 <= cfg.groups <= n_tasks:
+        raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")
+    return n_tasks
+
+
+def _quiet_logs(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[taskgrouping] %(message)s"))
+    tg = logging.getLogger("taskgrouping")
+    tg.handlers[:] = [handler]
+    tg.setLevel(logging.INFO)
+    tg.propagate = False
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        for name in ("distributed", "prefect"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``taskgrouping run``."""
+    cfg = config_from_args(args)
+    n_tasks = preflight(cfg)
+    _quiet_logs(args.verbose)
+    log = logging.getLogger("taskgrouping")
+    log.info("data %s: %d tasks; store %s", cfg.data, n_tasks, cfg.store)
+    from taskgrouping.flows.server import prefect_api
+
+    t0 = time.perf_counter()
+    with prefect_api(Path(cfg.store) / "prefect" / "home") as url:
+        log.info("Prefect API %s (%.1f s)", url, time.perf_counter() - t0)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from taskgrouping.flows.regroup import run_regroup
+
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            summary = run_regroup(cfg, run_id)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(Path(summary["artifacts"]["report"]).read_text())
+    log.info("done in %.1f s; report %s", time.perf_counter() - t0, summary["artifacts"]["report"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``taskgrouping`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        parser.error(f"unknown command {args.command!r}")
+    except InputError as exc:
+        print(f"taskgrouping: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taskgrouping: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal failure: one line, exit 1 (--verbose for the traceback)
+        if getattr(args, "verbose", False):
+            raise
+        print(f"taskgrouping: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0

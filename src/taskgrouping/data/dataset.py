@@ -1,0 +1,160 @@
+"""In-memory dataset types, the seeded split and probe sample, and content fingerprints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from taskgrouping.hashing import derive_seed, stable_hash
+
+TaskKind = Literal["binary", "regression", "multiclass"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One prediction target (a label column).
+
+    Attributes:
+        name: the column name (``task_id``).
+        kind: ``binary`` (labels 0/1), ``regression`` (float) or ``multiclass``
+            (labels are class indices 0..n_classes-1).
+        n_classes: number of classes (2 for binary, 1 for regression).
+        classes: the original label values, as strings, in index order.
+    """
+
+    name: str
+    kind: TaskKind
+    n_classes: int
+    classes: tuple[str, ...] = ()
+
+    @property
+    def out_dim(self) -> int:
+        """Width of this task's head."""
+        return self.n_classes if self.kind == "multiclass" else 1
+
+
+@dataclass
+class Dataset:
+    """A validated multi-task table.
+
+    Attributes:
+        features: (n_samples, n_features) float32, finite.
+        labels: (n_samples, n_tasks) float32; NaN marks a missing label. Binary
+            labels are 0/1, multiclass labels class indices, regression raw values.
+        tasks: one spec per label column, in column order.
+        feature_names: one name per feature column.
+        source: where it came from (a path or ``builtin:NAME``).
+        ground_truth: planted group of each task, for synthetic data.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    tasks: list[TaskSpec]
+    feature_names: list[str]
+    source: str
+    ground_truth: dict[str, int] | None = None
+
+    @property
+    def task_names(self) -> list[str]:
+        """The task ids in column order."""
+        return [t.name for t in self.tasks]
+
+    def features_fingerprint(self) -> str:
+        """Content hash of the feature matrix and its column names."""
+        return stable_hash("features", self.feature_names, self.features.astype(np.float32))
+
+    def label_fingerprint(self, j: int) -> str:
+        """Content hash of task ``j``'s labels (missing labels included) and spec."""
+        t = self.tasks[j]
+        return stable_hash("labels", t.name, t.kind, list(t.classes), self.labels[:, j])
+
+
+@dataclass
+class PreparedData:
+    """A dataset after the seeded split and standardisation (what every step reads).
+
+    Attributes:
+        x: (n, d) float32 standardised with the training split's mean and std.
+        y: (n, T) float32; regression targets standardised with the training split.
+        split: (n,) int8; 0 = train, 1 = validation, 2 = test.
+        probe_idx: (n_probe,) int64 rows of the training split used by probes.
+        y_scale: (T,) the standard deviation used to standardise each task (1 if not regression).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    probe_idx: np.ndarray
+    tasks: list[TaskSpec]
+    feature_names: list[str]
+    y_scale: np.ndarray
+    features_fp: str
+    label_fps: list[str]
+    seed: int
+    ground_truth: dict[str, int] | None = field(default=None)
+
+    @property
+    def task_names(self) -> list[str]:
+        """The task ids in column order."""
+        return [t.name for t in self.tasks]
+
+    def data_key(self) -> str:
+        """Identity of the rows a model sees: features, split and probe sample."""
+        return stable_hash("data", self.features_fp, self.split, self.probe_idx)
+
+
+def split_rows(n: int, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> np.ndarray:
+    """Seeded train/validation/test assignment: 0, 1, 2 per row (70/15/15 by default)."""
+    rng = np.random.default_rng(derive_seed(seed, "split"))
+    order = rng.permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    split = np.full(n, 2, dtype=np.int8)
+    split[order[:n_train]] = 0
+    split[order[n_train : n_train + n_val]] = 1
+    return split
+
+
+def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
+    """Split, standardise and draw the probe sample (all seeded).
+
+    The probe sample is ``min(samples, n_train)`` training rows.
+    """
+    n = ds.features.shape[0]
+    split = split_rows(n, seed)
+    train = split == 0
+    x64 = ds.features.astype(np.float64)
+    mu = x64[train].mean(axis=0)
+    sd = x64[train].std(axis=0)
+    sd[~np.isfinite(sd) | (sd < 1e-12)] = 1.0
+    x = ((x64 - mu) / sd).astype(np.float32)
+
+    y = ds.labels.astype(np.float32).copy()
+    y_scale = np.ones(len(ds.tasks), dtype=np.float64)
+    for j, t in enumerate(ds.tasks):
+        if t.kind == "regression":
+            col = y[:, j].astype(np.float64)
+            tr = col[train & ~np.isnan(col)]
+            m, s = (float(tr.mean()), float(tr.std())) if tr.size else (0.0, 1.0)
+            s = s if s > 1e-12 else 1.0
+            y[:, j] = ((col - m) / s).astype(np.float32)
+            y_scale[j] = s
+
+    train_rows = np.flatnonzero(train)
+    rng = np.random.default_rng(derive_seed(seed, "probe-sample"))
+    probe_idx = np.sort(rng.permutation(train_rows)[: min(samples, train_rows.size)])
+    return PreparedData(
+        x=x,
+        y=y,
+        split=split,
+        probe_idx=probe_idx.astype(np.int64),
+        tasks=list(ds.tasks),
+        feature_names=list(ds.feature_names),
+        y_scale=y_scale,
+        features_fp=ds.features_fingerprint(),
+        label_fps=[ds.label_fingerprint(j) for j in range(len(ds.tasks))],
+        seed=seed,
+        ground_truth=ds.ground_truth,
+    )

@@ -1,0 +1,82 @@
+"""A Prefect API for a run: the user's server if ``PREFECT_API_URL`` is set, else a local one.
+
+Dask process workers need a real server: with none, each worker starts its own
+temporary server (13-20 s per run, stack.md). The local server's home is kept in
+the store, so its database keeps the history of the store's runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``/health`` until the server answers; raise if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with status {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(api_url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"the Prefect server at {api_url} was not healthy after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def prefect_api(home: Path) -> Iterator[str]:
+    """Yield an API URL, starting ``prefect server start`` on a free port if none is configured.
+
+    The started server runs in its own process group and is stopped by its PID on exit.
+    """
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        yield existing
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false")
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    try:
+        wait_healthy(url, proc=proc)
+        os.environ["PREFECT_API_URL"] = url
+        os.environ["PREFECT_HOME"] = str(home)
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

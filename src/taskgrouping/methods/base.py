@@ -1,0 +1,105 @@
+"""The affinity matrix type shared by every method and selector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+AffinityKind = Literal["distance", "gain"]
+
+
+@dataclass(frozen=True)
+class AffinityMatrix:
+    """A T x T matrix over tasks.
+
+    Attributes:
+        tasks: task ids, in row/column order.
+        values: (T, T) float64. Row = receiver, column = source for directed measures.
+        kind: ``distance`` (smaller = closer; symmetric, zero diagonal for SWOLA) or
+            ``gain`` (larger = better to train together; diagonal = the task alone).
+    """
+
+    tasks: list[str]
+    values: np.ndarray
+    kind: AffinityKind
+
+    def __post_init__(self) -> None:
+        """Check shape and kind."""
+        t = len(self.tasks)
+        if self.values.shape != (t, t):
+            raise ValueError(f"affinity values have shape {self.values.shape}, expected ({t}, {t})")
+        if self.kind not in ("distance", "gain"):
+            raise ValueError(f"affinity kind must be 'distance' or 'gain', got {self.kind!r}")
+        if len(set(self.tasks)) != t:
+            raise ValueError("affinity task names repeat")
+
+    def to_table(self) -> pa.Table:
+        """Long form: ``task_a, task_b, value, kind`` (one row per ordered pair)."""
+        t = len(self.tasks)
+        a = np.repeat(np.arange(t), t)
+        b = np.tile(np.arange(t), t)
+        return pa.table(
+            {
+                "task_a": pa.array([self.tasks[i] for i in a], pa.string()),
+                "task_b": pa.array([self.tasks[j] for j in b], pa.string()),
+                "value": pa.array(self.values.reshape(-1).astype(np.float64)),
+                "kind": pa.array([self.kind] * (t * t), pa.string()),
+            }
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, kind: AffinityKind | None = None) -> AffinityMatrix:
+        """Inverse of :meth:`to_table`; tasks in order of first appearance. Missing pairs raise."""
+        a = table.column("task_a").to_pylist()
+        b = table.column("task_b").to_pylist()
+        v = np.asarray(table.column("value").to_numpy(), dtype=np.float64)
+        if kind is None:
+            kinds = set(table.column("kind").to_pylist()) if "kind" in table.column_names else {"distance"}
+            if len(kinds) != 1:
+                raise ValueError(f"affinity table mixes kinds {sorted(kinds)}")
+            kind = kinds.pop()  # type: ignore[assignment]
+        tasks = list(dict.fromkeys(a + b))
+        pos = {t: i for i, t in enumerate(tasks)}
+        values = np.full((len(tasks), len(tasks)), np.nan)
+        for ta, tb, val in zip(a, b, v, strict=True):
+            values[pos[ta], pos[tb]] = val
+        if np.isnan(values).any():
+            i, j = np.argwhere(np.isnan(values))[0]
+            raise ValueError(f"affinity table has no value for pair ({tasks[i]!r}, {tasks[j]!r})")
+        return cls(tasks, values, kind)  # type: ignore[arg-type]
+
+    def similarity(self) -> np.ndarray:
+        """(T, T) symmetric similarity in [0, 1], diagonal 1, for clustering.
+
+        ``distance``: ``S = exp(-D / median(D_offdiag))`` (methods.md section 1).
+        ``gain``: the symmetrised gain rescaled to [0, 1] over off-diagonal entries.
+        """
+        t = len(self.tasks)
+        off = ~np.eye(t, dtype=bool)
+        if self.kind == "distance":
+            d = 0.5 * (self.values + self.values.T)
+            scale = float(np.median(d[off])) if t > 1 else 1.0
+            s = np.exp(-d / scale) if scale > 0 else np.ones_like(d)
+        else:
+            g = 0.5 * (self.values + self.values.T)
+            lo, hi = (float(g[off].min()), float(g[off].max())) if t > 1 else (0.0, 1.0)
+            s = (g - lo) / (hi - lo) if hi > lo else np.ones_like(g)
+        np.fill_diagonal(s, 1.0)
+        return s
+
+    def cohesion(self, members: list[str]) -> float:
+        """Mean within-group distance over mean off-diagonal distance (smaller = denser).
+
+        Defined for ``distance`` matrices and groups of at least two tasks; NaN otherwise.
+        """
+        t = len(self.tasks)
+        if self.kind != "distance" or len(members) < 2 or t < 2:
+            return float("nan")
+        idx = [self.tasks.index(m) for m in members]
+        sub = self.values[np.ix_(idx, idx)]
+        within = sub[~np.eye(len(idx), dtype=bool)].mean()
+        overall = self.values[~np.eye(t, dtype=bool)].mean()
+        return float(within / overall) if overall > 0 else float("nan")

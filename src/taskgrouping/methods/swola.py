@@ -1,0 +1,339 @@
+"""SWOLA: sample-wise optimisation landscape affinity (the primary method).
+
+Source: Thakur, Huang, Molaei, Wang, Clifton, "Efficient Task Grouping Through
+Sample-wise Optimisation Landscape Analysis", arXiv 2412.04413 (IEEE TPAMI 2025).
+
+From one fixed starting point theta0 every probe sample x_i defines, for task t, the
+one-step optimum theta*_{t,i} = theta0 - lr * g_{t,i}, g_{t,i} = grad l_t(x_i) over the
+shared (trunk) parameters. The affinity is the mean L1 distance between optima::
+
+    D[a, b] = (lr / n_ab) * sum_{i labelled for a and b} || g_{a,i} - g_{b,i} ||_1
+
+Factorised exact form (methods.md section 1): for a linear layer the per-sample
+gradient is the outer product delta h^T, so with a frozen trunk (h shared by all
+tasks)::
+
+    || g^l_{a,i} - g^l_{b,i} ||_1 = || delta^l_{a,i} - delta^l_{b,i} ||_1 * (||h^{l-1}_i||_1 + 1)
+
+A probe therefore stores only the backpropagated errors ``delta`` (n x H per trunk),
+and D is a weighted L1 distance between them: O(n H) memory per task instead of
+O(n P), exact. Each task is probed independently of every other task.
+
+Choices (methods.md, marked "our choice"): an MLP trunk of ``layers`` x ``hidden``
+seeded from ``seed``; head ``fitted`` (a per-task linear head fitted on the frozen
+trunk features, its L2 strength chosen by cross-validation) or ``shared`` (the same
+seeded head for every task); normalisation ``task`` (each task's per-sample gradients
+divided by their mean L1 norm), ``sample`` or ``none``; D averaged over ``trunks``
+independently seeded trunks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from taskgrouping.data.dataset import TaskSpec
+from taskgrouping.hashing import derive_seed
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.models.losses import per_sample_loss
+from taskgrouping.models.trunk import build_trunk, resolve_device, trunk_linears
+
+CODE_VERSION = "swola-1"
+"""Bump when the probe or distance math changes: it is part of every cache key."""
+
+HeadMode = Literal["fitted", "shared"]
+Normalisation = Literal["none", "task", "sample"]
+
+
+@dataclass(frozen=True)
+class SwolaSettings:
+    """Settings of the SWOLA probe and distance.
+
+    Attributes:
+        hidden: trunk width (methods.md: width 64 recovered planted groups exactly).
+        layers: number of linear layers in the trunk.
+        head: ``fitted`` (default) or ``shared``.
+        normalise: ``task`` (default), ``sample`` or ``none``.
+        trunks: number of independently seeded trunks D is averaged over.
+        lr: the one-step learning rate eta (a constant factor of D).
+        head_cs: inverse L2 strengths tried by the cross-validated head fit.
+        head_folds: cross-validation folds for the head fit.
+        block: tasks per block in the pairwise step (bounds its memory).
+    """
+
+    hidden: int = 64
+    layers: int = 2
+    head: HeadMode = "fitted"
+    normalise: Normalisation = "task"
+    trunks: int = 1
+    lr: float = 1.0
+    head_cs: tuple[float, ...] = (0.01, 0.05, 0.2, 1.0, 5.0)
+    head_folds: int = 3
+    block: int = 64
+
+    def __post_init__(self) -> None:
+        """Validate option values."""
+        if self.head not in ("fitted", "shared"):
+            raise ValueError(f"SWOLA head must be 'fitted' or 'shared', got {self.head!r}")
+        if self.normalise not in ("none", "task", "sample"):
+            raise ValueError(f"SWOLA normalise must be none|task|sample, got {self.normalise!r}")
+        if self.trunks < 1 or self.hidden < 1 or self.layers < 1 or self.block < 1:
+            raise ValueError("SWOLA trunks, hidden, layers and block must be positive")
+
+    def probe_part(self) -> dict[str, object]:
+        """The settings a probe depends on (normalisation and blocking do not)."""
+        return {"hidden": self.hidden, "layers": self.layers, "head": self.head,
+                "trunks": self.trunks, "head_cs": list(self.head_cs), "head_folds": self.head_folds}
+
+
+@dataclass
+class Probe:
+    """One task's probe.
+
+    Attributes:
+        deltas: (trunks, n, sum of hidden widths) float32 backpropagated errors at each
+            linear layer's output, layers concatenated; zero rows for unlabelled samples.
+        labelled: (n,) bool, which probe samples carry this task's label.
+    """
+
+    deltas: np.ndarray
+    labelled: np.ndarray
+
+
+def probe_trunks(in_dim: int, settings: SwolaSettings, seed: int) -> list[nn.Sequential]:
+    """The frozen trunks every probe of a run uses (same seed: same weights everywhere)."""
+    out = []
+    for r in range(settings.trunks):
+        trunk = build_trunk(in_dim, settings.hidden, settings.layers, derive_seed(seed, "swola-trunk", r))
+        trunk.requires_grad_(False)
+        out.append(trunk)
+    return out
+
+
+def _forward_record(trunk: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Run the trunk, keeping each linear layer's input and (differentiable) output."""
+    inputs: list[torch.Tensor] = []
+    pre: list[torch.Tensor] = []
+    h = x
+    for lin in trunk_linears(trunk):
+        inputs.append(h)
+        z = lin(h)
+        if not pre:
+            z = z.detach().requires_grad_(True)
+        pre.append(z)
+        h = torch.relu(z)
+    return h, pre, inputs
+
+
+def layer_weights(x: torch.Tensor, trunks: list[nn.Sequential]) -> torch.Tensor:
+    """(trunks, n, layers) per-sample weights ``||h^{l-1}_i||_1 + 1`` shared by every task."""
+    rows = []
+    with torch.no_grad():
+        for trunk in trunks:
+            _, _, inputs = _forward_record(trunk, x)
+            rows.append(torch.stack([h.abs().sum(dim=1) + 1.0 for h in inputs], dim=1))
+    return torch.stack(rows)
+
+
+def fit_head(h: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit a regularised linear head on frozen trunk features (``fitted`` mode).
+
+    The L2 strength is chosen by cross-validation (``LogisticRegressionCV`` /
+    ``RidgeCV``), since an over-fitted head shrinks residuals and blurs the affinity.
+
+    Args:
+        h: (n_labelled, H) trunk features of the labelled probe samples.
+        y: (n_labelled,) labels (0/1, class index or standardised value).
+
+    Returns:
+        weight (out_dim, H) and bias (out_dim,), float32.
+    """
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+
+    hdim = h.shape[1]
+    if task.kind == "regression":
+        alphas = [1.0 / (2.0 * c) for c in settings.head_cs]
+        reg = RidgeCV(alphas=alphas).fit(h, y)
+        return reg.coef_.reshape(1, hdim).astype(np.float32), np.array([reg.intercept_], np.float32)
+
+    labels = y.astype(np.int64)
+    present, counts = np.unique(labels, return_counts=True)
+    n_out = task.out_dim
+    weight = np.zeros((n_out, hdim), np.float32)
+    bias = np.zeros(n_out, np.float32)
+    folds = int(min(settings.head_folds, counts.min())) if present.size > 1 else 0
+    if present.size < 2 or folds < 2:
+        # Too few labels of some class to cross-validate: a constant head at the smoothed prior.
+        prior = (np.bincount(labels, minlength=task.n_classes) + 1.0) / (labels.size + task.n_classes)
+        if task.kind == "binary":
+            bias[0] = np.log(prior[1] / prior[0])
+        else:
+            bias[:] = np.log(prior)
+        return weight, bias
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegressionCV(
+            Cs=list(settings.head_cs), cv=folds, scoring="neg_log_loss", max_iter=500,
+            random_state=derive_seed(seed, "head-cv"),
+        ).fit(h, labels)
+    if task.kind == "binary":
+        weight[0] = clf.coef_[0]
+        bias[0] = clf.intercept_[0]
+    else:
+        weight[:] = 0.0
+        bias[:] = -20.0  # classes absent from the probe sample get (almost) zero probability
+        for row, cls in enumerate(clf.classes_):
+            if present.size == 2:  # sklearn returns one row for two classes
+                sign = 1.0 if row == 1 else -1.0
+                weight[cls] = 0.5 * sign * clf.coef_[0]
+                bias[cls] = 0.5 * sign * clf.intercept_[0]
+            else:
+                weight[cls] = clf.coef_[row]
+                bias[cls] = clf.intercept_[row]
+    return weight, bias
+
+
+def shared_head(hidden: int, task: TaskSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded head init every task of the same output width shares (``shared`` mode)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "shared-head", task.out_dim))
+        lin = nn.Linear(hidden, task.out_dim)
+    return lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
+
+
+def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings, seed: int,
+               device: str = "cpu") -> Probe:
+    """Probe one task: backpropagated errors of every probe sample at every trunk layer.
+
+    Vectorised over samples (one batched forward and backward pass per trunk): since
+    samples are independent, the gradient of the summed loss with respect to a layer's
+    output holds each sample's own delta in its row.
+
+    Args:
+        x: (n, d) standardised probe features, shared by all tasks.
+        y: (n,) labels of this task; NaN = missing (masked: delta 0, ``labelled`` False).
+        task: the task's spec.
+        settings: probe settings.
+        seed: run seed (the trunk and shared head derive from it).
+        device: ``cpu`` or ``cuda``.
+
+    Returns:
+        The task's :class:`Probe`.
+    """
+    dev = resolve_device(device)
+    labelled = ~np.isnan(y)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
+    yt = torch.as_tensor(np.nan_to_num(y, nan=0.0), dtype=torch.float32, device=dev)
+    mask = torch.as_tensor(labelled, dtype=torch.float32, device=dev)
+    out = []
+    for trunk in probe_trunks(x.shape[1], settings, seed):
+        trunk = trunk.to(dev)
+        h, pre, _ = _forward_record(trunk, xt)
+        if settings.head == "fitted":
+            feats = h.detach().cpu().numpy().astype(np.float64)
+            w, b = fit_head(feats[labelled], y[labelled], task, settings, seed)
+        else:
+            w, b = shared_head(settings.hidden, task, seed)
+        logits = h @ torch.as_tensor(w, device=dev).T + torch.as_tensor(b, device=dev)
+        loss = (per_sample_loss(logits, yt, task) * mask).sum()
+        grads = torch.autograd.grad(loss, pre)
+        out.append(torch.cat(grads, dim=1).detach().cpu().numpy())
+    return Probe(deltas=np.stack(out).astype(np.float32), labelled=labelled)
+
+
+def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) -> np.ndarray:
+    """Scale a probe's deltas so that plain L1 between rows equals the gradient L1 distance.
+
+    Args:
+        probe: the task's probe, deltas (R, n, sum H).
+        weights: (R, n, layers) from :func:`layer_weights`.
+
+    Returns:
+        (n, R * sum H) float32: row i is ``[w_{l,i} * delta^l_i]`` over layers and trunks,
+        normalised per ``settings.normalise``; rows of unlabelled samples are zero.
+    """
+    r, n, width = probe.deltas.shape
+    per_layer = width // settings.layers
+    w = np.repeat(weights, per_layer, axis=2)  # (R, n, sum H)
+    e = probe.deltas.astype(np.float64) * w
+    lab = probe.labelled
+    if settings.normalise == "task":
+        norms = np.abs(e).sum(axis=2)  # (R, n): per-sample gradient L1 norms
+        scale = norms[:, lab].mean(axis=1) if lab.any() else np.ones(r)
+        e = e / np.where(scale > 0, scale, 1.0)[:, None, None]
+    elif settings.normalise == "sample":
+        norms = np.abs(e).sum(axis=2, keepdims=True)
+        e = e / np.where(norms > 0, norms, 1.0)
+    e[:, ~lab, :] = 0.0
+    return np.ascontiguousarray(e.transpose(1, 0, 2).reshape(n, r * width)).astype(np.float32)
+
+
+def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: torch.Tensor,
+                    block: int = 64) -> torch.Tensor:
+    """Mean L1 distance between tasks over samples labelled for both, in blocks.
+
+    Args:
+        ea: (Ta, n, m) weighted errors (zero rows where unlabelled); eb: (Tb, n, m).
+        ma: (Ta, n) bool labelled masks; mb: (Tb, n).
+        block: tasks per block; peak extra memory is O(block * n * m) in float64.
+
+    Returns:
+        (Ta, Tb) float64: ``sum_{i in both} ||ea_i - eb_i||_1 / n_ab``, NaN where n_ab = 0.
+
+    The plain L1 distance of the flattened rows counts, for samples labelled for only
+    one task, that task's row norm; that part is computed exactly with two matrix
+    products and subtracted.
+    """
+    ta, n, m = ea.shape
+    tb = eb.shape[0]
+    fa = ea.reshape(ta, n * m)
+    fb = eb.reshape(tb, n * m)
+    total = torch.empty((ta, tb), dtype=torch.float64, device=ea.device)
+    for i in range(0, ta, block):
+        xa = fa[i : i + block].double()
+        for j in range(0, tb, block):
+            xb = fb[j : j + block].double()
+            total[i : i + block, j : j + block] = torch.cdist(xa.unsqueeze(0), xb.unsqueeze(0), p=1)[0]
+    na = ea.abs().sum(dim=2).double()  # (Ta, n) row norms
+    nb = eb.abs().sum(dim=2).double()
+    ma_f, mb_f = ma.double(), mb.double()
+    only_a = na @ (1.0 - mb_f).T  # sum of a's rows where b is unlabelled
+    only_b = (nb @ (1.0 - ma_f).T).T
+    both = ma_f @ mb_f.T
+    d = (total - only_a - only_b).clamp_min(0.0) / both
+    return torch.where(both > 0, d, torch.full_like(d, float("nan")))
+
+
+def swola_distances(errors: list[np.ndarray], masks: list[np.ndarray], settings: SwolaSettings,
+                    rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
+    """SWOLA distances between tasks from their weighted errors.
+
+    Args:
+        errors: per task (n, m) from :func:`weighted_errors`.
+        masks: per task (n,) bool labelled.
+        rows: compute only these tasks' rows (against all tasks); default all.
+
+    Returns:
+        (len(rows), T) float64 distances ``lr / trunks * mean_i ||.||_1``.
+    """
+    dev = resolve_device(device)
+    e = torch.as_tensor(np.stack(errors), device=dev)
+    m = torch.as_tensor(np.stack(masks), device=dev)
+    idx = list(range(len(errors))) if rows is None else rows
+    d = masked_l1_cross(e[idx], m[idx], e, m, block=settings.block)
+    return (d * (settings.lr / settings.trunks)).cpu().numpy()
+
+
+def affinity_from_distances(tasks: list[str], d: np.ndarray) -> AffinityMatrix:
+    """Symmetrise (exact up to rounding), zero the diagonal and wrap as a ``distance`` matrix."""
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    if np.isnan(d).any():
+        i, j = np.argwhere(np.isnan(d))[0]
+        raise ValueError(f"tasks {tasks[i]!r} and {tasks[j]!r} share no labelled probe sample")
+    return AffinityMatrix(tasks, d, "distance")

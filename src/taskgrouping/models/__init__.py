@@ -1,0 +1,1 @@
+"""The shared-trunk multi-task model, its training and evaluation."""

@@ -1,0 +1,136 @@
+"""One hard-parameter-sharing model per group: shared trunk, one head per task, early stopping."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from taskgrouping.data.dataset import PreparedData, TaskSpec
+from taskgrouping.hashing import derive_seed
+from taskgrouping.models.losses import per_sample_loss, task_metric
+from taskgrouping.models.trunk import build_trunk, resolve_device
+
+CODE_VERSION = "train-1"
+"""Bump when training or evaluation changes: it is part of every group's cache key."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How each group's model is trained (methods.md section 7).
+
+    Attributes:
+        hidden, layers: the trunk (same architecture as the probe by default).
+        lr: Adam learning rate. batch: minibatch size.
+        max_epochs: upper bound; patience: epochs without validation improvement before stopping.
+        weight_decay: Adam's L2 term.
+    """
+
+    hidden: int = 64
+    layers: int = 2
+    lr: float = 1e-3
+    batch: int = 128
+    max_epochs: int = 200
+    patience: int = 10
+    weight_decay: float = 0.0
+
+
+class MultiTaskModel(nn.Module):
+    """Shared trunk plus one linear head per task (heads in member order)."""
+
+    def __init__(self, in_dim: int, tasks: list[TaskSpec], hidden: int, layers: int, seed: int) -> None:
+        """Build the trunk and heads, all initialised from ``seed``."""
+        super().__init__()
+        self.trunk = build_trunk(in_dim, hidden, layers, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "heads"))
+            self.heads = nn.ModuleList([nn.Linear(hidden, t.out_dim) for t in tasks])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every head, (n, out_dim) each."""
+        h = self.trunk(x)
+        return [head(h) for head in self.heads]
+
+
+def _masked_losses(outs: list[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
+                   tasks: list[TaskSpec]) -> torch.Tensor:
+    """(n_tasks,) mean loss of each task over its labelled samples (0 where none)."""
+    vals = []
+    for j, (logits, task) in enumerate(zip(outs, tasks, strict=True)):
+        m = mask[:, j]
+        per = per_sample_loss(logits, y[:, j], task) * m
+        vals.append(per.sum() / m.sum().clamp_min(1.0))
+    return torch.stack(vals)
+
+
+def train_group(data: PreparedData, members: list[int], settings: TrainSettings, seed: int,
+                device: str = "cpu") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
+    """Train one model on the tasks ``members`` (indices into ``data.tasks``) and evaluate it.
+
+    Early stopping on the summed validation loss; the best state is restored.
+
+    Returns:
+        (state_dict on CPU, one result dict per member task with ``task, kind,
+        val_loss, test_loss, metric_name, metric``, training info with epochs and best
+        validation loss).
+    """
+    dev = resolve_device(device)
+    tasks = [data.tasks[j] for j in members]
+    y_all = data.y[:, members]
+    mask_all = ~np.isnan(y_all)
+    y_all = np.nan_to_num(y_all, nan=0.0)
+
+    def tensors(part: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = data.split == part
+        return (torch.as_tensor(data.x[rows], device=dev),
+                torch.as_tensor(y_all[rows], device=dev),
+                torch.as_tensor(mask_all[rows], dtype=torch.float32, device=dev))
+
+    xtr, ytr, mtr = tensors(0)
+    xva, yva, mva = tensors(1)
+    xte, yte, mte = tensors(2)
+    model = MultiTaskModel(data.x.shape[1], tasks, settings.hidden, settings.layers, seed).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+    best = float("inf")
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    epoch = 0
+    for epoch in range(1, settings.max_epochs + 1):
+        model.train()
+        order = torch.randperm(xtr.shape[0], generator=gen).to(dev)
+        for start in range(0, xtr.shape[0], settings.batch):
+            idx = order[start : start + settings.batch]
+            opt.zero_grad()
+            loss = _masked_losses(model(xtr[idx]), ytr[idx], mtr[idx], tasks).sum()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val = float(_masked_losses(model(xva), yva, mva, tasks).sum())
+        if val < best - 1e-6:
+            best, stale = val, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    results = []
+    with torch.no_grad():
+        val_losses = _masked_losses(model(xva), yva, mva, tasks).cpu().numpy()
+        test_outs = model(xte)
+        test_losses = _masked_losses(test_outs, yte, mte, tasks).cpu().numpy()
+    for j, task in enumerate(tasks):
+        lab = mte[:, j].bool().cpu().numpy()
+        name, value = task_metric(test_outs[j].cpu().numpy()[lab], yte[:, j].cpu().numpy()[lab], task,
+                                  float(data.y_scale[members[j]]))
+        results.append({"task": task.name, "kind": task.kind, "val_loss": float(val_losses[j]),
+                        "test_loss": float(test_losses[j]), "metric_name": name, "metric": value})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return state, results, {"epochs": epoch, "best_val_loss": best}

@@ -1,0 +1,104 @@
+"""The run report: markdown text and a heatmap of the affinity ordered by group (no file I/O here)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.models.evaluate import SETTINGS, recommend
+
+
+def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]]) -> bytes:
+    """A PNG heatmap of the affinity with tasks ordered by group and group borders drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [t for g in groups for t in g]
+    order += [t for t in affinity.tasks if t not in order]
+    idx = [affinity.tasks.index(t) for t in order]
+    m = affinity.values[np.ix_(idx, idx)]
+    n = len(order)
+    size = min(4 + 0.28 * n, 40)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis")
+    if n <= 80:
+        ax.set_xticks(range(n), labels=order, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels=order, fontsize=7)
+    pos = 0
+    for g in groups[:-1]:
+        pos += len(g)
+        ax.axhline(pos - 0.5, color="red", lw=1)
+        ax.axvline(pos - 0.5, color="red", lw=1)
+    fig.colorbar(im, ax=ax, label=f"SWOLA {affinity.kind}" if affinity.kind == "distance" else affinity.kind)
+    ax.set_title("Task affinity, ordered by group")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def settings_table(totals: dict[str, dict[str, float]]) -> str:
+    """The four-setting markdown table, with the recommendation marked."""
+    best = recommend(totals)
+    lines = ["| setting | total val loss | total test loss | vs best other (test) |",
+             "|---|---:|---:|---:|"]
+    for s in SETTINGS:
+        if s not in totals:
+            continue
+        others = [totals[o]["test_loss"] for o in totals if o != s]
+        rel = (totals[s]["test_loss"] / min(others) - 1.0) * 100 if others else 0.0
+        mark = " **(recommended)**" if s == best else ""
+        lines.append(f"| {s}{mark} | {totals[s]['val_loss']:.4f} | {totals[s]['test_loss']:.4f} | {rel:+.1f}% |")
+    return "\n".join(lines)
+
+
+def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
+                  totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
+    """The markdown report of one run."""
+    best = recommend(totals)
+    lines = [f"# taskgrouping run {summary['run_id']}", ""]
+    lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
+                 f"selector `{summary['selector']}`, seed {info['seed']}, {info['samples']} probe samples.")
+    lines.append("")
+    if best == "grouped":
+        verdict = "Training the tasks in the groups below has the lowest total validation loss."
+    else:
+        verdict = (f"Grouping does not pay here: `{best}` has the lowest total validation loss, "
+                   "so train that way rather than in the groups below.")
+    lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
+    lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
+              "squared error on standardised targets). The recommendation uses validation loss only.", ""]
+    lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
+    for gi, g in enumerate(summary["groups"]):
+        coh = affinity.cohesion(g)
+        lines.append(f"| {gi} | {', '.join(f'`{t}`' for t in g)} | {coh:.3f} |")
+    lines.append("")
+    if info.get("ari") is not None:
+        lines += [f"Adjusted Rand index against the planted groups: **{info['ari']:.3f}**", ""]
+    sel = info.get("selection", {})
+    if sel:
+        lines += [f"Selector diagnostics: k = {sel.get('k')}, silhouette = {sel.get('silhouette')}", ""]
+    lines += ["![affinity heatmap](heatmap.png)", ""]
+    lines += ["## Per task (test)", "", "| task | " + " | ".join(SETTINGS) + " | metric (grouped) |",
+              "|---|" + "---:|" * (len(SETTINGS) + 1)]
+    by = {(r["setting"], r["task"]): r for r in rows}
+    for t in summary["tasks"]:
+        cells = [f"{by[(s, t)]['test_loss']:.4f}" if (s, t) in by else "" for s in SETTINGS]
+        g = by.get(("grouped", t))
+        metric = f"{g['metric_name']} {g['metric']:.3f}" if g and g["metric"] is not None else ""
+        lines.append(f"| `{t}` | " + " | ".join(cells) + f" | {metric} |")
+    lines.append("")
+    c = summary["counts"]
+    lines += ["## Work", "",
+              f"Probes computed {c['probes_computed']}, reused {c['probes_reused']}; pairs computed "
+              f"{c['pairs_computed']}, reused {c['pairs_reused']}; groups trained {c['groups_trained']}, "
+              f"reused {c['groups_reused']}.", "",
+              "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in summary["seconds"].items()]
+    return "\n".join(lines) + "\n"

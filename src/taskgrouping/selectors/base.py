@@ -1,0 +1,79 @@
+"""The grouping type and the selector protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from taskgrouping.methods.base import AffinityMatrix
+
+
+@dataclass
+class Grouping:
+    """A list of groups of task ids; each task is served (evaluated) by exactly one group.
+
+    Attributes:
+        groups: groups in canonical order (by their first task in the affinity's order).
+        served: task id -> index of the group that serves it.
+        objective: the selector's objective value, where it has one.
+        info: selector diagnostics (chosen k, silhouettes, eigengaps, ...).
+    """
+
+    groups: list[list[str]]
+    served: dict[str, int]
+    objective: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_labels(cls, tasks: list[str], labels: np.ndarray, **kw: Any) -> Grouping:
+        """Build a partition from one cluster label per task, canonically ordered."""
+        order: dict[int, int] = {}
+        for lab in labels.tolist():
+            order.setdefault(int(lab), len(order))
+        groups: list[list[str]] = [[] for _ in order]
+        for t, lab in zip(tasks, labels.tolist(), strict=True):
+            groups[order[int(lab)]].append(t)
+        served = {t: order[int(lab)] for t, lab in zip(tasks, labels.tolist(), strict=True)}
+        return cls(groups=groups, served=served, **kw)
+
+    def labels(self, tasks: list[str]) -> np.ndarray:
+        """One label (the serving group) per task, in the given order."""
+        return np.array([self.served[t] for t in tasks])
+
+
+class Selector(Protocol):
+    """Chooses groups from an affinity matrix.
+
+    ``n_groups`` is the budget (``None``: choose automatically). Same inputs and
+    seed give the same grouping.
+    """
+
+    def __call__(self, affinity: AffinityMatrix, n_groups: int | None, seed: int) -> Grouping: ...
+
+
+def trivial_grouping(affinity: AffinityMatrix, k: int) -> Grouping | None:
+    """The grouping when k leaves no choice (one group, or every task alone); else None."""
+    t = len(affinity.tasks)
+    if k == 1:
+        return Grouping.from_labels(affinity.tasks, np.zeros(t, int), info={"k": 1})
+    if k >= t:
+        return Grouping.from_labels(affinity.tasks, np.arange(t), info={"k": t})
+    return None
+
+
+def silhouette(affinity: AffinityMatrix, labels: np.ndarray) -> float:
+    """Silhouette of a labelling on the affinity's distances (``1 - S`` for gains)."""
+    from sklearn.metrics import silhouette_score
+
+    k = len(set(labels.tolist()))
+    if k < 2 or k >= len(labels):
+        return float("nan")
+    if affinity.kind == "distance":
+        d = 0.5 * (affinity.values + affinity.values.T)
+    else:
+        d = 1.0 - affinity.similarity()
+    d = np.clip(d, 0.0, None)
+    np.fill_diagonal(d, 0.0)
+    return float(silhouette_score(d, labels, metric="precomputed"))

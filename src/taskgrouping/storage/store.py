@@ -1,0 +1,338 @@
+"""Store layout, written-down Parquet schemas and atomic writes.
+
+Layout under the store root::
+
+    datasets/<dataset_key>/features.parquet   standardised features, one list column ``x``
+    datasets/<dataset_key>/labels.parquet     one column per task (null = missing label)
+    datasets/<dataset_key>/meta.json          task specs, feature names, split, ground truth
+    probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
+    pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys
+    models/<group_key>/model.safetensors      one trained group model (state dict)
+    models/<group_key>/metrics.parquet        its per-task validation and test results
+    runs/<run_id>/...                         affinity, groups, metrics, report, heatmap, summary
+    prefect/results/                          Prefect's persisted task results (cache records)
+
+Every file is written to a temporary name in the same folder and renamed into
+place, so a reader never sees a half-written file. File names come from content
+hashes, never from task or column names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import torch
+
+    from taskgrouping.data.dataset import PreparedData
+    from taskgrouping.methods.base import AffinityMatrix
+    from taskgrouping.methods.swola import Probe
+    from taskgrouping.selectors.base import Grouping
+
+AFFINITY_SCHEMA = pa.schema(
+    [
+        pa.field("task_a", pa.string(), nullable=False),
+        pa.field("task_b", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+    ]
+)
+"""Long affinity matrix. Row = receiver ``task_a``, column = source ``task_b``."""
+
+GROUPS_SCHEMA = pa.schema(
+    [
+        pa.field("group", pa.int32(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("served", pa.bool_(), nullable=False),
+    ]
+)
+"""One row per (group, member task); ``served`` marks the group that evaluates the task."""
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("setting", pa.string(), nullable=False),
+        pa.field("group", pa.int32(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("val_loss", pa.float64(), nullable=False),
+        pa.field("test_loss", pa.float64(), nullable=False),
+        pa.field("metric_name", pa.string(), nullable=False),
+        pa.field("metric", pa.float64(), nullable=True),
+    ]
+)
+"""Per-task results of one trained model, per evaluation setting."""
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("key_a", pa.string(), nullable=False),
+        pa.field("key_b", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+"""Cached symmetric pair distances, ``key_a < key_b`` (probe keys)."""
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_table(path: Path, table: pa.Table, schema: pa.Schema | None = None) -> Path:
+    """Write a Parquet table atomically, checking it against ``schema`` first."""
+    if schema is not None:
+        _check_schema(table.schema, schema, path)
+        table = table.select(schema.names).cast(schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_table_checked(path: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet table and check it has the written-down schema."""
+    table = pq.read_table(path, columns=columns)
+    if columns is None:
+        _check_schema(table.schema, schema, path)
+    return table
+
+
+def _check_schema(actual: pa.Schema, expected: pa.Schema, path: Path) -> None:
+    for f in expected:
+        if f.name not in actual.names:
+            raise ValueError(f"{path}: column {f.name!r} missing (expected schema {expected.names})")
+        got = actual.field(f.name).type
+        if not (got == f.type or (pa.types.is_floating(got) and pa.types.is_floating(f.type))
+                or (pa.types.is_integer(got) and pa.types.is_integer(f.type))
+                or (pa.types.is_string(got) or pa.types.is_large_string(got)) and pa.types.is_string(f.type)):
+            raise ValueError(f"{path}: column {f.name!r} has type {got}, expected {f.type}")
+
+
+class Store:
+    """A folder holding datasets, probes, pair caches, models and runs.
+
+    Args:
+        root: the store folder; created on first write.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    # --- paths -----------------------------------------------------------------
+    def dataset_dir(self, dataset_key: str) -> Path:
+        """Folder of one prepared dataset."""
+        return self.root / "datasets" / dataset_key
+
+    def probe_path(self, probe_key: str) -> Path:
+        """Parquet file of one probe."""
+        return self.root / "probes" / f"{probe_key}.parquet"
+
+    def pairs_path(self, pairs_key: str) -> Path:
+        """Parquet cache of pair distances for one set of pair settings."""
+        return self.root / "pairs" / f"{pairs_key}.parquet"
+
+    def model_dir(self, group_key: str) -> Path:
+        """Folder of one trained group model."""
+        return self.root / "models" / group_key
+
+    def run_dir(self, run_id: str) -> Path:
+        """Folder of one run's outputs."""
+        return self.root / "runs" / run_id
+
+    def results_dir(self) -> Path:
+        """Where Prefect persists task results (its cache records)."""
+        return self.root / "prefect" / "results"
+
+    # --- json ------------------------------------------------------------------
+    def write_json(self, path: Path, obj: Any) -> Path:
+        """Write JSON atomically."""
+        return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+
+    @staticmethod
+    def read_json(path: Path) -> Any:
+        """Read JSON written by :meth:`write_json`."""
+        return json.loads(path.read_text())
+
+    # --- prepared datasets -----------------------------------------------------
+    def has_prepared(self, key: str) -> bool:
+        """Whether a prepared dataset is complete (its meta file is written last)."""
+        return (self.dataset_dir(key) / "meta.json").exists()
+
+    def write_prepared(self, key: str, data: PreparedData) -> Path:
+        """Write a prepared dataset: features + split, labels (one column per task), meta."""
+        folder = self.dataset_dir(key)
+        n, d = data.x.shape
+        flat = pa.array(data.x.reshape(-1), pa.float32())
+        feats = pa.table({"x": pa.FixedSizeListArray.from_arrays(flat, d),
+                          "split": pa.array(data.split, pa.int8())})
+        atomic_write_table(folder / "features.parquet", feats)
+        labels = pa.table({t.name: pa.array(data.y[:, j], pa.float32(), mask=np.isnan(data.y[:, j]))
+                           for j, t in enumerate(data.tasks)})
+        atomic_write_table(folder / "labels.parquet", labels)
+        meta = {
+            "tasks": [{"name": t.name, "kind": t.kind, "n_classes": t.n_classes, "classes": list(t.classes)}
+                      for t in data.tasks],
+            "feature_names": data.feature_names,
+            "y_scale": data.y_scale.tolist(),
+            "probe_idx": data.probe_idx.tolist(),
+            "features_fp": data.features_fp,
+            "label_fps": data.label_fps,
+            "seed": data.seed,
+            "ground_truth": data.ground_truth,
+        }
+        return self.write_json(folder / "meta.json", meta)
+
+    def read_prepared(self, key: str, tasks: list[str] | None = None) -> PreparedData:
+        """Read a prepared dataset; ``tasks`` loads only those label columns (in that order)."""
+        from taskgrouping.data.dataset import PreparedData, TaskSpec
+
+        folder = self.dataset_dir(key)
+        meta = self.read_json(folder / "meta.json")
+        specs = [TaskSpec(t["name"], t["kind"], t["n_classes"], tuple(t["classes"])) for t in meta["tasks"]]
+        names = [t.name for t in specs]
+        want = names if tasks is None else tasks
+        pos = [names.index(t) for t in want]
+        feats = pq.read_table(folder / "features.parquet")
+        xcol = feats.column("x").combine_chunks()
+        d = xcol.type.list_size
+        x = xcol.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32)
+        labels = pq.read_table(folder / "labels.parquet", columns=want)
+        y = np.stack([labels.column(t).to_numpy(zero_copy_only=False).astype(np.float32) for t in want], axis=1) \
+            if want else np.zeros((x.shape[0], 0), np.float32)
+        return PreparedData(
+            x=x, y=y, split=feats.column("split").to_numpy().astype(np.int8),
+            probe_idx=np.asarray(meta["probe_idx"], np.int64), tasks=[specs[i] for i in pos],
+            feature_names=meta["feature_names"], y_scale=np.asarray(meta["y_scale"])[pos],
+            features_fp=meta["features_fp"], label_fps=[meta["label_fps"][i] for i in pos],
+            seed=meta["seed"], ground_truth=meta["ground_truth"],
+        )
+
+    # --- probes ----------------------------------------------------------------
+    def has_probe(self, key: str) -> bool:
+        """Whether a probe file exists."""
+        return self.probe_path(key).exists()
+
+    def write_probe(self, key: str, probe: Probe, meta: dict[str, Any]) -> Path:
+        """One row per probe sample: ``labelled`` and, per trunk r, ``delta_r`` (fixed-size float32 list)."""
+        r, n, width = probe.deltas.shape
+        cols: dict[str, pa.Array] = {"labelled": pa.array(probe.labelled, pa.bool_())}
+        for k in range(r):
+            cols[f"delta_{k}"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(probe.deltas[k].reshape(-1), pa.float32()), width)
+        table = pa.table(cols).replace_schema_metadata({"taskgrouping": json.dumps(meta)})
+        return atomic_write_table(self.probe_path(key), table)
+
+    def read_probe(self, key: str) -> Probe:
+        """Read a probe written by :meth:`write_probe`."""
+        from taskgrouping.methods.swola import Probe
+
+        table = pq.read_table(self.probe_path(key))
+        names = sorted((c for c in table.column_names if c.startswith("delta_")), key=lambda c: int(c[6:]))
+        deltas = []
+        for c in names:
+            col = table.column(c).combine_chunks()
+            deltas.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
+        return Probe(deltas=np.stack(deltas).astype(np.float32),
+                     labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool))
+
+    # --- pair cache ------------------------------------------------------------
+    def read_pairs(self, key: str) -> dict[tuple[str, str], float]:
+        """Cached pair distances ``{(probe_key_a, probe_key_b): value}`` with ``a < b``."""
+        path = self.pairs_path(key)
+        if not path.exists():
+            return {}
+        t = read_table_checked(path, PAIRS_SCHEMA)
+        return dict(zip(zip(t.column("key_a").to_pylist(), t.column("key_b").to_pylist(), strict=True),
+                        t.column("value").to_pylist(), strict=True))
+
+    def write_pairs(self, key: str, pairs: dict[tuple[str, str], float]) -> Path:
+        """Write the whole pair cache atomically."""
+        items = sorted(pairs.items())
+        table = pa.table({"key_a": [k[0] for k, _ in items], "key_b": [k[1] for k, _ in items],
+                          "value": pa.array([v for _, v in items], pa.float64())})
+        return atomic_write_table(self.pairs_path(key), table, PAIRS_SCHEMA)
+
+    # --- group models ----------------------------------------------------------
+    def has_model(self, key: str) -> bool:
+        """Whether a group model is complete (its metrics file is written last)."""
+        return (self.model_dir(key) / "metrics.parquet").exists()
+
+    def write_model(self, key: str, state: dict[str, torch.Tensor], results: list[dict[str, Any]],
+                    info: dict[str, Any]) -> Path:
+        """Save the state dict as safetensors, then info, then per-task results (the completion mark)."""
+        from safetensors.torch import save
+
+        folder = self.model_dir(key)
+        atomic_write_bytes(folder / "model.safetensors", save(state))
+        self.write_json(folder / "info.json", info)
+        table = pa.Table.from_pylist(results, schema=pa.schema(
+            [f for f in METRICS_SCHEMA if f.name not in ("setting", "group")]))
+        return atomic_write_table(folder / "metrics.parquet", table)
+
+    def read_model_results(self, key: str) -> list[dict[str, Any]]:
+        """Per-task results of a trained group model."""
+        rows: list[dict[str, Any]] = pq.read_table(self.model_dir(key) / "metrics.parquet").to_pylist()
+        return rows
+
+    def read_model_state(self, key: str) -> dict[str, torch.Tensor]:
+        """The trained state dict (safetensors; never unpickled)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.model_dir(key) / "model.safetensors"))
+
+    # --- run outputs -----------------------------------------------------------
+    def write_affinity(self, run_id: str, affinity: AffinityMatrix) -> Path:
+        """``runs/<id>/affinity.parquet`` in long form."""
+        return atomic_write_table(self.run_dir(run_id) / "affinity.parquet", affinity.to_table(), AFFINITY_SCHEMA)
+
+    def read_affinity(self, path: Path) -> AffinityMatrix:
+        """Read a long affinity Parquet file."""
+        from taskgrouping.methods.base import AffinityMatrix
+
+        return AffinityMatrix.from_table(read_table_checked(path, AFFINITY_SCHEMA))
+
+    def write_groups(self, run_id: str, grouping: Grouping) -> Path:
+        """``runs/<id>/groups.parquet``: one row per (group, task)."""
+        rows = [{"group": gi, "task": t, "served": grouping.served[t] == gi}
+                for gi, g in enumerate(grouping.groups) for t in g]
+        return atomic_write_table(self.run_dir(run_id) / "groups.parquet",
+                                  pa.Table.from_pylist(rows, schema=GROUPS_SCHEMA), GROUPS_SCHEMA)
+
+    def write_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> Path:
+        """``runs/<id>/metrics.parquet``: per setting, group and task."""
+        return atomic_write_table(self.run_dir(run_id) / "metrics.parquet",
+                                  pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), METRICS_SCHEMA)
+
+    def write_run_file(self, run_id: str, name: str, data: bytes) -> Path:
+        """Any other run output (report, heatmap, summary)."""
+        return atomic_write_bytes(self.run_dir(run_id) / name, data)

@@ -1,0 +1,89 @@
+"""The report step: write the run's folder and publish its Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from taskgrouping.models.evaluate import setting_totals
+from taskgrouping.report import heatmap_png, render_report
+from taskgrouping.selectors.base import Grouping
+from taskgrouping.storage import Store
+
+
+@task(name="report", cache_policy=NO_CACHE, persist_result=False)
+def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection: dict[str, Any],
+                affinity_path: str, group_results: dict[str, list[dict[str, Any]]],
+                counts: dict[str, int], seconds: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+    """Assemble metrics, write ``runs/<run_id>/`` and publish artifacts; return the run summary."""
+    st = Store(config["store"])
+    affinity = st.read_affinity(Path(affinity_path))
+    grouping = Grouping(groups=selection["groups"], served=selection["served"], info=selection["info"])
+    rows: list[dict[str, Any]] = []
+    for setting, groups in group_results.items():
+        for gi, g in enumerate(groups):
+            for r in g["results"]:
+                rows.append({"setting": setting, "group": gi, **r})
+    totals = setting_totals(rows)
+    ari = None
+    truth = extra.get("ground_truth")
+    if truth and all(t in truth for t in tasks):
+        from sklearn.metrics import adjusted_rand_score
+
+        ari = float(adjusted_rand_score([truth[t] for t in tasks], grouping.labels(tasks)))
+
+    run_dir = st.run_dir(run_id)
+    artifacts = {
+        "affinity": str(st.write_affinity(run_id, affinity)),
+        "groups": str(st.write_groups(run_id, grouping)),
+        "metrics": str(st.write_metrics(run_id, rows)),
+        "report": str(run_dir / "report.md"),
+        "heatmap": str(st.write_run_file(run_id, "heatmap.png", heatmap_png(affinity, grouping.groups))),
+    }
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "store": str(st.root),
+        "method": config["method"],
+        "selector": config["selector"],
+        "tasks": tasks,
+        "groups": grouping.groups,
+        "served": grouping.served,
+        "artifacts": artifacts,
+        "counts": counts,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "metrics": {s: totals[s]["test_loss"] for s in ("grouped", "all_together", "single_task", "random")},
+        "val_metrics": {s: totals[s]["val_loss"] for s in totals},
+        "ground_truth_ari": ari,
+        "selection": selection["info"],
+        "probe_bytes_per_task": extra.get("probe_bytes_mean"),
+    }
+    info = {"data": config["data"], "seed": config["seed"], "samples": config["samples"], "ari": ari,
+            "selection": selection["info"]}
+    text = render_report(summary, affinity, rows, totals, info)
+    st.write_run_file(run_id, "report.md", text.encode())
+    st.write_run_file(run_id, "summary.json", json.dumps(summary, indent=2).encode())
+    _publish(summary, rows, totals, text)
+    return summary
+
+
+def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[str, dict[str, float]],
+             text: str) -> None:
+    """The groups, the four-setting table and the report as Prefect artifacts (shown in the UI)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        key="taskgrouping-groups",
+        table=[{"group": gi, "tasks": ", ".join(g)} for gi, g in enumerate(summary["groups"])],
+        description=f"Task groups of run {summary['run_id']}",
+    )
+    create_table_artifact(
+        key="taskgrouping-settings",
+        table=[{"setting": s, "total_val_loss": round(v["val_loss"], 5), "total_test_loss": round(v["test_loss"], 5)}
+               for s, v in totals.items()],
+        description="Total loss per evaluation setting (summed over tasks)",
+    )
+    create_markdown_artifact(key="taskgrouping-report", markdown=text, description="Run report")

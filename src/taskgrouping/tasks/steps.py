@@ -1,0 +1,192 @@
+"""The regroup DAG's steps.
+
+Each step takes references (store path, keys, names) and returns a small JSON-able
+dict, never tensors. ``cache_key`` is computed by the flow from content hashes
+(:mod:`taskgrouping.keys`); a step whose record exists is not run again. A step
+that finds its output already in the store does not recompute it either. Each
+returned dict carries ``run_id`` of the run that computed it, so a cached result
+is recognisable as reused.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from taskgrouping import keys
+from taskgrouping.data.dataset import prepare
+from taskgrouping.data.load import load_dataset
+from taskgrouping.methods.swola import (
+    SwolaSettings,
+    affinity_from_distances,
+    layer_weights,
+    probe_task,
+    probe_trunks,
+    swola_distances,
+    weighted_errors,
+)
+from taskgrouping.models.train import TrainSettings, train_group
+from taskgrouping.selectors import get_selector
+from taskgrouping.storage import Store
+
+
+def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
+    return str(parameters["cache_key"])
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def cover_rows(missing: list[tuple[int, int]], n: int) -> list[int]:
+    """A small set of task rows covering every missing pair (greedy vertex cover).
+
+    Adding k tasks to T leaves the k x (T + k) new pairs missing; the new tasks have the
+    highest degree, so they are the rows chosen and only their rows are computed.
+    """
+    left = np.zeros((n, n), dtype=bool)
+    for i, j in missing:
+        left[i, j] = left[j, i] = True
+    rows: list[int] = []
+    degree = left.sum(axis=1)
+    while degree.any():
+        best = int(degree.argmax())
+        rows.append(best)
+        left[best, :] = False
+        left[:, best] = False
+        degree = left.sum(axis=1)
+    return sorted(rows)
+
+
+def _single_thread() -> None:
+    """On a Dask worker, keep torch to one thread (workers x threads = cores)."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    import torch
+
+    torch.set_num_threads(1)
+
+
+STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_result": True,
+                                "result_serializer": "json"}
+
+
+@task(name="sample", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def sample_step(store: str, source: str, tasks: str | None, features: str | None, seed: int,
+                samples: int, cache_key: str, run_id: str) -> dict[str, Any]:
+    """Load and validate the data, split it, draw the probe sample and write it to the store.
+
+    The prepared data is stored under its content fingerprint, so an edited file
+    (same columns, new rows) gets a new key and nothing stale is reused.
+    """
+    st = Store(store)
+    data = prepare(load_dataset(source, tasks, features), seed, samples)
+    key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
+    if not st.has_prepared(key):
+        st.write_prepared(key, data)
+    return {"dataset_key": key, "run_id": run_id}
+
+
+@task(name="probe", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
+def probe_step(store: str, dataset_key: str, task_name: str, settings: dict[str, Any], seed: int,
+               device: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """Probe one ML task (SWOLA) and store its backpropagated errors as Parquet."""
+    _single_thread()
+    st = Store(store)
+    computed = False
+    t0 = time.perf_counter()
+    if not st.has_probe(cache_key):
+        data = st.read_prepared(dataset_key, tasks=[task_name])
+        s = SwolaSettings(**settings)
+        rows = data.probe_idx
+        probe = probe_task(data.x[rows], data.y[rows, 0], data.tasks[0], s, seed, device)
+        st.write_probe(cache_key, probe, {"task": task_name, "settings": s.probe_part(), "seed": seed})
+        computed = True
+    return {"task": task_name, "key": cache_key, "computed": computed, "run_id": run_id,
+            "seconds": time.perf_counter() - t0, "bytes": st.probe_path(cache_key).stat().st_size}
+
+
+@task(name="affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def affinity_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any],
+                  seed: int, device: str, pairs_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """SWOLA distances between all probed tasks, computing only pairs not in the pair cache."""
+    st = Store(store)
+    s = SwolaSettings(**settings)
+    names = [p[0] for p in probes]
+    keys = [p[1] for p in probes]
+    cache = st.read_pairs(pairs_key)
+    t = len(keys)
+    d = np.zeros((t, t))
+    missing: list[tuple[int, int]] = []
+    for i in range(t):
+        for j in range(i + 1, t):
+            value = cache.get(_pair(keys[i], keys[j]))
+            if value is None:
+                missing.append((i, j))
+            else:
+                d[i, j] = d[j, i] = value
+    n_missing = len(missing)
+    if n_missing:
+        rows = cover_rows(missing, t)
+        data = st.read_prepared(dataset_key, tasks=[])
+        x = data.x[data.probe_idx]
+        import torch
+
+        weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], s, seed)).numpy()
+        loaded = [st.read_probe(k) for k in keys]
+        errors = [weighted_errors(p, weights, s) for p in loaded]
+        part = swola_distances(errors, [p.labelled for p in loaded], s, rows=rows, device=device)
+        for r_pos, i in enumerate(rows):
+            for j in range(t):
+                if i == j:
+                    continue
+                pair = _pair(keys[i], keys[j])
+                if pair not in cache:
+                    cache[pair] = float(part[r_pos, j])
+                    d[i, j] = d[j, i] = cache[pair]
+        st.write_pairs(pairs_key, cache)
+    affinity = affinity_from_distances(names, d)
+    path = st.root / "affinity" / f"{cache_key}.parquet"
+    from taskgrouping.storage.store import AFFINITY_SCHEMA, atomic_write_table
+
+    atomic_write_table(path, affinity.to_table(), AFFINITY_SCHEMA)
+    n_pairs = t * (t - 1) // 2
+    return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": n_pairs - n_missing,
+            "run_id": run_id}
+
+
+@task(name="select", retries=0, **STEP_OPTIONS)
+def select_step(store: str, affinity_path: str, selector: str, n_groups: int | None, seed: int,
+                cache_key: str, run_id: str) -> dict[str, Any]:
+    """Choose groups from the affinity matrix."""
+    from pathlib import Path
+
+    affinity = Store(store).read_affinity(Path(affinity_path))
+    grouping = get_selector(selector)(affinity, n_groups, seed)
+    info = {k: v for k, v in grouping.info.items() if isinstance(v, int | float | str | dict) or v is None}
+    return {"groups": grouping.groups, "served": grouping.served, "info": info, "run_id": run_id}
+
+
+@task(name="train-group", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
+def train_step(store: str, dataset_key: str, members: list[str], settings: dict[str, Any], seed: int,
+               device: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """Train and evaluate one group's model; save it as safetensors."""
+    _single_thread()
+    st = Store(store)
+    computed = False
+    if not st.has_model(cache_key):
+        data = st.read_prepared(dataset_key, tasks=members)
+        state, results, info = train_group(data, list(range(len(members))), TrainSettings(**settings),
+                                           seed, device)
+        st.write_model(cache_key, state, results, info | {"members": members, "seed": seed})
+        computed = True
+    return {"key": cache_key, "members": members, "results": st.read_model_results(cache_key),
+            "computed": computed, "run_id": run_id}
+
