@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from taskgrouping.data.builtins import load_builtin
-from taskgrouping.data.dataset import Dataset, TaskSpec
+from taskgrouping.data.dataset import Dataset, TaskKind, TaskSpec
 from taskgrouping.errors import InputError
 
 MIN_LABELLED = 20
@@ -218,7 +218,7 @@ def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
         classes = sorted(v for v in vals.drop_nulls().unique().to_list())
         index = {v: i for i, v in enumerate(classes)}
         y = np.array([np.nan if v is None else index[v] for v in vals.to_list()], dtype=np.float64)
-        kind = "binary" if len(classes) == 2 else "multiclass"
+        kind: TaskKind = "binary" if len(classes) == 2 else "multiclass"
         spec = TaskSpec(name, kind, len(classes), tuple(classes))
     elif _is_numeric(dt):
         y = s.cast(pl.Float64).to_numpy().astype(np.float64)

@@ -74,14 +74,13 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     store = Store(cfg.store)
     results = store.results_dir()
     results.mkdir(parents=True, exist_ok=True)
-    opt = {"result_storage": results}
     seconds: dict[str, float] = {}
     t_start = time.perf_counter()
 
     # 1. sample
     t0 = time.perf_counter()
     source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples)
-    data = sample_step.with_options(**opt)(cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples,
+    data = sample_step.with_options(result_storage=results)(cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples,
                                            cache_key=source_key, run_id=run_id)
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_json(store.dataset_dir(data["dataset_key"]) / "meta.json")
@@ -96,7 +95,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     swola_settings = asdict(cfg.swola)
     probe_keys = {t: keys.probe_key(data_key, t, label_fps[t], cfg.swola, cfg.seed) for t in names}
     with _gpu_annotation(cfg):
-        futures = [probe_step.with_options(**opt, task_run_name=f"probe {t}").submit(
+        futures = [probe_step.with_options(result_storage=results, task_run_name=f"probe {t}").submit(
             cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
             cache_key=probe_keys[t], run_id=run_id) for t in names]
     probes: dict[str, dict[str, Any]] = {}
@@ -112,7 +111,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     ordered = [[t, probe_keys[t]] for t in names]
     aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
-    aff = affinity_step.with_options(**opt)(cfg.store, data["dataset_key"], ordered, swola_settings, cfg.seed,
+    aff = affinity_step.with_options(result_storage=results)(cfg.store, data["dataset_key"], ordered, swola_settings, cfg.seed,
                                             cfg.device, keys.pairs_key(cfg.swola, cfg.seed),
                                             cache_key=aff_key, run_id=run_id)
     pairs_total = len(names) * (len(names) - 1) // 2
@@ -122,7 +121,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     # 4. select groups
     t0 = time.perf_counter()
-    sel = select_step.with_options(**opt)(cfg.store, aff["path"], cfg.selector, cfg.groups, cfg.seed,
+    sel = select_step.with_options(result_storage=results)(cfg.store, aff["path"], cfg.selector, cfg.groups, cfg.seed,
                                           cache_key=keys.selection_key(aff_key, cfg.selector, cfg.groups, cfg.seed),
                                           run_id=run_id)
     seconds["select"] = time.perf_counter() - t0
@@ -140,7 +139,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
             key = keys.group_key(data_key, [(m, label_fps[m]) for m in members], cfg.train, cfg.seed)
             unique.setdefault(key, sorted(members, key=names.index))
     with _gpu_annotation(cfg):
-        train_futures = {key: train_step.with_options(**opt, task_run_name=f"train {len(m)} tasks").submit(
+        train_futures = {key: train_step.with_options(result_storage=results, task_run_name=f"train {len(m)} tasks").submit(
             cfg.store, data["dataset_key"], m, train_settings, cfg.seed, cfg.device,
             cache_key=key, run_id=run_id) for key, m in unique.items()}
     trained: dict[str, dict[str, Any]] = {}

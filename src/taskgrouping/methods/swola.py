@@ -206,6 +206,15 @@ def shared_head(hidden: int, task: TaskSpec, seed: int) -> tuple[np.ndarray, np.
     return lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
 
 
+def task_head(h: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The head a probe uses: fitted on the labelled rows of ``h`` (n, H), or the shared init."""
+    if settings.head == "shared":
+        return shared_head(settings.hidden, task, seed)
+    labelled = ~np.isnan(y)
+    return fit_head(h[labelled].astype(np.float64), y[labelled], task, settings, seed)
+
+
 def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings, seed: int,
                device: str = "cpu") -> Probe:
     """Probe one task: backpropagated errors of every probe sample at every trunk layer.
@@ -234,11 +243,7 @@ def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSett
     for trunk in probe_trunks(x.shape[1], settings, seed):
         trunk = trunk.to(dev)
         h, pre, _ = _forward_record(trunk, xt)
-        if settings.head == "fitted":
-            feats = h.detach().cpu().numpy().astype(np.float64)
-            w, b = fit_head(feats[labelled], y[labelled], task, settings, seed)
-        else:
-            w, b = shared_head(settings.hidden, task, seed)
+        w, b = task_head(h.detach().cpu().numpy(), y, task, settings, seed)
         logits = h @ torch.as_tensor(w, device=dev).T + torch.as_tensor(b, device=dev)
         loss = (per_sample_loss(logits, yt, task) * mask).sum()
         grads = torch.autograd.grad(loss, pre)

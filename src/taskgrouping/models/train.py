@@ -99,8 +99,9 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     best = float("inf")
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
-    epoch = 0
+    epochs_run = 0
     for epoch in range(1, settings.max_epochs + 1):
+        epochs_run = epoch
         model.train()
         order = torch.randperm(xtr.shape[0], generator=gen).to(dev)
         for start in range(0, xtr.shape[0], settings.batch):
@@ -133,4 +134,4 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
         results.append({"task": task.name, "kind": task.kind, "val_loss": float(val_losses[j]),
                         "test_loss": float(test_losses[j]), "metric_name": name, "metric": value})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return state, results, {"epochs": epoch, "best_val_loss": best}
+    return state, results, {"epochs": epochs_run, "best_val_loss": best}

@@ -50,7 +50,9 @@ class Selector(Protocol):
     seed give the same grouping.
     """
 
-    def __call__(self, affinity: AffinityMatrix, n_groups: int | None, seed: int) -> Grouping: ...
+    def __call__(self, affinity: AffinityMatrix, n_groups: int | None, seed: int) -> Grouping:
+        """Choose groups."""
+        ...
 
 
 def trivial_grouping(affinity: AffinityMatrix, k: int) -> Grouping | None:

@@ -1,5 +1,6 @@
-"""The SWOLA article's graph variant: a k-nearest-neighbour task graph, a graph-attention
-autoencoder (torch_geometric's GATConv encoder, inner-product decoder reconstructing S),
+"""The SWOLA article's graph variant of group selection.
+
+A k-nearest-neighbour task graph, a graph-attention autoencoder (torch_geometric's GATConv encoder, inner-product decoder reconstructing S),
 then k-means on the node embeddings.
 """
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 

@@ -1,0 +1,141 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from taskgrouping.data.builtins import digits, synthetic
+from taskgrouping.data.dataset import prepare, split_rows
+from taskgrouping.data.load import load_dataset
+from taskgrouping.errors import InputError
+
+
+def _frame(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame({
+        "f1": rng.standard_normal(n), "f2": rng.integers(0, 5, n), "name": ["a"] * n,
+        "y_bin": rng.integers(0, 2, n), "y_reg": rng.standard_normal(n),
+        "y_cls": rng.choice(["cat", "dog", "eel"], n),
+    })
+
+
+def _write(tmp_path, frame, name="d.parquet"):
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path)
+    return str(path)
+
+
+def test_kinds_defaults_and_missing_labels_kept(tmp_path):
+    frame = _frame().with_columns(pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("y_bin")).alias("y_bin"))
+    ds = load_dataset(_write(tmp_path, frame))
+    assert ds.task_names == ["y_bin", "y_reg", "y_cls"]
+    assert [t.kind for t in ds.tasks] == ["binary", "regression", "multiclass"]
+    assert ds.tasks[2].classes == ("cat", "dog", "eel")
+    assert ds.feature_names == ["f1", "f2"]  # the string column is not a feature by default
+    assert np.isnan(ds.labels[:3, 0]).all() and not np.isnan(ds.labels[3:, 0]).any()
+
+
+def test_csv_and_parquet_agree_and_globs(tmp_path):
+    frame = _frame()
+    a = load_dataset(_write(tmp_path, frame, "d.csv"), tasks="y_b*,y_reg", features="f*")
+    b = load_dataset(_write(tmp_path, frame), tasks="y_b*,y_reg", features="f*")
+    assert a.task_names == b.task_names == ["y_bin", "y_reg"]
+    np.testing.assert_allclose(a.features, b.features)
+    assert a.features_fingerprint() == b.features_fingerprint()
+
+
+def test_list_feature_column(tmp_path):
+    rng = np.random.default_rng(1)
+    frame = pl.DataFrame({"x": rng.standard_normal((30, 3)).tolist(), "y_a": rng.integers(0, 2, 30)})
+    frame = frame.with_columns(pl.col("x").cast(pl.Array(pl.Float64, 3)))
+    ds = load_dataset(_write(tmp_path, frame))
+    assert ds.features.shape == (30, 3) and ds.feature_names == ["x[0]", "x[1]", "x[2]"]
+
+
+@pytest.mark.parametrize("mutate, kwargs, message", [
+    (lambda f: f.drop("y_bin", "y_reg", "y_cls"), {}, "no task columns"),
+    (lambda f: f, {"tasks": "y_bin,y_bin"}, "'y_bin' is named twice"),
+    (lambda f: f, {"features": "name"}, "feature column 'name' is not numeric"),
+    (lambda f: f.with_columns(pl.lit(1).alias("y_bin")), {}, "task 'y_bin' has 1 distinct label value"),
+    (lambda f: f.with_columns(pl.when(pl.int_range(pl.len()) < 25).then(None).otherwise(pl.col("y_reg")).alias("y_reg")),
+     {}, "task 'y_reg' has 15 labelled samples; at least 20"),
+    (lambda f: f.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(float("nan")).otherwise(pl.col("f1")).alias("f1")),
+     {}, "feature column 'f1' has 1 missing, NaN or inf values (first at row 7)"),
+    (lambda f: f.with_columns(pl.when(pl.int_range(pl.len()) == 2).then(float("inf")).otherwise(pl.col("f1")).alias("f1")),
+     {}, "feature column 'f1'"),
+    (lambda f: f.head(0), {}, "the table is empty"),
+    (lambda f: f, {"tasks": "y_nope"}, "column 'y_nope', which is not in the table"),
+    (lambda f: f, {"tasks": "z_*"}, "pattern 'z_*' matches no column"),
+])
+def test_rejections_name_the_culprit(tmp_path, mutate, kwargs, message):
+    path = _write(tmp_path, mutate(_frame()))
+    with pytest.raises(InputError) as err:
+        load_dataset(path, **kwargs)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_ragged_csv_duplicate_header_unreadable_and_missing(tmp_path):
+    ragged = tmp_path / "r.csv"
+    ragged.write_text("f1,y_a\n1,0\n2,1,5\n")
+    with pytest.raises(InputError, match=r"r.csv: ragged CSV: line 3 has 3 fields, the header has 2"):
+        load_dataset(str(ragged))
+    dup = tmp_path / "dup.csv"
+    dup.write_text("f1,y_a,y_a\n1,0,1\n")
+    with pytest.raises(InputError, match="column 'y_a' appears 2 times in the header"):
+        load_dataset(str(dup))
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="bad.parquet: unreadable file"):
+        load_dataset(str(bad))
+    with pytest.raises(InputError, match="nope.csv: no such file"):
+        load_dataset(str(tmp_path / "nope.csv"))
+    with pytest.raises(InputError, match="unsupported file type '.txt'"):
+        (tmp_path / "a.txt").write_text("x")
+        load_dataset(str(tmp_path / "a.txt"))
+
+
+def test_builtin_digits_tasks():
+    ds = digits()
+    assert ds.features.shape == (1797, 64) and len(ds.tasks) == 15
+    i3, n3 = ds.task_names.index("is_3"), ds.task_names.index("not_3")
+    np.testing.assert_array_equal(ds.labels[:, n3], 1 - ds.labels[:, i3])
+    assert abs(ds.labels[:, ds.task_names.index("random")].mean() - 0.5) < 0.05
+
+
+def test_builtin_synthetic_options_and_errors():
+    ds = load_dataset("builtin:synthetic:tasks=6,groups=3,samples=100,complement=1,random=1")
+    assert len(ds.tasks) == 8 and ds.features.shape == (100, 32)
+    assert sorted(set(ds.ground_truth[t] for t in ds.task_names[:6])) == [0, 1, 2]
+    np.testing.assert_array_equal(ds.labels[:, 6], 1 - ds.labels[:, 0])
+    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, synthetic"):
+        load_dataset("builtin:nope")
+    with pytest.raises(InputError, match="unknown option 'colour=3'"):
+        load_dataset("builtin:synthetic:colour=3")
+    with pytest.raises(InputError, match="option tasks needs a number"):
+        load_dataset("builtin:synthetic:tasks=many")
+
+
+def test_split_and_probe_sample_are_seeded():
+    ds = synthetic(tasks=4, groups=2, samples=200)
+    a, b, c = prepare(ds, 3, 50), prepare(ds, 3, 50), prepare(ds, 4, 50)
+    np.testing.assert_array_equal(a.split, b.split)
+    np.testing.assert_array_equal(a.probe_idx, b.probe_idx)
+    assert not np.array_equal(a.probe_idx, c.probe_idx)
+    assert (a.split[a.probe_idx] == 0).all() and len(a.probe_idx) == 50
+    counts = np.bincount(split_rows(1000, 0))
+    assert counts.tolist() == [700, 150, 150]
+    # standardised with training statistics
+    np.testing.assert_allclose(a.x[a.split == 0].mean(axis=0), 0, atol=1e-5)
+
+
+def test_fingerprint_changes_with_rows_not_with_other_columns():
+    ds = synthetic(tasks=4, groups=2, samples=200)
+    fp = ds.label_fingerprint(0)
+    sub = synthetic(tasks=4, groups=2, samples=200)
+    sub.labels = sub.labels[:, :2]
+    sub.tasks = sub.tasks[:2]
+    assert sub.label_fingerprint(0) == fp and sub.features_fingerprint() == ds.features_fingerprint()
+    ds.features[0, 0] += 1.0
+    assert ds.features_fingerprint() != sub.features_fingerprint()

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from taskgrouping.errors import InputError
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.selectors import get_selector
+from taskgrouping.selectors.gat import knn_graph
+
+
+def planted(sizes=(4, 4, 3), noise=0.05, seed=0):
+    """A distance matrix with planted blocks: within 0.2, between 1.0, plus symmetric noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    perm = rng.permutation(len(labels))
+    labels = labels[perm]
+    d = np.where(labels[:, None] == labels[None, :], 0.2, 1.0) + noise * rng.random((len(labels),) * 2)
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0)
+    return AffinityMatrix([f"t{i}" for i in range(len(labels))], d, "distance"), labels
+
+
+@pytest.mark.parametrize("name", ["spectral", "gat"])
+@pytest.mark.parametrize("k", [None, 3])
+def test_planted_groups_recovered(name, k):
+    aff, labels = planted()
+    g = get_selector(name)(aff, k, 0)
+    assert adjusted_rand_score(labels, g.labels(aff.tasks)) == 1.0
+    assert sorted(t for grp in g.groups for t in grp) == sorted(aff.tasks)  # a partition
+
+
+@pytest.mark.parametrize("name", ["spectral", "gat"])
+def test_deterministic_and_trivial_budgets(name):
+    aff, _ = planted(sizes=(3, 3, 3, 3), noise=0.3)
+    sel = get_selector(name)
+    assert sel(aff, 4, 5).groups == sel(aff, 4, 5).groups
+    assert sel(aff, 1, 0).groups == [aff.tasks]
+    assert sel(aff, len(aff.tasks), 0).groups == [[t] for t in aff.tasks]
+
+
+def test_gain_matrices_are_accepted():
+    aff, labels = planted()
+    gain = AffinityMatrix(aff.tasks, -aff.values, "gain")
+    g = get_selector("spectral")(gain, 3, 0)
+    assert adjusted_rand_score(labels, g.labels(aff.tasks)) == 1.0
+
+
+def test_unknown_selector_lists_known():
+    with pytest.raises(InputError, match="unknown --selector 'kmeans'; known selectors: spectral, gat"):
+        get_selector("kmeans")
+
+
+def test_knn_graph_degree():
+    aff, _ = planted()
+    g = knn_graph(aff.similarity(), 3)
+    assert all(deg >= 3 for _, deg in g.degree())
+
+
+def test_affinity_table_roundtrip_and_cohesion():
+    aff, labels = planted()
+    back = AffinityMatrix.from_table(aff.to_table())
+    assert back.tasks == aff.tasks and back.kind == "distance"
+    np.testing.assert_array_equal(back.values, aff.values)
+    members = [t for t, lab in zip(aff.tasks, labels, strict=True) if lab == 0]
+    assert aff.cohesion(members) < 0.5

@@ -1,0 +1,64 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from taskgrouping.data.builtins import synthetic
+from taskgrouping.data.dataset import prepare
+from taskgrouping.methods.swola import Probe
+from taskgrouping.storage import AFFINITY_SCHEMA, Store, atomic_write_table, read_table_checked
+
+
+def test_prepared_roundtrip_with_missing_labels(tmp_path):
+    ds = synthetic(tasks=3, groups=1, samples=100, missing=0.2)
+    data = prepare(ds, 0, 20)
+    st = Store(tmp_path)
+    st.write_prepared("k", data)
+    back = st.read_prepared("k")
+    np.testing.assert_array_equal(back.x, data.x)
+    np.testing.assert_array_equal(np.isnan(back.y), np.isnan(data.y))
+    np.testing.assert_array_equal(back.probe_idx, data.probe_idx)
+    one = st.read_prepared("k", tasks=[ds.task_names[2]])
+    np.testing.assert_array_equal(np.isnan(one.y[:, 0]), np.isnan(data.y[:, 2]))
+    assert one.tasks[0].name == ds.task_names[2] and one.ground_truth == ds.ground_truth
+
+
+def test_probe_roundtrip_and_no_temp_files(tmp_path):
+    st = Store(tmp_path)
+    p = Probe(deltas=np.random.default_rng(0).standard_normal((2, 10, 6)).astype(np.float32),
+              labelled=np.arange(10) % 3 != 0)
+    st.write_probe("abc", p, {"task": "t"})
+    q = st.read_probe("abc")
+    np.testing.assert_array_equal(q.deltas, p.deltas)
+    np.testing.assert_array_equal(q.labelled, p.labelled)
+    assert [f.name for f in (tmp_path / "probes").iterdir()] == ["abc.parquet"]
+
+
+def test_schema_checked_on_write_and_read(tmp_path):
+    bad = pa.table({"task_a": ["a"], "task_b": ["b"], "value": [1.0]})
+    with pytest.raises(ValueError, match="column 'kind' missing"):
+        atomic_write_table(tmp_path / "x.parquet", bad, AFFINITY_SCHEMA)
+    assert not (tmp_path / "x.parquet").exists()
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"task_a": ["a"], "task_b": ["b"], "value": ["high"], "kind": ["gain"]}),
+                   tmp_path / "y.parquet")
+    with pytest.raises(ValueError, match="column 'value' has type string"):
+        read_table_checked(tmp_path / "y.parquet", AFFINITY_SCHEMA)
+
+
+def test_model_saved_as_safetensors(tmp_path):
+    st = Store(tmp_path)
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    st.write_model("g", state, [{"task": "t", "kind": "binary", "val_loss": 0.1, "test_loss": 0.2,
+                                 "metric_name": "auroc", "metric": 0.9}], {"epochs": 3})
+    assert st.has_model("g")
+    assert torch.equal(st.read_model_state("g")["w"], state["w"])
+    assert st.read_model_results("g")[0]["metric"] == 0.9
+
+
+def test_pairs_cache_roundtrip(tmp_path):
+    st = Store(tmp_path)
+    assert st.read_pairs("p") == {}
+    st.write_pairs("p", {("a", "b"): 1.5, ("a", "c"): 0.25})
+    assert st.read_pairs("p") == {("a", "b"): 1.5, ("a", "c"): 0.25}
