@@ -10,13 +10,16 @@ import csv
 import fnmatch
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from taskgrouping.data.builtins import load_builtin
 from taskgrouping.data.dataset import Dataset, TaskKind, TaskSpec
 from taskgrouping.errors import InputError
+
+if TYPE_CHECKING:  # polars is imported where a table is read: built-in data never needs it
+    import polars as pl
 
 MIN_LABELLED = 20
 """A task needs at least this many labelled samples."""
@@ -24,7 +27,11 @@ MIN_LABELLED = 20
 MAX_CLASSES = 50
 """An integer label column with at most this many distinct values is multi-class, else regression."""
 
-_NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64,
+
+def _numeric_types() -> tuple[type[pl.DataType], ...]:
+    import polars as pl
+
+    return (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64,
             pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Boolean)
 
 
@@ -60,6 +67,8 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
 
 def read_table(source: str) -> pl.DataFrame:
     """Read a Parquet or CSV file into a polars frame, rejecting unreadable, ragged or empty input."""
+    import polars as pl
+
     path = Path(source).expanduser()
     if not path.exists():
         raise InputError(f"{source}: no such file")
@@ -168,15 +177,19 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
 
 
 def _is_numeric(dt: pl.DataType) -> bool:
-    return any(dt == t for t in _NUMERIC)
+    return any(dt == t for t in _numeric_types())
 
 
 def _is_numeric_list(dt: pl.DataType) -> bool:
+
+    import polars as pl
     inner = getattr(dt, "inner", None)
     return isinstance(dt, pl.List | pl.Array) and inner is not None and _is_numeric(inner)
 
 
 def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[np.ndarray, list[str]]:
+
+    import polars as pl
     blocks: list[np.ndarray] = []
     names: list[str] = []
     for c in cols:
@@ -208,6 +221,8 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[
 
 def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
     """Infer the task kind and encode labels as float32 with NaN for missing."""
+    import polars as pl
+
     name = s.name
     dt = s.dtype
     if dt == pl.Boolean:
