@@ -53,3 +53,16 @@ def test_same_seed_same_groups_in_a_fresh_store(prefect_api, tmp_path):
     b = run_regroup(_cfg(tmp_path / "b"), "b")
     assert a["groups"] == b["groups"] and a["metrics"] == b["metrics"]
     assert b["counts"]["probes_computed"] == 6  # a fresh store shares nothing
+
+
+def test_existing_dask_scheduler_and_artifacts(prefect_api, tmp_path):
+    from distributed import LocalCluster
+    from prefect.client.orchestration import get_client
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = run_regroup(_cfg(tmp_path / "s", dask_address=cluster.scheduler_address), "on-cluster")
+    assert summary["counts"]["probes_computed"] == 6
+    assert Path(summary["artifacts"]["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"taskgrouping-groups", "taskgrouping-settings", "taskgrouping-report"} <= keys

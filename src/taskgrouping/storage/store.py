@@ -83,6 +83,7 @@ PAIRS_SCHEMA = pa.schema(
 def _tmp_path(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp makes 0600; store files are meant to be shared
     return Path(name)
 
 

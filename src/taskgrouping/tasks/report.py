@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
                 affinity_path: str, group_results: dict[str, list[dict[str, Any]]],
                 counts: dict[str, int], seconds: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
     """Assemble metrics, write ``runs/<run_id>/`` and publish artifacts; return the run summary."""
+    t_report = time.perf_counter()
     st = Store(config["store"])
     affinity = st.read_affinity(Path(affinity_path))
     grouping = Grouping(groups=selection["groups"], served=selection["served"], info=selection["info"])
@@ -61,6 +63,10 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "selection": selection["info"],
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
     }
+    seconds = dict(seconds)
+    seconds["report"] = time.perf_counter() - t_report
+    seconds["total"] += seconds["report"]
+    summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     info = {"data": config["data"], "seed": config["seed"], "samples": config["samples"], "ari": ari,
             "selection": selection["info"]}
     text = render_report(summary, affinity, rows, totals, info)
