@@ -112,6 +112,19 @@ def _quiet_logs(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _drain_prefect_queues() -> None:
+    """Send queued logs and events to the API before the run's server is stopped."""
+    import contextlib
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    with contextlib.suppress(Exception):
+        APILogHandler().flush()
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``taskgrouping run``."""
     cfg = config_from_args(args)
@@ -130,7 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            summary = run_regroup(cfg, run_id)
+            try:
+                summary = run_regroup(cfg, run_id)
+            finally:
+                _drain_prefect_queues()
     if args.json:
         print(json.dumps(summary))
     else:
