@@ -1,6 +1,7 @@
 """The regroup flow for real: Prefect server, a local Dask process cluster, the store."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -47,6 +48,17 @@ def test_regroup_first_run_incremental_run_and_identical_rerun(prefect_api, tmp_
     report = (store / "runs" / "run-3" / "report.md").read_text()
     assert "## Recommendation" in report and "| grouped" in report
 
+    # files removed behind Prefect's back are recomputed, not trusted from the cache record
+    probe_file = sorted((store / "probes").glob("*.parquet"))[0]
+    probe_file.unlink()
+    model_dir = sorted((store / "models").iterdir())[0]
+    shutil.rmtree(model_dir)
+    fourth = run_regroup(_cfg(store), "run-4")
+    c = fourth["counts"]
+    assert (c["probes_computed"], c["pairs_computed"], c["groups_trained"]) == (1, 0, 1)
+    assert probe_file.exists() and (model_dir / "model.safetensors").exists()
+    assert fourth["groups"] == second["groups"] and fourth["metrics"] == second["metrics"]
+
 
 def test_same_seed_same_groups_in_a_fresh_store(prefect_api, tmp_path):
     a = run_regroup(_cfg(tmp_path / "a"), "a")
@@ -66,3 +78,38 @@ def test_existing_dask_scheduler_and_artifacts(prefect_api, tmp_path):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert {"taskgrouping-groups", "taskgrouping-settings", "taskgrouping-report"} <= keys
+
+
+def test_cli_on_a_csv_with_every_task_kind(prefect_api, tmp_path, capsys):
+    import numpy as np
+    import polars as pl
+
+    from taskgrouping.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 300
+    x = rng.standard_normal((n, 5))
+    y_bin = (x[:, 0] > 0).astype(float)
+    y_bin[rng.random(n) < 0.2] = np.nan  # missing labels
+    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(5)}).with_columns(
+        pl.Series("y_bin", y_bin, nan_to_null=True),
+        pl.Series("y_reg", x[:, 1] * 3 + rng.standard_normal(n)),
+        pl.Series("y_cls", np.array(["a", "b", "c"])[np.digitize(x[:, 2], [-0.5, 0.5])]),
+    )
+    path = tmp_path / "mixed.csv"
+    frame.write_csv(path)
+    rc = main(["run", "--data", str(path), "--store", str(tmp_path / "s"), "--samples", "100", "--groups", "2",
+               "--workers", "1", "--hidden", "8", "--max-epochs", "5", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    expected = {"run_id", "store", "method", "selector", "tasks", "groups", "served", "artifacts", "counts",
+                "seconds", "metrics"}
+    assert expected <= set(summary)
+    assert summary["tasks"] == ["y_bin", "y_reg", "y_cls"]
+    assert set(summary["served"]) == set(summary["tasks"]) and len(summary["groups"]) == 2
+    assert set(summary["artifacts"]) == {"affinity", "groups", "metrics", "report", "heatmap"}
+    assert {"sample", "probe", "affinity", "select", "train", "total"} <= set(summary["seconds"])
+    metrics = pq.read_table(summary["artifacts"]["metrics"]).to_pylist()
+    kinds = {r["task"]: (r["kind"], r["metric_name"]) for r in metrics if r["setting"] == "grouped"}
+    assert kinds == {"y_bin": ("binary", "auroc"), "y_reg": ("regression", "rmse"), "y_cls": ("multiclass", "accuracy")}
+    assert all(np.isfinite(v) for v in summary["metrics"].values())

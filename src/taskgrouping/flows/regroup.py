@@ -80,8 +80,11 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     # 1. sample
     t0 = time.perf_counter()
     source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples)
-    data = sample_step.with_options(result_storage=results)(cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples,
-                                           cache_key=source_key, run_id=run_id)
+    sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
+    data = sample_step.with_options(result_storage=results)(*sample_args, cache_key=source_key, run_id=run_id)
+    if not store.has_prepared(data["dataset_key"]):  # a cached record whose files were removed
+        data = sample_step.with_options(result_storage=results, refresh_cache=True)(
+            *sample_args, cache_key=source_key, run_id=run_id)
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_json(store.dataset_dir(data["dataset_key"]) / "meta.json")
     names = [t["name"] for t in meta["tasks"]]
@@ -104,6 +107,17 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         probes[res["task"]] = res
         if done == len(futures) or done % max(1, len(futures) // 4) == 0:
             log.info("probe: %d/%d tasks", done, len(futures))
+    gone = [t for t in names if not store.has_probe(probe_keys[t])]
+    if gone:  # cached records whose probe files were removed: compute them again
+        log.info("probe: %d probe files missing from the store, recomputing", len(gone))
+        with _gpu_annotation(cfg):
+            redo = [probe_step.with_options(result_storage=results, refresh_cache=True,
+                                            task_run_name=f"probe {t}").submit(
+                cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
+                cache_key=probe_keys[t], run_id=run_id) for t in gone]
+        for fut in redo:
+            res = fut.result()
+            probes[res["task"]] = res
     computed = sum(1 for r in probes.values() if r["computed"] and r["run_id"] == run_id)
     seconds["probe"] = time.perf_counter() - t0
 
@@ -111,9 +125,12 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     ordered = [[t, probe_keys[t]] for t in names]
     aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
-    aff = affinity_step.with_options(result_storage=results)(cfg.store, data["dataset_key"], ordered, swola_settings, cfg.seed,
-                                            cfg.device, keys.pairs_key(cfg.swola, cfg.seed),
-                                            cache_key=aff_key, run_id=run_id)
+    aff_args = (cfg.store, data["dataset_key"], ordered, swola_settings, cfg.seed, cfg.device,
+                keys.pairs_key(cfg.swola, cfg.seed))
+    aff = affinity_step.with_options(result_storage=results)(*aff_args, cache_key=aff_key, run_id=run_id)
+    if not Path(aff["path"]).exists():
+        aff = affinity_step.with_options(result_storage=results, refresh_cache=True)(
+            *aff_args, cache_key=aff_key, run_id=run_id)
     pairs_total = len(names) * (len(names) - 1) // 2
     pairs_computed = aff["pairs_computed"] if aff["run_id"] == run_id else 0
     seconds["affinity"] = time.perf_counter() - t0
@@ -148,6 +165,16 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         trained[res["key"]] = res
         if done == len(train_futures) or done % max(1, len(train_futures) // 5) == 0:
             log.info("train: %d/%d group models", done, len(train_futures))
+    gone = [key for key in unique if not store.has_model(key)]
+    if gone:  # cached records whose model files were removed: train them again
+        log.info("train: %d group models missing from the store, retraining", len(gone))
+        with _gpu_annotation(cfg):
+            redo = [train_step.with_options(result_storage=results, refresh_cache=True).submit(
+                cfg.store, data["dataset_key"], unique[key], train_settings, cfg.seed, cfg.device,
+                cache_key=key, run_id=run_id) for key in gone]
+        for fut in redo:
+            res = fut.result()
+            trained[res["key"]] = res
     groups_trained = sum(1 for r in trained.values() if r["computed"] and r["run_id"] == run_id)
     seconds["train"] = time.perf_counter() - t0
 

@@ -63,9 +63,9 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "selection": selection["info"],
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
     }
-    seconds = dict(seconds)
-    seconds["report"] = time.perf_counter() - t_report
-    seconds["total"] += seconds["report"]
+    report_s = time.perf_counter() - t_report
+    seconds = {k: v for k, v in seconds.items() if k != "total"} | {
+        "report": report_s, "total": seconds["total"] + report_s}
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     info = {"data": config["data"], "seed": config["seed"], "samples": config["samples"], "ari": ari,
             "selection": selection["info"]}
