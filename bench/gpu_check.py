@@ -16,14 +16,7 @@ import torch
 
 from taskgrouping.data.builtins import digits, synthetic
 from taskgrouping.data.dataset import prepare
-from taskgrouping.methods.swola import (
-    SwolaSettings,
-    layer_weights,
-    probe_task,
-    probe_trunks,
-    swola_distances,
-    weighted_errors,
-)
+from taskgrouping.methods.swola import SwolaSettings, distances_from_probes, probe_task
 from taskgrouping.models.train import TrainSettings, train_group
 
 
@@ -34,9 +27,7 @@ def run(data, settings: SwolaSettings, device: str) -> tuple[np.ndarray, float, 
     t0 = time.perf_counter()
     probes = [probe_task(x, data.y[data.probe_idx, j], t, settings, 0, device) for j, t in enumerate(data.tasks)]
     t1 = time.perf_counter()
-    w = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, 0)).numpy()
-    errs = [weighted_errors(p, w, settings) for p in probes]
-    d = swola_distances(errs, [p.labelled for p in probes], settings, device=device)
+    d = distances_from_probes(probes, x, settings, 0, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
     return d, t1 - t0, time.perf_counter() - t1

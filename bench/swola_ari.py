@@ -12,20 +12,11 @@ import argparse
 import time
 
 import numpy as np
-import torch
 from sklearn.metrics import adjusted_rand_score
 
 from taskgrouping.data.builtins import synthetic
 from taskgrouping.data.dataset import prepare
-from taskgrouping.methods.swola import (
-    SwolaSettings,
-    affinity_from_distances,
-    layer_weights,
-    probe_task,
-    probe_trunks,
-    swola_distances,
-    weighted_errors,
-)
+from taskgrouping.methods.swola import SwolaSettings, swola_affinity
 from taskgrouping.selectors import get_selector
 
 LEVELS = {
@@ -33,14 +24,6 @@ LEVELS = {
     "hard (noise 1.0, jitter 0.8)": {"noise": 1.0, "jitter": 0.8},
     "hard + complement + random": {"noise": 1.0, "jitter": 0.8, "complement": 1, "random": 1},
 }
-
-
-def affinity(data, settings, seed):
-    x = data.x[data.probe_idx]
-    probes = [probe_task(x, data.y[data.probe_idx, j], t, settings, seed) for j, t in enumerate(data.tasks)]
-    w = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
-    errs = [weighted_errors(p, w, settings) for p in probes]
-    return affinity_from_distances(data.task_names, swola_distances(errs, [p.labelled for p in probes], settings))
 
 
 def main() -> None:
@@ -58,7 +41,8 @@ def main() -> None:
                     ds = synthetic(tasks=16, groups=4, samples=2000, seed=seed, **opts)
                     data = prepare(ds, seed, args.samples)
                     t0 = time.perf_counter()
-                    aff = affinity(data, SwolaSettings(head=head, trunks=trunks), seed)
+                    aff = swola_affinity(data.x[data.probe_idx], data.y[data.probe_idx], data.tasks,
+                                        SwolaSettings(head=head, trunks=trunks), seed)
                     secs.append(time.perf_counter() - t0)
                     truth = [ds.ground_truth[t] for t in ds.task_names]
                     sel = get_selector("spectral")

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import numpy as np
@@ -9,10 +10,10 @@ from taskgrouping.data.dataset import TaskSpec
 from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
-    layer_weights,
+    distances_from_probes,
     probe_task,
     probe_trunks,
-    swola_distances,
+    swola_affinity,
     task_head,
 )
 from taskgrouping.models.losses import per_sample_loss
@@ -38,13 +39,11 @@ def _data(n=60, d=5, seed=0):
 
 
 def _factorised(x, ys, specs, s, seed=0):
-    probes = {k: probe_task(x, ys[k], specs[k], s, seed) for k in ys}
-    from taskgrouping.methods.swola import weighted_errors
-
-    w = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], s, seed)).numpy()
     names = list(ys)
-    errors = [weighted_errors(probes[k], w, s) for k in names]
-    return names, swola_distances(errors, [probes[k].labelled for k in names], s)
+    named = [dataclasses.replace(specs[k], name=k) for k in names]
+    affinity = swola_affinity(x, np.stack([ys[k] for k in names], axis=1), named, s, seed)
+    assert affinity.tasks == names
+    return names, affinity.values
 
 
 def _brute_force(x, ys, specs, s, seed=0):
@@ -124,14 +123,9 @@ def test_invariants_identical_complement_symmetry_permutation():
 def test_rows_only_equal_full_matrix():
     x, ys, specs = _data()
     s = SwolaSettings(hidden=6)
-    probes = {k: probe_task(x, ys[k], specs[k], s, 0) for k in ys}
-    from taskgrouping.methods.swola import weighted_errors
-
-    w = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], s, 0)).numpy()
-    errors = [weighted_errors(probes[k], w, s) for k in ys]
-    masks = [probes[k].labelled for k in ys]
-    full = swola_distances(errors, masks, s)
-    np.testing.assert_allclose(swola_distances(errors, masks, s, rows=[1, 3]), full[[1, 3]], rtol=1e-12)
+    probes = [probe_task(x, ys[k], specs[k], s, 0) for k in ys]
+    full = distances_from_probes(probes, x, s, 0)
+    np.testing.assert_allclose(distances_from_probes(probes, x, s, 0, rows=[1, 3]), full[[1, 3]], rtol=1e-12)
 
 
 def test_trunks_average_and_determinism():

@@ -334,6 +334,30 @@ def swola_distances(errors: list[np.ndarray], masks: list[np.ndarray], settings:
     return (d * (settings.lr / settings.trunks)).cpu().numpy()
 
 
+def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSettings, seed: int,
+                          rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
+    """SWOLA distances from stored probes and the probe features ``x`` (n, d) they were taken on.
+
+    Recomputes the shared per-sample layer weights (one forward pass per trunk), weights
+    and normalises each probe, and returns :func:`swola_distances` for ``rows``.
+    """
+    weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
+    errors = [weighted_errors(p, weights, settings) for p in probes]
+    return swola_distances(errors, [p.labelled for p in probes], settings, rows=rows, device=device)
+
+
+def swola_affinity(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+                   device: str = "cpu") -> AffinityMatrix:
+    """The whole SWOLA affinity in memory: probe every task of ``y`` (n, T) on ``x`` (n, d), then distances.
+
+    The flow does the same in steps (one cached probe per task); this is for
+    notebooks, benchmarks and tests.
+    """
+    probes = [probe_task(x, y[:, j], t, settings, seed, device) for j, t in enumerate(tasks)]
+    d = distances_from_probes(probes, x, settings, seed, device=device)
+    return affinity_from_distances([t.name for t in tasks], d)
+
+
 def affinity_from_distances(tasks: list[str], d: np.ndarray) -> AffinityMatrix:
     """Symmetrise (exact up to rounding), zero the diagonal and wrap as a ``distance`` matrix."""
     d = 0.5 * (d + d.T)

@@ -22,11 +22,8 @@ from taskgrouping.data.load import load_dataset
 from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
-    layer_weights,
+    distances_from_probes,
     probe_task,
-    probe_trunks,
-    swola_distances,
-    weighted_errors,
 )
 from taskgrouping.models.train import TrainSettings, train_group
 from taskgrouping.selectors import get_selector
@@ -136,13 +133,8 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
     if n_missing:
         rows = cover_rows(missing, t)
         data = st.read_prepared(dataset_key, tasks=[])
-        x = data.x[data.probe_idx]
-        import torch
-
-        weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], s, seed)).numpy()
         loaded = [st.read_probe(k) for k in keys]
-        errors = [weighted_errors(p, weights, s) for p in loaded]
-        part = swola_distances(errors, [p.labelled for p in loaded], s, rows=rows, device=device)
+        part = distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
         for r_pos, i in enumerate(rows):
             for j in range(t):
                 if i == j:
