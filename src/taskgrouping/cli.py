@@ -25,6 +25,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except empty ones (None, off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _groups(value: str) -> int | None:
     if value == "auto":
         return None
@@ -39,24 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="taskgrouping", description="Decide which ML tasks to train together.")
     parser.add_argument("--version", action="version", version=f"taskgrouping {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="sample, probe, affinity, select, train per group, report")
+    run = sub.add_parser("run", help="sample, probe, affinity, select, train per group, report",
+                         description="Run the regroup flow: sample -> probe every task -> affinity -> "
+                                     "select groups -> train one model per group (+ baselines) -> report.",
+                         formatter_class=_Help)
     run.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
-    run.add_argument("--tasks", default=None, help="comma list or glob of label columns (default y_*)")
-    run.add_argument("--features", default=None, help="comma list or glob of feature columns")
+    run.add_argument("--tasks", default=None, help="comma list or glob of label columns; all columns named y_* when not given")
+    run.add_argument("--features", default=None, help="comma list or glob of feature columns; every other numeric column when not given")
     run.add_argument("--method", default="swola", help="affinity method (swola)")
     run.add_argument("--selector", default="spectral", help="group selector (spectral, gat)")
-    run.add_argument("--groups", type=_groups, default=None, help="number of groups, or auto")
+    run.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
     run.add_argument("--samples", type=int, default=512, help="probe samples")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--store", default="./taskgrouping-store")
+    run.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
+    run.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
     run.add_argument("--workers", type=int, default=2, help="local Dask workers")
     run.add_argument("--dask-address", default=None, help="an existing Dask scheduler")
-    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where probes and training run")
     run.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
-    run.add_argument("--normalise", default="task", choices=["none", "task", "sample"])
+    run.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
+                     help="SWOLA gradient normalisation")
     run.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
     run.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
-    run.add_argument("--max-epochs", type=int, default=200)
+    run.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
     return parser
