@@ -29,7 +29,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except empty ones (None, off switches)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
