@@ -139,3 +139,25 @@ def test_fingerprint_changes_with_rows_not_with_other_columns():
     assert sub.label_fingerprint(0) == fp and sub.features_fingerprint() == ds.features_fingerprint()
     ds.features[0, 0] += 1.0
     assert ds.features_fingerprint() != sub.features_fingerprint()
+
+
+def test_label_kind_rules(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 200
+    frame = pl.DataFrame({
+        "f": rng.standard_normal(n),
+        "y_int3": rng.integers(0, 3, n),            # few integer values: multi-class
+        "y_int_many": rng.integers(0, 1000, n),     # many integer values: regression
+        "y_bool": rng.random(n) < 0.4,              # bool: binary
+        "y_float01": rng.integers(0, 2, n).astype(float),  # floats that are all 0/1: binary
+        "y_two_strings": rng.choice(["no", "yes"], n),     # two categories: binary, sorted classes
+    })
+    ds = load_dataset(_write(tmp_path, frame))
+    kinds = {t.name: (t.kind, t.n_classes) for t in ds.tasks}
+    assert kinds == {"y_int3": ("multiclass", 3), "y_int_many": ("regression", 1), "y_bool": ("binary", 2),
+                     "y_float01": ("binary", 2), "y_two_strings": ("binary", 2)}
+    j = ds.task_names.index("y_two_strings")
+    assert ds.tasks[j].classes == ("no", "yes")
+    np.testing.assert_array_equal(ds.labels[:, j], (frame["y_two_strings"] == "yes").to_numpy().astype(np.float32))
+    j = ds.task_names.index("y_int3")
+    assert set(np.unique(ds.labels[:, j]).tolist()) == {0.0, 1.0, 2.0}
