@@ -7,6 +7,7 @@ Layout under the store root::
     datasets/<dataset_key>/meta.json          task specs, feature names, split, ground truth
     probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys
+    affinity/<affinity_key>.parquet           affinity over one task set (long form)
     models/<group_key>/model.safetensors      one trained group model (state dict)
     models/<group_key>/metrics.parquet        its per-task validation and test results
     runs/<run_id>/...                         affinity, groups, metrics, report, heatmap, summary
@@ -163,6 +164,10 @@ class Store:
         """Parquet cache of pair distances for one set of pair settings."""
         return self.root / "pairs" / f"{pairs_key}.parquet"
 
+    def affinity_path(self, affinity_key: str) -> Path:
+        """Content-addressed affinity matrix (runs copy it into their own folder)."""
+        return self.root / "affinity" / f"{affinity_key}.parquet"
+
     def model_dir(self, group_key: str) -> Path:
         """Folder of one trained group model."""
         return self.root / "models" / group_key
@@ -313,9 +318,9 @@ class Store:
         return load_file(str(self.model_dir(key) / "model.safetensors"))
 
     # --- run outputs -----------------------------------------------------------
-    def write_affinity(self, run_id: str, affinity: AffinityMatrix) -> Path:
-        """``runs/<id>/affinity.parquet`` in long form."""
-        return atomic_write_table(self.run_dir(run_id) / "affinity.parquet", affinity.to_table(), AFFINITY_SCHEMA)
+    def write_affinity(self, path: Path, affinity: AffinityMatrix) -> Path:
+        """An affinity matrix in long form (``task_a, task_b, value, kind``)."""
+        return atomic_write_table(path, affinity.to_table(), AFFINITY_SCHEMA)
 
     def read_affinity(self, path: Path) -> AffinityMatrix:
         """Read a long affinity Parquet file."""

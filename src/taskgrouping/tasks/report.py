@@ -40,7 +40,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
 
     run_dir = st.run_dir(run_id)
     artifacts = {
-        "affinity": str(st.write_affinity(run_id, affinity)),
+        "affinity": str(st.write_affinity(run_dir / "affinity.parquet", affinity)),
         "groups": str(st.write_groups(run_id, grouping)),
         "metrics": str(st.write_metrics(run_id, rows)),
         "report": str(run_dir / "report.md"),

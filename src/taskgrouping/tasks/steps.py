@@ -19,6 +19,7 @@ from prefect import task
 from taskgrouping import keys
 from taskgrouping.data.dataset import prepare
 from taskgrouping.data.load import load_dataset
+from taskgrouping.methods.pairs import incremental_matrix
 from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
@@ -32,30 +33,6 @@ from taskgrouping.storage import Store
 
 def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
     return str(parameters["cache_key"])
-
-
-def _pair(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a < b else (b, a)
-
-
-def cover_rows(missing: list[tuple[int, int]], n: int) -> list[int]:
-    """A small set of task rows covering every missing pair (greedy vertex cover).
-
-    Adding k tasks to T leaves the k x (T + k) new pairs missing; the new tasks have the
-    highest degree, so they are the rows chosen and only their rows are computed.
-    """
-    left = np.zeros((n, n), dtype=bool)
-    for i, j in missing:
-        left[i, j] = left[j, i] = True
-    rows: list[int] = []
-    degree = left.sum(axis=1)
-    while degree.any():
-        best = int(degree.argmax())
-        rows.append(best)
-        left[best, :] = False
-        left[:, best] = False
-        degree = left.sum(axis=1)
-    return sorted(rows)
 
 
 def _single_thread() -> None:
@@ -117,38 +94,19 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
     st = Store(store)
     s = SwolaSettings(**settings)
     names = [p[0] for p in probes]
-    keys = [p[1] for p in probes]
-    cache = st.read_pairs(pairs_key)
-    t = len(keys)
-    d = np.zeros((t, t))
-    missing: list[tuple[int, int]] = []
-    for i in range(t):
-        for j in range(i + 1, t):
-            value = cache.get(_pair(keys[i], keys[j]))
-            if value is None:
-                missing.append((i, j))
-            else:
-                d[i, j] = d[j, i] = value
-    n_missing = len(missing)
-    if n_missing:
-        rows = cover_rows(missing, t)
-        data = st.read_prepared(dataset_key, tasks=[])
-        loaded = [st.read_probe(k) for k in keys]
-        part = distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
-        for r_pos, i in enumerate(rows):
-            for j in range(t):
-                if i == j:
-                    continue
-                pair = _pair(keys[i], keys[j])
-                if pair not in cache:
-                    cache[pair] = float(part[r_pos, j])
-                    d[i, j] = d[j, i] = cache[pair]
-        st.write_pairs(pairs_key, cache)
-    affinity = affinity_from_distances(names, d)
-    path = st.root / "affinity" / f"{cache_key}.parquet"
-    from taskgrouping.storage.store import AFFINITY_SCHEMA, atomic_write_table
+    probe_keys = [p[1] for p in probes]
 
-    atomic_write_table(path, affinity.to_table(), AFFINITY_SCHEMA)
+    def compute_rows(rows: list[int]) -> np.ndarray:
+        data = st.read_prepared(dataset_key, tasks=[])
+        loaded = [st.read_probe(k) for k in probe_keys]
+        return distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
+
+    cache = st.read_pairs(pairs_key)
+    d, n_missing = incremental_matrix(probe_keys, cache, compute_rows)
+    if n_missing:
+        st.write_pairs(pairs_key, cache)
+    path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
+    t = len(names)
     n_pairs = t * (t - 1) // 2
     return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": n_pairs - n_missing,
             "run_id": run_id}
