@@ -97,10 +97,15 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     swola_settings = asdict(cfg.swola)
     probe_keys = {t: keys.probe_key(data_key, t, label_fps[t], cfg.swola, cfg.seed) for t in names}
-    with _gpu_annotation(cfg):
-        futures = [probe_step.with_options(result_storage=results, task_run_name=f"probe {t}").submit(
-            cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
-            cache_key=probe_keys[t], run_id=run_id) for t in names]
+
+    def submit_probes(tasks: list[str], refresh: bool = False) -> list[Any]:
+        with _gpu_annotation(cfg):
+            return [probe_step.with_options(result_storage=results, refresh_cache=refresh,
+                                            task_run_name=f"probe {t}").submit(
+                cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
+                cache_key=probe_keys[t], run_id=run_id) for t in tasks]
+
+    futures = submit_probes(names)
     probes: dict[str, dict[str, Any]] = {}
     for done, fut in enumerate(as_completed(futures), start=1):
         res = fut.result()
@@ -110,14 +115,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     gone = [t for t in names if not store.has_probe(probe_keys[t])]
     if gone:  # cached records whose probe files were removed: compute them again
         log.info("probe: %d probe files missing from the store, recomputing", len(gone))
-        with _gpu_annotation(cfg):
-            redo = [probe_step.with_options(result_storage=results, refresh_cache=True,
-                                            task_run_name=f"probe {t}").submit(
-                cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
-                cache_key=probe_keys[t], run_id=run_id) for t in gone]
-        for fut in redo:
-            res = fut.result()
-            probes[res["task"]] = res
+        probes.update({r["task"]: r for r in (f.result() for f in submit_probes(gone, refresh=True))})
     computed = sum(1 for r in probes.values() if r["computed"] and r["run_id"] == run_id)
     seconds["probe"] = time.perf_counter() - t0
 
@@ -150,31 +148,33 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     settings_groups = evaluation_groupings(names, sel["groups"], cfg.seed)
     train_settings = asdict(cfg.train)
+
+    def group_key(members: list[str]) -> str:
+        return keys.group_key(data_key, [(m, label_fps[m]) for m in members], cfg.train, cfg.seed)
+
     unique: dict[str, list[str]] = {}
     for groups in settings_groups.values():
         for members in groups:
-            key = keys.group_key(data_key, [(m, label_fps[m]) for m in members], cfg.train, cfg.seed)
-            unique.setdefault(key, sorted(members, key=names.index))
-    with _gpu_annotation(cfg):
-        train_futures = {key: train_step.with_options(result_storage=results, task_run_name=f"train {len(m)} tasks").submit(
-            cfg.store, data["dataset_key"], m, train_settings, cfg.seed, cfg.device,
-            cache_key=key, run_id=run_id) for key, m in unique.items()}
+            unique.setdefault(group_key(members), sorted(members, key=names.index))
+
+    def submit_training(group_keys: list[str], refresh: bool = False) -> list[Any]:
+        with _gpu_annotation(cfg):
+            return [train_step.with_options(result_storage=results, refresh_cache=refresh,
+                                            task_run_name=f"train {len(unique[k])} tasks").submit(
+                cfg.store, data["dataset_key"], unique[k], train_settings, cfg.seed, cfg.device,
+                cache_key=k, run_id=run_id) for k in group_keys]
+
+    train_futures = submit_training(list(unique))
     trained: dict[str, dict[str, Any]] = {}
-    for done, fut in enumerate(as_completed(list(train_futures.values())), start=1):
+    for done, fut in enumerate(as_completed(train_futures), start=1):
         res = fut.result()
         trained[res["key"]] = res
         if done == len(train_futures) or done % max(1, len(train_futures) // 5) == 0:
             log.info("train: %d/%d group models", done, len(train_futures))
-    gone = [key for key in unique if not store.has_model(key)]
+    gone = [k for k in unique if not store.has_model(k)]
     if gone:  # cached records whose model files were removed: train them again
         log.info("train: %d group models missing from the store, retraining", len(gone))
-        with _gpu_annotation(cfg):
-            redo = [train_step.with_options(result_storage=results, refresh_cache=True).submit(
-                cfg.store, data["dataset_key"], unique[key], train_settings, cfg.seed, cfg.device,
-                cache_key=key, run_id=run_id) for key in gone]
-        for fut in redo:
-            res = fut.result()
-            trained[res["key"]] = res
+        trained.update({r["key"]: r for r in (f.result() for f in submit_training(gone, refresh=True))})
     groups_trained = sum(1 for r in trained.values() if r["computed"] and r["run_id"] == run_id)
     seconds["train"] = time.perf_counter() - t0
 
@@ -184,9 +184,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
               "pairs_computed": pairs_computed, "pairs_reused": pairs_total - pairs_computed,
               "groups_trained": groups_trained, "groups_reused": len(unique) - groups_trained}
     group_results = {
-        setting: [{"members": m, "results": trained[keys.group_key(data_key, [(x, label_fps[x]) for x in m],
-                                                                    cfg.train, cfg.seed)]["results"]}
-                  for m in groups]
+        setting: [{"members": m, "results": trained[group_key(m)]["results"]} for m in groups]
         for setting, groups in settings_groups.items()
     }
     probe_bytes = [r["bytes"] for r in probes.values()]
