@@ -3,57 +3,96 @@
 Every key is a stable hash, equal in every process; the flow computes them and
 Prefect's ``cache_key_fn`` reads them, so the same inputs always hit the same
 records, and changed data (same columns, new rows) never reuses stale work.
+
+The code version of a key is a hash of the source of the modules its step depends
+on (like Prefect's ``TASK_SOURCE`` policy, but across modules): editing the probe
+math invalidates probes, editing a selector invalidates selections, and nothing
+depends on someone remembering to bump a number.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from types import ModuleType
 
-from taskgrouping import __version__
+from taskgrouping.data import builtins as data_builtins
+from taskgrouping.data import dataset as data_dataset
+from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
-from taskgrouping.methods import swola
+from taskgrouping.methods import base as methods_base
+from taskgrouping.methods import pairs, swola
 from taskgrouping.methods.swola import SwolaSettings
-from taskgrouping.models import train
+from taskgrouping.models import losses, train, trunk
 from taskgrouping.models.train import TrainSettings
+from taskgrouping.selectors import base as selectors_base
+from taskgrouping.selectors import gat, spectral
+
+
+@functools.cache
+def code_version(*modules: ModuleType) -> str:
+    """Hash of the source files of ``modules`` (read once per process)."""
+    return stable_hash(*(Path(str(m.__file__)).read_bytes() for m in modules))
+
+
+def data_code() -> str:
+    """Code that loads, validates, splits and standardises data."""
+    return code_version(data_load, data_dataset, data_builtins)
+
+
+def probe_code() -> str:
+    """Code a probe depends on."""
+    return code_version(data_dataset, swola, trunk, losses)
+
+
+def distance_code() -> str:
+    """Code the pairwise step depends on."""
+    return code_version(swola, pairs, methods_base, trunk)
+
+
+def selection_code() -> str:
+    """Code the selectors depend on."""
+    return code_version(methods_base, selectors_base, spectral, gat)
+
+
+def training_code() -> str:
+    """Code a group model depends on."""
+    return code_version(data_dataset, train, trunk, losses)
 
 
 def dataset_key(features_fp: str, label_fps: list[str], seed: int, samples: int) -> str:
     """The prepared dataset: features, every label column, split seed and probe sample size."""
-    return stable_hash("dataset", __version__, features_fp, label_fps, seed, samples)
+    return stable_hash("dataset", data_code(), features_fp, label_fps, seed, samples)
 
 
 def probe_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, seed: int) -> str:
     """One task's probe: the probe rows, that task's labels and the probe settings (not normalisation)."""
-    return stable_hash("probe", swola.CODE_VERSION, data_key, task, label_fp, settings.probe_part(), seed)
+    return stable_hash("probe", probe_code(), data_key, task, label_fp, settings.probe_part(), seed)
 
 
 def pairs_key(settings: SwolaSettings, seed: int) -> str:
     """The pair cache shared by every run with these distance settings."""
-    return stable_hash("pairs", swola.CODE_VERSION, asdict(settings) | {"block": None}, seed)
+    return stable_hash("pairs", distance_code(), asdict(settings) | {"block": None}, seed)
 
 
 def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, seed: int) -> str:
     """The affinity over a task set (order matters: it fixes row order)."""
-    return stable_hash("affinity", swola.CODE_VERSION, probe_keys, asdict(settings) | {"block": None}, seed)
+    return stable_hash("affinity", distance_code(), probe_keys, asdict(settings) | {"block": None}, seed)
 
 
 def selection_key(affinity: str, selector: str, n_groups: int | None, seed: int) -> str:
     """One selection from one affinity."""
-    return stable_hash("select", __version__, affinity, selector, n_groups, seed)
+    return stable_hash("select", selection_code(), affinity, selector, n_groups, seed)
 
 
 def group_key(data_key: str, members: list[tuple[str, str]], settings: TrainSettings, seed: int) -> str:
     """One group model: its member set (name, label fingerprint), the data rows and training settings."""
-    return stable_hash("group", train.CODE_VERSION, data_key, sorted(members), asdict(settings), seed)
+    return stable_hash("group", training_code(), data_key, sorted(members), asdict(settings), seed)
 
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,
                seed: int, samples: int) -> str:
     """The sampling step's input: the source's content hash and selection options."""
-    return stable_hash("source", __version__, source, file_hash, tasks, features, seed, samples)
+    return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples)
 
-
-def params_key(**kw: Any) -> str:
-    """A generic key over JSON-able parameters."""
-    return stable_hash("params", __version__, kw)

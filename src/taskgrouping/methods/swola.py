@@ -43,9 +43,6 @@ from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.losses import per_sample_loss
 from taskgrouping.models.trunk import build_trunk, resolve_device, trunk_linears
 
-CODE_VERSION = "swola-1"
-"""Bump when the probe or distance math changes: it is part of every cache key."""
-
 HeadMode = Literal["fitted", "shared"]
 Normalisation = Literal["none", "task", "sample"]
 

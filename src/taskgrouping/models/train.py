@@ -15,9 +15,6 @@ from taskgrouping.hashing import derive_seed
 from taskgrouping.models.losses import per_sample_loss, task_metric
 from taskgrouping.models.trunk import build_trunk, resolve_device
 
-CODE_VERSION = "train-1"
-"""Bump when training or evaluation changes: it is part of every group's cache key."""
-
 
 @dataclass(frozen=True)
 class TrainSettings:

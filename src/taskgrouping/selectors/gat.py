@@ -19,9 +19,15 @@ from taskgrouping.selectors.base import Grouping, silhouette, trivial_grouping
 
 @dataclass(frozen=True)
 class GatSettings:
-    """Settings of the GAT selector."""
+    """Settings of the GAT selector.
 
-    neighbours: int = 4
+    ``neighbours`` (our choice, 3): on builtin:synthetic with 4 planted groups of 4
+    (3 seeds, k = 4) it gave ARI 1.0 / 0.88 / 0.82 with 3 / 2 / 4 neighbours, and
+    0.90 / 0.75 / 0.64 on the noisy variant: a group smaller than ``neighbours + 1``
+    forces edges across groups, which attention then blurs.
+    """
+
+    neighbours: int = 3
     hidden: int = 32
     embedding: int = 16
     heads: int = 2
