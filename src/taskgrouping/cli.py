@@ -104,7 +104,7 @@ def preflight(cfg: Any) -> int:
     """Load and validate the data before anything starts or is written; returns the task count."""
     from taskgrouping.data.load import load_dataset
 
-    ds = load_dataset(cfg.data if cfg.data.startswith("builtin:") else cfg.data, cfg.tasks, cfg.features)
+    ds = load_dataset(cfg.data, cfg.tasks, cfg.features)
     n_tasks = len(ds.tasks)
     if cfg.groups is not None and not 1 <= cfg.groups <= n_tasks:
         raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")

@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from taskgrouping.errors import InputError
-from taskgrouping.methods import KNOWN_METHODS
+from taskgrouping.methods import check_method
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.train import TrainSettings
-from taskgrouping.selectors import KNOWN_SELECTORS
+from taskgrouping.selectors import get_selector
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         """Check what can be checked without the data."""
-        if self.method not in KNOWN_METHODS:
-            raise InputError(
-                f"unknown --method {self.method!r}; known methods: {', '.join(KNOWN_METHODS)}"
-            )
-        if self.selector not in KNOWN_SELECTORS:
-            raise InputError(
-                f"unknown --selector {self.selector!r}; known selectors: {', '.join(KNOWN_SELECTORS)}"
-            )
+        check_method(self.method)
+        get_selector(self.selector)
         if self.samples <= 0:
             raise InputError(f"--samples must be a positive integer, got {self.samples}")
         if self.groups is not None and self.groups < 1:

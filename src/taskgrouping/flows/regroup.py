@@ -86,7 +86,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         data = sample_step.with_options(result_storage=results, refresh_cache=True)(
             *sample_args, cache_key=source_key, run_id=run_id)
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
-    meta = store.read_json(store.dataset_dir(data["dataset_key"]) / "meta.json")
+    meta = store.read_prepared_meta(data["dataset_key"])
     names = [t["name"] for t in meta["tasks"]]
     label_fps = dict(zip(names, meta["label_fps"], strict=True))
     data_key = prepared.data_key()

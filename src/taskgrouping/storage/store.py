@@ -219,12 +219,17 @@ class Store:
         }
         return self.write_json(folder / "meta.json", meta)
 
+    def read_prepared_meta(self, key: str) -> dict[str, Any]:
+        """A prepared dataset's meta: task specs, label fingerprints, probe rows, ground truth."""
+        meta: dict[str, Any] = self.read_json(self.dataset_dir(key) / "meta.json")
+        return meta
+
     def read_prepared(self, key: str, tasks: list[str] | None = None) -> PreparedData:
         """Read a prepared dataset; ``tasks`` loads only those label columns (in that order)."""
         from taskgrouping.data.dataset import PreparedData, TaskSpec
 
         folder = self.dataset_dir(key)
-        meta = self.read_json(folder / "meta.json")
+        meta = self.read_prepared_meta(key)
         specs = [TaskSpec(t["name"], t["kind"], t["n_classes"], tuple(t["classes"])) for t in meta["tasks"]]
         names = [t.name for t in specs]
         want = names if tasks is None else tasks
