@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+
 from taskgrouping.errors import InputError
-from taskgrouping.selectors.base import Grouping, Selector
+from taskgrouping.selectors.base import Grouping, SelectSettings, Selector
 from taskgrouping.selectors.gat import select_gat
+from taskgrouping.selectors.mip import select_mip
+from taskgrouping.selectors.network import select_network
 from taskgrouping.selectors.spectral import select_spectral
 
-SELECTORS: dict[str, Selector] = {"spectral": select_spectral, "gat": select_gat}
+SELECTORS: dict[str, Selector] = {"spectral": select_spectral, "gat": select_gat,
+                                  "network": select_network, "mip": select_mip}
 KNOWN_SELECTORS: tuple[str, ...] = tuple(SELECTORS)
+CONSTRAINED: tuple[str, ...] = ("network", "mip")
+"""Selectors that take :class:`SelectSettings` (overlap, group size and cost limits)."""
 
 
-def get_selector(name: str) -> Selector:
-    """The selector called ``name``; an unknown name raises, listing the known ones."""
+def get_selector(name: str, settings: SelectSettings | None = None) -> Selector:
+    """The selector called ``name`` (with its constraints bound); an unknown name raises, listing the known ones."""
     try:
-        return SELECTORS[name]
+        selector = SELECTORS[name]
     except KeyError:
         raise InputError(f"unknown --selector {name!r}; known selectors: {', '.join(KNOWN_SELECTORS)}") from None
+    if settings is None or settings.is_default():
+        return selector
+    if name not in CONSTRAINED:
+        raise InputError(f"--selector {name} takes no overlap, size or cost constraints; "
+                         f"use one of {', '.join(CONSTRAINED)}")
+    return functools.partial(selector, settings=settings)  # type: ignore[return-value]
 
 
-__all__ = ["KNOWN_SELECTORS", "SELECTORS", "Grouping", "Selector", "get_selector"]
+__all__ = ["CONSTRAINED", "KNOWN_SELECTORS", "SELECTORS", "Grouping", "SelectSettings", "Selector",
+           "get_selector"]

@@ -43,6 +43,50 @@ class Grouping:
         return np.array([self.served[t] for t in tasks])
 
 
+@dataclass(frozen=True)
+class SelectSettings:
+    """Constraints for the subset selectors (``network``, ``mip``).
+
+    Attributes:
+        overlap: allow a task in several groups (served by one); ``None`` means the
+            selector's default (``network``: on, ``mip``: off).
+        max_group_size: at most this many tasks per group.
+        max_group_cost: per-group cost budget; a group costs ``group_base_cost`` plus
+            the sum of its tasks' costs.
+        task_costs: ``(task, cost)`` pairs; tasks not listed cost 1.
+        group_base_cost: the fixed cost of any group (e.g. its shared trunk).
+        exact_max_tasks: up to this many tasks every subset is a candidate (exact).
+    """
+
+    overlap: bool | None = None
+    max_group_size: int | None = None
+    max_group_cost: float | None = None
+    task_costs: tuple[tuple[str, float], ...] = ()
+    group_base_cost: float = 0.0
+    exact_max_tasks: int = 12
+
+    def __post_init__(self) -> None:
+        """Validate the limits."""
+        from taskgrouping.errors import InputError
+
+        if self.max_group_size is not None and self.max_group_size < 1:
+            raise InputError(f"--max-group-size must be at least 1, got {self.max_group_size}")
+        if self.max_group_cost is not None and not self.max_group_cost > 0:
+            raise InputError(f"--max-group-cost must be positive, got {self.max_group_cost}")
+        for task, cost in self.task_costs:
+            if not (np.isfinite(cost) and cost >= 0):
+                raise InputError(f"task cost of {task!r} must be a finite non-negative number, got {cost}")
+
+    def is_default(self) -> bool:
+        """True when no constraint is set."""
+        return self == SelectSettings()
+
+    def costs_for(self, tasks: list[str]) -> np.ndarray:
+        """(T,) cost of each task (1 where not listed)."""
+        given = dict(self.task_costs)
+        return np.array([float(given.get(t, 1.0)) for t in tasks])
+
+
 class Selector(Protocol):
     """Chooses groups from an affinity matrix.
 

@@ -22,7 +22,8 @@ def eigengaps(similarity: np.ndarray) -> np.ndarray:
     return np.diff(vals)
 
 
-def _cluster(similarity: np.ndarray, k: int, seed: int) -> np.ndarray:
+def cluster_labels(similarity: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(T,) spectral cluster labels of a precomputed similarity, k clusters, seeded."""
     from sklearn.cluster import SpectralClustering
 
     with warnings.catch_warnings():
@@ -45,7 +46,7 @@ def select_spectral(affinity: AffinityMatrix, n_groups: int | None, seed: int) -
         if trivial is not None:
             return trivial
         sim = affinity.similarity()
-        labels = _cluster(sim, n_groups, seed)
+        labels = cluster_labels(sim, n_groups, seed)
         return Grouping.from_labels(affinity.tasks, labels,
                                     info={"k": n_groups, "silhouette": silhouette(affinity, labels)})
     if t < 3:
@@ -59,7 +60,7 @@ def select_spectral(affinity: AffinityMatrix, n_groups: int | None, seed: int) -
     ranked = sorted(ks, key=lambda k: -gaps[k - 1])[:CANDIDATES]
     scored = []
     for k in ranked:
-        labels = _cluster(sim, k, seed)
+        labels = cluster_labels(sim, k, seed)
         scored.append((silhouette(affinity, labels), gaps[k - 1], k, labels))
     best = max(scored, key=lambda s: (np.nan_to_num(s[0], nan=-1.0), s[1]))
     return Grouping.from_labels(
