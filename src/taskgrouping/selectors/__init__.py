@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from taskgrouping.errors import InputError
-from taskgrouping.selectors.base import Grouping, SelectSettings, Selector
+from taskgrouping.selectors.base import Grouping, Selector, SelectSettings
 from taskgrouping.selectors.gat import select_gat
 from taskgrouping.selectors.mip import select_mip
 from taskgrouping.selectors.network import select_network
@@ -29,7 +29,7 @@ def get_selector(name: str, settings: SelectSettings | None = None) -> Selector:
     if name not in CONSTRAINED:
         raise InputError(f"--selector {name} takes no overlap, size or cost constraints; "
                          f"use one of {', '.join(CONSTRAINED)}")
-    return functools.partial(selector, settings=settings)  # type: ignore[return-value]
+    return functools.partial(selector, settings=settings)  # type: ignore[call-arg,return-value]
 
 
 __all__ = ["CONSTRAINED", "KNOWN_SELECTORS", "SELECTORS", "Grouping", "SelectSettings", "Selector",

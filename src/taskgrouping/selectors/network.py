@@ -247,11 +247,11 @@ def local_search(gain: np.ndarray, members: np.ndarray, overlap: bool, settings:
             bad = ((n[None, :] + 1 > max_size) | (cost[None, :] + costs[:, None] > max_cost)
                    | (home[:, None] == np.arange(members.shape[0])[None, :]))
             delta[bad] = -np.inf
-            u, g = np.unravel_index(int(np.argmax(delta)), delta.shape)
-            if not delta[u, g] > 1e-12:
+            u_best, g_best = (int(i) for i in np.unravel_index(int(np.argmax(delta)), delta.shape))
+            if not delta[u_best, g_best] > 1e-12:
                 break
-            members[home[u], u] = False
-            members[g, u] = True
+            members[home[u_best], u_best] = False
+            members[g_best, u_best] = True
         members = members[members.any(axis=1)]
     return members
 
