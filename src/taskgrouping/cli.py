@@ -1,4 +1,4 @@
-"""Command line: ``taskgrouping run`` (the regroup flow).
+"""Command line: ``taskgrouping run`` (the regroup flow) and ``taskgrouping select`` (groups from a matrix).
 
 Exit status: 0 success; 2 bad input or arguments (one line on stderr naming the file,
 column or value); 1 an internal failure.
@@ -72,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
+
+    sel = sub.add_parser("select", help="groups from a given affinity matrix, no training",
+                         description="Choose groups from an affinity or pair-gain matrix measured elsewhere. "
+                                     "FILE: Parquet long form (task_a, task_b, value[, kind]) or a CSV square "
+                                     "matrix (row = receiver, column = source, diagonal = the task alone).",
+                         formatter_class=_Help)
+    sel.add_argument("--affinity", required=True, metavar="FILE", help="the matrix (.parquet or .csv)")
+    sel.add_argument("--groups", type=_groups, default="auto", help="at most this many groups (B), or auto")
+    sel.add_argument("--selector", default="network", help="network, mip, spectral or gat")
+    sel.add_argument("--kind", default=None, choices=["gain", "distance"],
+                     help="what the values mean; default the file's kind column, else gain")
+    sel.add_argument("--no-overlap", action="store_true", help="every task in exactly one group (network allows helpers)")
+    sel.add_argument("--max-group-size", type=int, default=None, metavar="S", help="at most S tasks per group")
+    sel.add_argument("--max-group-cost", type=float, default=None, metavar="C",
+                     help="per-group cost budget (a group costs the sum of its tasks' costs)")
+    sel.add_argument("--task-costs", default=None, metavar="FILE",
+                     help="CSV with columns task, cost (tasks not listed cost 1)")
+    sel.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
+    sel.add_argument("--json", action="store_true", help="print {groups, served, objective} as JSON")
     return parser
 
 
@@ -168,6 +187,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_costs(path: str | None, tasks: list[str]) -> tuple[tuple[str, float], ...]:
+    """``(task, cost)`` pairs from a CSV with columns ``task, cost``."""
+    if path is None:
+        return ()
+    from taskgrouping.data.load import read_table
+
+    frame = read_table(path)
+    for column in ("task", "cost"):
+        if column not in frame.columns:
+            raise InputError(f"{path}: missing column {column!r} (need task, cost)")
+    pairs = []
+    for task, cost in zip(frame.get_column("task").to_list(), frame.get_column("cost").to_list(), strict=True):
+        if str(task) not in tasks:
+            raise InputError(f"{path}: task {task!r} is not in the affinity matrix")
+        try:
+            pairs.append((str(task), float(cost)))
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: cost of task {task!r} is {cost!r}, not a number") from None
+    return tuple(pairs)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """``taskgrouping select``: groups from a given matrix."""
+    from taskgrouping.data.affinity_file import load_affinity_file
+    from taskgrouping.selectors import SelectSettings, get_selector
+
+    get_selector(args.selector)  # an unknown name fails before the file is read
+    affinity = load_affinity_file(args.affinity, args.kind)
+    t = len(affinity.tasks)
+    if args.groups is not None and not 1 <= args.groups <= t:
+        raise InputError(f"--groups {args.groups} is outside 1..{t} (the number of tasks in {args.affinity})")
+    settings = SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size,
+                              max_group_cost=args.max_group_cost,
+                              task_costs=_task_costs(args.task_costs, affinity.tasks))
+    t0 = time.perf_counter()
+    grouping = get_selector(args.selector, settings)(affinity, args.groups, args.seed)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
+                          "selector": args.selector, "kind": affinity.kind,
+                          "exact": grouping.info.get("exact"), "seconds": round(seconds, 4)}))
+        return 0
+    print(f"{len(grouping.groups)} groups of {t} tasks ({args.selector}, {affinity.kind}, {seconds:.2f} s)")
+    for gi, members in enumerate(grouping.groups):
+        shown = [m if grouping.served[m] == gi else f"({m})" for m in members]
+        print(f"  group {gi}: {', '.join(shown)}")
+    if any(grouping.served[m] != gi for gi, g in enumerate(grouping.groups) for m in g):
+        print("  (a task in parentheses helps that group but is served by another)")
+    if grouping.objective is not None:
+        exact = "" if grouping.info.get("exact", True) else " (approximate: candidates from clustering + local search)"
+        print(f"objective (sum of served scores): {grouping.objective:.6g}{exact}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskgrouping`` console script."""
     parser = build_parser()
@@ -175,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "select":
+            return cmd_select(args)
         parser.error(f"unknown command {args.command!r}")
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)
