@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
     run.add_argument("--tasks", default=None, help="comma list or glob of label columns; all columns named y_* when not given")
     run.add_argument("--features", default=None, help="comma list or glob of feature columns; every other numeric column when not given")
-    run.add_argument("--method", default="swola", help="affinity method (swola)")
-    run.add_argument("--selector", default="spectral", help="group selector (spectral, gat)")
+    run.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
+    run.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
     run.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
     run.add_argument("--samples", type=int, default=512, help="probe samples")
     run.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
     run.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
     run.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
+    run.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
+    run.add_argument("--max-group-size", type=int, default=None, metavar="S", help="network/mip: at most S tasks per group")
+    run.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
+    run.add_argument("--membership-weighted", action="store_true",
+                     help="datamaps: train each group on every task, losses weighted by fuzzy membership")
+    run.add_argument("--exhaustive", action="store_true",
+                     help="hoa: train every subset (at most 6 tasks) and select exactly on measured losses")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
@@ -97,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Any:
     """Build the :class:`RunConfig` (validation of everything that needs no data)."""
     from taskgrouping.config import RunConfig
+    from taskgrouping.methods.datamaps import DatamapSettings
+    from taskgrouping.methods.hoa import HoaSettings
     from taskgrouping.methods.swola import SwolaSettings
+    from taskgrouping.methods.tag import TagSettings
     from taskgrouping.models.train import TrainSettings
+    from taskgrouping.selectors import SelectSettings
 
     if args.trunks < 1:
         raise InputError(f"--trunks must be at least 1, got {args.trunks}")
@@ -106,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError(f"--hidden must be at least 1, got {args.hidden}")
     if args.max_epochs < 1:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
+    if args.tag_every < 1:
+        raise InputError(f"--tag-every must be at least 1, got {args.tag_every}")
     data = args.data
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
@@ -116,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         dask_address=args.dask_address, device=args.device,
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
+        tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
+        hoa=HoaSettings(exhaustive=args.exhaustive),
+        select=SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size),
     )
 
 
@@ -127,6 +143,10 @@ def preflight(cfg: Any) -> int:
     n_tasks = len(ds.tasks)
     if cfg.groups is not None and not 1 <= cfg.groups <= n_tasks:
         raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")
+    from taskgrouping.methods.hoa import EXHAUSTIVE_MAX_TASKS
+
+    if cfg.hoa.exhaustive and n_tasks > EXHAUSTIVE_MAX_TASKS:
+        raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, got {n_tasks}")
     return n_tasks
 
 

@@ -7,9 +7,12 @@ from typing import Any, Literal
 
 from taskgrouping.errors import InputError
 from taskgrouping.methods import check_method
+from taskgrouping.methods.datamaps import DatamapSettings
+from taskgrouping.methods.hoa import HoaSettings
 from taskgrouping.methods.swola import SwolaSettings
+from taskgrouping.methods.tag import TagSettings
 from taskgrouping.models.train import TrainSettings
-from taskgrouping.selectors import get_selector
+from taskgrouping.selectors import SelectSettings, get_selector
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,21 @@ class RunConfig:
     dask_address: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     swola: SwolaSettings = field(default_factory=SwolaSettings)
+    tag: TagSettings = field(default_factory=TagSettings)
+    datamaps: DatamapSettings = field(default_factory=DatamapSettings)
+    hoa: HoaSettings = field(default_factory=HoaSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def __post_init__(self) -> None:
         """Check what can be checked without the data."""
         check_method(self.method)
-        get_selector(self.selector)
+        get_selector(self.selector, self.select)
+        if self.hoa.exhaustive and (self.method != "hoa" or self.selector != "network"):
+            raise InputError("--exhaustive trains every subset and selects exactly on the measured losses: "
+                             "use it with --method hoa --selector network")
+        if self.datamaps.weighted and self.method != "datamaps":
+            raise InputError("--membership-weighted applies to --method datamaps only")
         if self.samples <= 0:
             raise InputError(f"--samples must be a positive integer, got {self.samples}")
         if self.groups is not None and self.groups < 1:
@@ -55,6 +67,12 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
-        swola = SwolaSettings(**d.pop("swola", {}))
-        train = TrainSettings(**d.pop("train", {}))
-        return cls(**d, swola=swola, train=train)
+        select = dict(d.pop("select", {}))
+        select["task_costs"] = tuple((str(t), float(c)) for t, c in select.get("task_costs", ()))
+        swola = dict(d.pop("swola", {}))
+        if "head_cs" in swola:
+            swola["head_cs"] = tuple(swola["head_cs"])
+        tag, datamaps = TagSettings(**d.pop("tag", {})), DatamapSettings(**d.pop("datamaps", {}))
+        hoa, train = HoaSettings(**d.pop("hoa", {})), TrainSettings(**d.pop("train", {}))
+        return cls(**d, swola=SwolaSettings(**swola), tag=tag, datamaps=datamaps, hoa=hoa,
+                   select=SelectSettings(**select), train=train)

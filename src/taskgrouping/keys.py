@@ -22,12 +22,13 @@ from taskgrouping.data import dataset as data_dataset
 from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods import base as methods_base
-from taskgrouping.methods import pairs, swola
+from taskgrouping.methods import datamaps, hoa, pairs, swola, tag
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models import losses, train, trunk
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import base as selectors_base
-from taskgrouping.selectors import gat, spectral
+from taskgrouping.selectors import gat, mip, network, spectral
+from taskgrouping.selectors.base import SelectSettings
 
 
 @functools.cache
@@ -53,12 +54,18 @@ def distance_code() -> str:
 
 def selection_code() -> str:
     """Code the selectors depend on."""
-    return code_version(methods_base, selectors_base, spectral, gat)
+    return code_version(methods_base, selectors_base, spectral, gat, network, mip, hoa)
 
 
 def training_code() -> str:
     """Code a group model depends on."""
     return code_version(data_dataset, train, trunk, losses)
+
+
+def joint_code(method: str) -> str:
+    """Code a joint-training affinity (TAG, data maps) depends on."""
+    module = {"tag": tag, "datamaps": datamaps}[method]
+    return code_version(module, methods_base, data_dataset, train, trunk, losses)
 
 
 def dataset_key(features_fp: str, label_fps: list[str], seed: int, samples: int) -> str:
@@ -81,14 +88,32 @@ def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, see
     return stable_hash("affinity", distance_code(), probe_keys, asdict(settings) | {"block": None}, seed)
 
 
-def selection_key(affinity: str, selector: str, n_groups: int | None, seed: int) -> str:
-    """One selection from one affinity."""
-    return stable_hash("select", selection_code(), affinity, selector, n_groups, seed)
+def selection_key(affinity: str, selector: str, n_groups: int | None, seed: int,
+                  settings: SelectSettings | None = None) -> str:
+    """One selection from one affinity, under the selector's constraints."""
+    extra = asdict(settings) if settings is not None and not settings.is_default() else None
+    return stable_hash("select", selection_code(), affinity, selector, n_groups, seed, extra)
 
 
-def group_key(data_key: str, members: list[tuple[str, str]], settings: TrainSettings, seed: int) -> str:
-    """One group model: its member set (name, label fingerprint), the data rows and training settings."""
-    return stable_hash("group", training_code(), data_key, sorted(members), asdict(settings), seed)
+def group_key(data_key: str, members: list[tuple[str, str]], settings: TrainSettings, seed: int,
+              weights: list[float] | None = None) -> str:
+    """One group model: its members (name, label fingerprint), data rows, training settings, loss weights."""
+    if weights is None:
+        return stable_hash("group", training_code(), data_key, sorted(members), asdict(settings), seed)
+    weighted = sorted(zip(members, (round(float(w), 6) for w in weights), strict=True))
+    return stable_hash("group-weighted", training_code(), data_key, weighted, asdict(settings), seed)
+
+
+def joint_key(method: str, data_key: str, members: list[tuple[str, str]], method_settings: object,
+              train_settings: TrainSettings, seed: int) -> str:
+    """A joint-training affinity (TAG, data maps): the *whole* task set, so adding a task recomputes it."""
+    return stable_hash("joint", method, joint_code(method), data_key, members, asdict(method_settings),  # type: ignore[call-overload]
+                       asdict(train_settings), seed)
+
+
+def gains_key(group_keys: list[tuple[str, str]]) -> str:
+    """HOA's gain matrix over a task set: the (task, model key) of every single and pair model."""
+    return stable_hash("hoa-gains", selection_code(), group_keys)
 
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,

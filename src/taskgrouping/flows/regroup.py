@@ -10,18 +10,33 @@ import contextlib
 import hashlib
 import logging
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow
 from prefect.futures import as_completed
 
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
+from taskgrouping.errors import InputError
+from taskgrouping.hashing import stable_hash
+from taskgrouping.models.evaluate import GroupJob, evaluation_jobs
 from taskgrouping.storage import Store
 from taskgrouping.tasks.report import report_step
-from taskgrouping.tasks.steps import affinity_step, probe_step, sample_step, select_step, train_step
+from taskgrouping.tasks.steps import (
+    affinity_step,
+    gains_step,
+    joint_step,
+    memberships_step,
+    oracle_step,
+    probe_step,
+    sample_step,
+    select_step,
+    train_step,
+)
 
 log = logging.getLogger("taskgrouping")
 
@@ -67,6 +82,187 @@ def _flow_run_name() -> str:
     return f"regroup {cfg.get('data', '?')} {cfg.get('method', '?')}/{cfg.get('selector', '?')} {p.get('run_id', '')}"
 
 
+@dataclass
+class _Run:
+    """What every stage of one flow run needs (references only, never data)."""
+
+    cfg: RunConfig
+    run_id: str
+    store: Store
+    results: Path
+    dataset_key: str
+    data_key: str
+    names: list[str]
+    label_fps: dict[str, str]
+
+    def group_key(self, members: Sequence[str], weights: Sequence[float] | None = None) -> str:
+        return keys.group_key(self.data_key, [(m, self.label_fps[m]) for m in members], self.cfg.train,
+                              self.cfg.seed, list(weights) if weights is not None else None)
+
+
+@dataclass
+class _Affinity:
+    """The outcome of an affinity stage."""
+
+    path: str
+    key: str
+    probes_computed: int
+    pairs_computed: int
+    pairs_total: int
+    probe_seconds: float
+    affinity_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    trained_keys: set[str] = field(default_factory=set)
+
+
+def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None]], label: str) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) one model per key, mapped on the Dask workers; retrain any whose files vanished."""
+    cfg = run.cfg
+    train_settings = asdict(cfg.train)
+
+    def submit(group_keys: list[str], refresh: bool = False) -> list[Any]:
+        with _gpu_annotation(cfg):
+            return [train_step.with_options(result_storage=run.results, refresh_cache=refresh,
+                                            task_run_name=f"train {len(jobs[k][0])} tasks").submit(
+                cfg.store, run.dataset_key, jobs[k][0], train_settings, cfg.seed, cfg.device,
+                cache_key=k, run_id=run.run_id, weights=jobs[k][1]) for k in group_keys]
+
+    futures = submit(list(jobs))
+    trained: dict[str, dict[str, Any]] = {}
+    for done, fut in enumerate(as_completed(futures), start=1):
+        res = fut.result()
+        trained[res["key"]] = res
+        if done == len(futures) or done % max(1, len(futures) // 5) == 0:
+            log.info("%s: %d/%d models", label, done, len(futures))
+    gone = [k for k in jobs if not run.store.has_model(k)]
+    if gone:  # cached records whose model files were removed: train them again
+        log.info("%s: %d models missing from the store, retraining", label, len(gone))
+        trained.update({r["key"]: r for r in (f.result() for f in submit(gone, refresh=True))})
+    return trained
+
+
+def _computed(run: _Run, result: dict[str, Any]) -> bool:
+    return bool(result.get("computed", True)) and result["run_id"] == run.run_id
+
+
+def _swola_affinity(run: _Run) -> _Affinity:
+    """SWOLA: one independent probe step per task, then only the missing pairs."""
+    cfg, store = run.cfg, run.store
+    t0 = time.perf_counter()
+    swola_settings = asdict(cfg.swola)
+    probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], cfg.swola, cfg.seed) for t in run.names}
+
+    def submit_probes(tasks: list[str], refresh: bool = False) -> list[Any]:
+        with _gpu_annotation(cfg):
+            return [probe_step.with_options(result_storage=run.results, refresh_cache=refresh,
+                                            task_run_name=f"probe {t}").submit(
+                cfg.store, run.dataset_key, t, swola_settings, cfg.seed, cfg.device,
+                cache_key=probe_keys[t], run_id=run.run_id) for t in tasks]
+
+    futures = submit_probes(run.names)
+    probes: dict[str, dict[str, Any]] = {}
+    for done, fut in enumerate(as_completed(futures), start=1):
+        res = fut.result()
+        probes[res["task"]] = res
+        if done == len(futures) or done % max(1, len(futures) // 4) == 0:
+            log.info("probe: %d/%d tasks", done, len(futures))
+    gone = [t for t in run.names if not store.has_probe(probe_keys[t])]
+    if gone:  # cached records whose probe files were removed: compute them again
+        log.info("probe: %d probe files missing from the store, recomputing", len(gone))
+        probes.update({r["task"]: r for r in (f.result() for f in submit_probes(gone, refresh=True))})
+    computed = sum(1 for r in probes.values() if _computed(run, r))
+    probe_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ordered = [[t, probe_keys[t]] for t in run.names]
+    aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
+    aff_args = (cfg.store, run.dataset_key, ordered, swola_settings, cfg.seed, cfg.device,
+                keys.pairs_key(cfg.swola, cfg.seed))
+    aff = affinity_step.with_options(result_storage=run.results)(*aff_args, cache_key=aff_key, run_id=run.run_id)
+    if not Path(aff["path"]).exists():
+        aff = affinity_step.with_options(result_storage=run.results, refresh_cache=True)(
+            *aff_args, cache_key=aff_key, run_id=run.run_id)
+    pairs_total = len(run.names) * (len(run.names) - 1) // 2
+    probe_bytes = [r["bytes"] for r in probes.values()]
+    return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
+                     pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
+                     pairs_total=pairs_total, probe_seconds=probe_seconds,
+                     affinity_seconds=time.perf_counter() - t0,
+                     extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes))})
+
+
+def _joint_affinity(run: _Run) -> _Affinity:
+    """TAG or data maps: one cached step over the whole task set (adding a task recomputes it)."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    method_settings = cfg.tag if cfg.method == "tag" else cfg.datamaps
+    key = keys.joint_key(cfg.method, run.data_key, [(t, run.label_fps[t]) for t in run.names],
+                         method_settings, cfg.train, cfg.seed)
+    args = (cfg.store, run.dataset_key, cfg.method, asdict(method_settings), asdict(cfg.train), cfg.seed,
+            cfg.device)
+
+    def missing(res: dict[str, Any]) -> bool:
+        return not Path(res["path"]).exists() or (
+            cfg.method == "datamaps" and not run.store.datamap_path(res["maps"]).exists())
+
+    with _gpu_annotation(cfg):
+        res = joint_step.with_options(result_storage=run.results,
+                                      task_run_name=f"{cfg.method} joint training").submit(
+            *args, cache_key=key, run_id=run.run_id).result()
+        if missing(res):
+            res = joint_step.with_options(result_storage=run.results, refresh_cache=True).submit(
+                *args, cache_key=key, run_id=run.run_id).result()
+    t = len(run.names)
+    computed = res["run_id"] == run.run_id
+    log.info("%s: joint training over %d tasks %s", cfg.method, t, "computed" if computed else "reused")
+    return _Affinity(path=res["path"], key=key, probes_computed=t if computed else 0,
+                     pairs_computed=t * (t - 1) // 2 if computed else 0, pairs_total=t * (t - 1) // 2,
+                     probe_seconds=time.perf_counter() - t0, affinity_seconds=0.0,
+                     extra={"maps": res["maps"], "method_info": res["info"]})
+
+
+def _hoa_affinity(run: _Run) -> _Affinity:
+    """HOA: every task alone and every pair together (each a cached training step), then the gains.
+
+    With ``exhaustive`` every subset is trained too, for the oracle's selection.
+    """
+    from taskgrouping.methods.hoa import EXHAUSTIVE_MAX_TASKS, all_task_subsets, pair_subsets
+
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    if cfg.hoa.exhaustive and len(run.names) > EXHAUSTIVE_MAX_TASKS:
+        raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, "
+                         f"got {len(run.names)}")
+    singles = [[t] for t in run.names]
+    pairs = pair_subsets(run.names)
+    subsets = all_task_subsets(run.names) if cfg.hoa.exhaustive else singles + pairs
+    jobs: dict[str, tuple[list[str], list[float] | None]] = {run.group_key(s): (s, None) for s in subsets}
+    trained = _train_models(run, jobs, "hoa")
+    probe_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model_keys = [(s, run.group_key(s)) for s in singles + pairs]
+    models = [[s, k] for s, k in model_keys]
+    gains_key = keys.gains_key([(",".join(s), k) for s, k in model_keys])
+    res = gains_step.with_options(result_storage=run.results)(
+        cfg.store, run.names, models, cache_key=gains_key, run_id=run.run_id)
+    if not Path(res["path"]).exists():
+        res = gains_step.with_options(result_storage=run.results, refresh_cache=True)(
+            cfg.store, run.names, models, cache_key=gains_key, run_id=run.run_id)
+    single_keys = {run.group_key(s) for s in singles}
+    computed = {k for k, r in trained.items() if _computed(run, r)}
+    return _Affinity(path=res["path"], key=gains_key, probes_computed=len(computed & single_keys),
+                     pairs_computed=len(computed - single_keys), pairs_total=len(jobs) - len(singles),
+                     probe_seconds=probe_seconds, affinity_seconds=time.perf_counter() - t0,
+                     extra={"subset_models": [[s, run.group_key(s)] for s in subsets]},
+                     trained_keys=computed)
+
+
+AFFINITY_STAGES = {"swola": _swola_affinity, "tag": _joint_affinity, "datamaps": _joint_affinity,
+                   "hoa": _hoa_affinity}
+"""One stage per affinity method; each fills seconds.probe (probes or the method's trainings)."""
+
+
 @flow(name="regroup", flow_run_name=_flow_run_name, log_prints=False)
 def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Regroup the tasks of a dataset; returns the run summary (contracts.md)."""
@@ -88,110 +284,70 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_prepared_meta(data["dataset_key"])
     names = [t["name"] for t in meta["tasks"]]
-    label_fps = dict(zip(names, meta["label_fps"], strict=True))
-    data_key = prepared.data_key()
+    run = _Run(cfg=cfg, run_id=run_id, store=store, results=results, dataset_key=data["dataset_key"],
+               data_key=prepared.data_key(), names=names,
+               label_fps=dict(zip(names, meta["label_fps"], strict=True)))
     seconds["sample"] = time.perf_counter() - t0
     log.info("sample: %d tasks, %d probe samples (%.1f s)", len(names), len(prepared.probe_idx), seconds["sample"])
 
-    # 2. probe every task, one step per ML task, on the Dask workers
-    t0 = time.perf_counter()
-    swola_settings = asdict(cfg.swola)
-    probe_keys = {t: keys.probe_key(data_key, t, label_fps[t], cfg.swola, cfg.seed) for t in names}
-
-    def submit_probes(tasks: list[str], refresh: bool = False) -> list[Any]:
-        with _gpu_annotation(cfg):
-            return [probe_step.with_options(result_storage=results, refresh_cache=refresh,
-                                            task_run_name=f"probe {t}").submit(
-                cfg.store, data["dataset_key"], t, swola_settings, cfg.seed, cfg.device,
-                cache_key=probe_keys[t], run_id=run_id) for t in tasks]
-
-    futures = submit_probes(names)
-    probes: dict[str, dict[str, Any]] = {}
-    for done, fut in enumerate(as_completed(futures), start=1):
-        res = fut.result()
-        probes[res["task"]] = res
-        if done == len(futures) or done % max(1, len(futures) // 4) == 0:
-            log.info("probe: %d/%d tasks", done, len(futures))
-    gone = [t for t in names if not store.has_probe(probe_keys[t])]
-    if gone:  # cached records whose probe files were removed: compute them again
-        log.info("probe: %d probe files missing from the store, recomputing", len(gone))
-        probes.update({r["task"]: r for r in (f.result() for f in submit_probes(gone, refresh=True))})
-    computed = sum(1 for r in probes.values() if r["computed"] and r["run_id"] == run_id)
-    seconds["probe"] = time.perf_counter() - t0
-
-    # 3. affinity (only pairs not already in the store's pair cache)
-    t0 = time.perf_counter()
-    ordered = [[t, probe_keys[t]] for t in names]
-    aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
-    aff_args = (cfg.store, data["dataset_key"], ordered, swola_settings, cfg.seed, cfg.device,
-                keys.pairs_key(cfg.swola, cfg.seed))
-    aff = affinity_step.with_options(result_storage=results)(*aff_args, cache_key=aff_key, run_id=run_id)
-    if not Path(aff["path"]).exists():
-        aff = affinity_step.with_options(result_storage=results, refresh_cache=True)(
-            *aff_args, cache_key=aff_key, run_id=run_id)
-    pairs_total = len(names) * (len(names) - 1) // 2
-    pairs_computed = aff["pairs_computed"] if aff["run_id"] == run_id else 0
-    seconds["affinity"] = time.perf_counter() - t0
-    log.info("affinity: %d pairs computed, %d reused", pairs_computed, pairs_total - pairs_computed)
+    # 2-3. affinity: probes (or the method's trainings), then the matrix
+    aff = AFFINITY_STAGES[cfg.method](run)
+    seconds["probe"], seconds["affinity"] = aff.probe_seconds, aff.affinity_seconds
+    log.info("affinity (%s): %d pairs computed, %d reused", cfg.method, aff.pairs_computed,
+             aff.pairs_total - aff.pairs_computed)
 
     # 4. select groups
     t0 = time.perf_counter()
-    sel = select_step.with_options(result_storage=results)(cfg.store, aff["path"], cfg.selector, cfg.groups, cfg.seed,
-                                          cache_key=keys.selection_key(aff_key, cfg.selector, cfg.groups, cfg.seed),
-                                          run_id=run_id)
+    if cfg.hoa.exhaustive:
+        sel_key = keys.selection_key(aff.key, "hoa-oracle", cfg.groups, cfg.seed, cfg.select)
+        overlap = cfg.select.overlap is not False
+        sel = oracle_step.with_options(result_storage=results)(
+            cfg.store, names, aff.extra["subset_models"], cfg.groups, overlap, cache_key=sel_key, run_id=run_id)
+    else:
+        sel = select_step.with_options(result_storage=results)(
+            cfg.store, aff.path, cfg.selector, cfg.groups, cfg.seed, asdict(cfg.select),
+            cache_key=keys.selection_key(aff.key, cfg.selector, cfg.groups, cfg.seed, cfg.select), run_id=run_id)
     seconds["select"] = time.perf_counter() - t0
     log.info("select: %d groups", len(sel["groups"]))
 
     # 5. train one model per distinct group (grouped and the three baselines)
     t0 = time.perf_counter()
-    from taskgrouping.models.evaluate import evaluation_groupings
-
-    settings_groups = evaluation_groupings(names, sel["groups"], cfg.seed)
-    train_settings = asdict(cfg.train)
-
-    def group_key(members: list[str]) -> str:
-        return keys.group_key(data_key, [(m, label_fps[m]) for m in members], cfg.train, cfg.seed)
-
-    unique: dict[str, list[str]] = {}
-    for groups in settings_groups.values():
-        for members in groups:
-            unique.setdefault(group_key(members), sorted(members, key=names.index))
-
-    def submit_training(group_keys: list[str], refresh: bool = False) -> list[Any]:
-        with _gpu_annotation(cfg):
-            return [train_step.with_options(result_storage=results, refresh_cache=refresh,
-                                            task_run_name=f"train {len(unique[k])} tasks").submit(
-                cfg.store, data["dataset_key"], unique[k], train_settings, cfg.seed, cfg.device,
-                cache_key=k, run_id=run_id) for k in group_keys]
-
-    train_futures = submit_training(list(unique))
-    trained: dict[str, dict[str, Any]] = {}
-    for done, fut in enumerate(as_completed(train_futures), start=1):
-        res = fut.result()
-        trained[res["key"]] = res
-        if done == len(train_futures) or done % max(1, len(train_futures) // 5) == 0:
-            log.info("train: %d/%d group models", done, len(train_futures))
-    gone = [k for k in unique if not store.has_model(k)]
-    if gone:  # cached records whose model files were removed: train them again
-        log.info("train: %d group models missing from the store, retraining", len(gone))
-        trained.update({r["key"]: r for r in (f.result() for f in submit_training(gone, refresh=True))})
-    groups_trained = sum(1 for r in trained.values() if r["computed"] and r["run_id"] == run_id)
+    weights = None
+    if cfg.method == "datamaps" and cfg.datamaps.weighted:
+        mem = memberships_step.with_options(result_storage=results)(
+            cfg.store, aff.extra["maps"], sel["groups"], cfg.datamaps.fuzziness,
+            cache_key=stable_hash("memberships", aff.key, sel["groups"], cfg.datamaps.fuzziness), run_id=run_id)
+        order = [mem["tasks"].index(t) for t in names]
+        weights = [[row[i] for i in order] for row in mem["weights"]]
+        store.write_memberships(run_id, names, np.array(weights).T)
+    jobs = evaluation_jobs(names, sel["groups"], sel["served"], cfg.seed, weights)
+    unique: dict[str, tuple[list[str], list[float] | None]] = {}
+    for setting_jobs in jobs.values():
+        for job in setting_jobs:
+            members = sorted(job.members, key=names.index)
+            w = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
+            unique.setdefault(run.group_key(members, w), (members, w))
+    trained = _train_models(run, unique, "train")
+    groups_trained = sum(1 for k, r in trained.items() if _computed(run, r) and k not in aff.trained_keys)
     seconds["train"] = time.perf_counter() - t0
 
     # 6. report
     seconds["total"] = time.perf_counter() - t_start
-    counts = {"probes_computed": computed, "probes_reused": len(names) - computed,
-              "pairs_computed": pairs_computed, "pairs_reused": pairs_total - pairs_computed,
+    counts = {"probes_computed": aff.probes_computed, "probes_reused": len(names) - aff.probes_computed,
+              "pairs_computed": aff.pairs_computed, "pairs_reused": aff.pairs_total - aff.pairs_computed,
               "groups_trained": groups_trained, "groups_reused": len(unique) - groups_trained}
-    group_results = {
-        setting: [{"members": m, "results": trained[group_key(m)]["results"]} for m in groups]
-        for setting, groups in settings_groups.items()
-    }
-    probe_bytes = [r["bytes"] for r in probes.values()]
+
+    def job_results(job: GroupJob) -> dict[str, Any]:
+        members = sorted(job.members, key=names.index)
+        w = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
+        rows = trained[run.group_key(members, w)]["results"]
+        return {"members": list(job.members), "results": [r for r in rows if r["task"] in job.serves]}
+
+    group_results = {setting: [job_results(j) for j in setting_jobs] for setting, setting_jobs in jobs.items()}
     summary: dict[str, Any] = report_step(
-        cfg.to_dict(), run_id, names, sel, aff["path"], group_results, counts, seconds,
-        {"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes)),
-         "ground_truth": meta.get("ground_truth")})
+        cfg.to_dict(), run_id, names, sel, aff.path, group_results, counts, seconds,
+        {"probe_bytes_mean": aff.extra.get("probe_bytes_mean"), "ground_truth": meta.get("ground_truth"),
+         "method_info": aff.extra.get("method_info")})
     return summary
 
 

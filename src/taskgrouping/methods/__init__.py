@@ -9,8 +9,12 @@ from __future__ import annotations
 from taskgrouping.errors import InputError
 from taskgrouping.methods.base import AffinityMatrix
 
-KNOWN_METHODS: tuple[str, ...] = ("swola",)
-"""Methods this build implements (TAG, data maps and HOA arrive with their issue)."""
+KNOWN_METHODS: tuple[str, ...] = ("swola", "tag", "datamaps", "hoa")
+"""The affinity methods: SWOLA (per-task probes), TAG and data maps (one joint training run),
+HOA (single-task and pairwise trainings)."""
+
+JOINT_METHODS: tuple[str, ...] = ("tag", "datamaps")
+"""Methods whose affinity comes from one joint training run over the whole task set."""
 
 
 def check_method(name: str) -> str:
@@ -20,4 +24,4 @@ def check_method(name: str) -> str:
     return name
 
 
-__all__ = ["KNOWN_METHODS", "AffinityMatrix", "check_method"]
+__all__ = ["JOINT_METHODS", "KNOWN_METHODS", "AffinityMatrix", "check_method"]

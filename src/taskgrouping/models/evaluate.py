@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,11 +12,44 @@ from taskgrouping.hashing import derive_seed
 SETTINGS = ("grouped", "all_together", "single_task", "random")
 
 
+@dataclass(frozen=True)
+class GroupJob:
+    """One model to train: its member tasks, the tasks it is evaluated for, optional loss weights.
+
+    With overlap a group trains with helper tasks it does not serve; with STG-MTL's
+    membership weighting every group trains on every task, weighted.
+    """
+
+    members: tuple[str, ...]
+    serves: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
+
+
+def evaluation_jobs(tasks: list[str], grouped: list[list[str]], served: dict[str, int], seed: int,
+                    weights: list[list[float]] | None = None) -> dict[str, list[GroupJob]]:
+    """The models to train for each setting; every task is served by exactly one job per setting.
+
+    ``grouped`` jobs serve the tasks ``served`` maps to them (helpers train but are not
+    counted). ``weights`` (one row per group, aligned with ``tasks``) turns each
+    grouped job into a model on every task with those loss weights. ``random``
+    partitions the tasks at random with the sizes of the served sets.
+    """
+    serves = [[t for t in tasks if served[t] == gi] for gi in range(len(grouped))]
+    if weights is None:
+        grouped_jobs = [GroupJob(tuple(g), tuple(s)) for g, s in zip(grouped, serves, strict=True)]
+    else:
+        grouped_jobs = [GroupJob(tuple(tasks), tuple(s), tuple(round(float(w), 6) for w in row))
+                        for s, row in zip(serves, weights, strict=True)]
+    groupings = evaluation_groupings(tasks, serves, seed)
+    return {"grouped": [j for j in grouped_jobs if j.serves]} | {
+        setting: [GroupJob(tuple(g), tuple(g)) for g in groups]
+        for setting, groups in groupings.items() if setting != "grouped"}
+
+
 def evaluation_groupings(tasks: list[str], grouped: list[list[str]], seed: int) -> dict[str, list[list[str]]]:
-    """Groups to train for each setting.
+    """Groups to train for each setting, for a partition ``grouped``.
 
     ``random`` uses random groups with the same sizes as ``grouped`` (seeded).
-    Overlapping groupings are evaluated by their served groups only.
     """
     sizes = [len(g) for g in grouped]
     perm = np.random.default_rng(derive_seed(seed, "random-groups")).permutation(len(tasks))

@@ -53,8 +53,23 @@ class MultiTaskModel(nn.Module):
         return [head(h) for head in self.heads]
 
 
-def _masked_losses(outs: list[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
-                   tasks: list[TaskSpec]) -> torch.Tensor:
+class TrainHooks:
+    """Observers of a training run (TAG's lookahead, data maps). They must not change the model.
+
+    ``before_step`` sees the model and the minibatch before each optimiser step;
+    ``after_epoch`` sees the model (in eval mode) after each epoch.
+    """
+
+    def before_step(self, model: MultiTaskModel, step: int, x: torch.Tensor, y: torch.Tensor,
+                    mask: torch.Tensor) -> None:
+        """Called before each optimiser step (``step`` counts from 0)."""
+
+    def after_epoch(self, model: MultiTaskModel, epoch: int) -> None:
+        """Called after each epoch (``epoch`` counts from 1)."""
+
+
+def masked_losses(outs: list[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
+                  tasks: list[TaskSpec]) -> torch.Tensor:
     """(n_tasks,) mean loss of each task over its labelled samples (0 where none)."""
     vals = []
     for j, (logits, task) in enumerate(zip(outs, tasks, strict=True)):
@@ -65,10 +80,13 @@ def _masked_losses(outs: list[torch.Tensor], y: torch.Tensor, mask: torch.Tensor
 
 
 def train_group(data: PreparedData, members: list[int], settings: TrainSettings, seed: int,
-                device: str = "cpu") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
+                device: str = "cpu", weights: list[float] | None = None,
+                hooks: TrainHooks | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
     """Train one model on the tasks ``members`` (indices into ``data.tasks``) and evaluate it.
 
-    Early stopping on the summed validation loss; the best state is restored.
+    Early stopping on the summed (``weights``-weighted, when given) validation loss;
+    the best state is restored. ``weights`` scale each member's loss (STG-MTL's
+    membership-weighted training); reported per-task losses are unweighted.
 
     Returns:
         (state_dict on CPU, one result dict per member task with ``task, kind,
@@ -91,6 +109,11 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     xva, yva, mva = tensors(1)
     xte, yte, mte = tensors(2)
     model = MultiTaskModel(data.x.shape[1], tasks, settings.hidden, settings.layers, seed).to(dev)
+    w = torch.ones(len(members), device=dev) if weights is None else torch.as_tensor(
+        weights, dtype=torch.float32, device=dev)
+    if w.shape != (len(members),) or bool((w < 0).any()):
+        raise ValueError(f"weights must be {len(members)} non-negative numbers, got {weights}")
+    step = 0
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     best = float("inf")
@@ -103,13 +126,18 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
         order = torch.randperm(xtr.shape[0], generator=gen).to(dev)
         for start in range(0, xtr.shape[0], settings.batch):
             idx = order[start : start + settings.batch]
+            if hooks is not None:
+                hooks.before_step(model, step, xtr[idx], ytr[idx], mtr[idx])
+            step += 1
             opt.zero_grad()
-            loss = _masked_losses(model(xtr[idx]), ytr[idx], mtr[idx], tasks).sum()
+            loss = (masked_losses(model(xtr[idx]), ytr[idx], mtr[idx], tasks) * w).sum()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(_masked_losses(model(xva), yva, mva, tasks).sum())
+            val = float((masked_losses(model(xva), yva, mva, tasks) * w).sum())
+        if hooks is not None:
+            hooks.after_epoch(model, epoch)
         if val < best - 1e-6:
             best, stale = val, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -121,9 +149,9 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     model.eval()
     results = []
     with torch.no_grad():
-        val_losses = _masked_losses(model(xva), yva, mva, tasks).cpu().numpy()
+        val_losses = masked_losses(model(xva), yva, mva, tasks).cpu().numpy()
         test_outs = model(xte)
-        test_losses = _masked_losses(test_outs, yte, mte, tasks).cpu().numpy()
+        test_losses = masked_losses(test_outs, yte, mte, tasks).cpu().numpy()
     for j, task in enumerate(tasks):
         lab = mte[:, j].bool().cpu().numpy()
         name, value = task_metric(test_outs[j].cpu().numpy()[lab], yte[:, j].cpu().numpy()[lab], task,
@@ -131,4 +159,4 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
         results.append({"task": task.name, "kind": task.kind, "val_loss": float(val_losses[j]),
                         "test_loss": float(test_losses[j]), "metric_name": name, "metric": value})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return state, results, {"epochs": epochs_run, "best_val_loss": best}
+    return state, results, {"epochs": epochs_run, "best_val_loss": best, "steps": step}

@@ -286,18 +286,41 @@ def select_subsets(affinity: AffinityMatrix, n_groups: int | None, seed: int, se
         searched = local_search(gain, chosen, overlap, settings, costs)
         if searched.shape[0] <= budget:
             chosen = searched
-    objective, served = grouping_objective(gain, chosen)
-    groups = [[affinity.tasks[i] for i in np.flatnonzero(row)] for row in chosen]
+    return grouping_from_members(affinity.tasks, gain, chosen,
+                                 {"selector": name, "exact": exact, "budget": budget, "overlap": overlap,
+                                  "candidates": int(members.shape[0])})
+
+
+def grouping_from_members(tasks: list[str], gain: np.ndarray | None, chosen: np.ndarray,
+                          info: dict[str, object], scores: np.ndarray | None = None) -> Grouping:
+    """A :class:`Grouping` from chosen member rows, each task served by its best group.
+
+    Scores come from ``gain`` (the pairwise approximation) or, when given, from
+    measured per-group ``scores`` (C, T) of the chosen rows.
+    """
+    if scores is None:
+        assert gain is not None
+        scores = served_scores(gain, chosen)
+    served = np.argmax(scores, axis=0)
+    objective = float(scores[served, np.arange(len(tasks))].sum())
+    used = sorted(set(served.tolist()))  # a group that serves nobody (a tie) is dropped
+    chosen, served = chosen[used], np.searchsorted(used, served)
+    groups = [[tasks[i] for i in np.flatnonzero(row)] for row in chosen]
     order = sorted(range(len(groups)), key=lambda g: int(np.flatnonzero(chosen[g])[0]))
     rank = {g: r for r, g in enumerate(order)}
-    grouping = Grouping(
-        groups=[groups[g] for g in order],
-        served={affinity.tasks[i]: rank[int(served[i])] for i in range(t)},
-        objective=objective,
-        info={"selector": name, "exact": exact, "budget": budget, "overlap": overlap,
-              "candidates": int(members.shape[0]), "k": len(groups)},
-    )
-    return grouping
+    return Grouping(groups=[groups[g] for g in order],
+                    served={tasks[i]: rank[int(served[i])] for i in range(len(tasks))},
+                    objective=objective, info=dict(info) | {"k": len(groups)})
+
+
+def select_measured(tasks: list[str], members: np.ndarray, scores: np.ndarray, budget: int,
+                    overlap: bool = True) -> Grouping:
+    """Exact network selection on measured subset scores (HOA's exhaustive oracle)."""
+    solution = solve_subsets(scores, budget, overlap)
+    return grouping_from_members(tasks, None, members[solution.chosen],
+                                 {"selector": "network", "exact": True, "budget": budget, "overlap": overlap,
+                                  "candidates": int(members.shape[0]), "oracle": "exhaustive"},
+                                 scores=scores[solution.chosen])
 
 
 def select_network(affinity: AffinityMatrix, n_groups: int | None, seed: int,

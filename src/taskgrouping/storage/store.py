@@ -8,6 +8,7 @@ Layout under the store root::
     probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys
     affinity/<affinity_key>.parquet           affinity over one task set (long form)
+    maps/<joint_key>.parquet                  STG-MTL data maps, one row per task
     models/<group_key>/model.safetensors      one trained group model (state dict)
     models/<group_key>/metrics.parquet        its per-task validation and test results
     runs/<run_id>/...                         affinity, groups, metrics, report, heatmap, summary
@@ -72,6 +73,15 @@ METRICS_SCHEMA = pa.schema(
     ]
 )
 """Per-task results of one trained model, per evaluation setting."""
+
+MEMBERSHIP_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("group", pa.int32(), nullable=False),
+        pa.field("membership", pa.float64(), nullable=False),
+    ]
+)
+"""STG-MTL fuzzy memberships: one row per (task, group), each task's rows sum to 1."""
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -167,6 +177,10 @@ class Store:
     def affinity_path(self, affinity_key: str) -> Path:
         """Content-addressed affinity matrix (runs copy it into their own folder)."""
         return self.root / "affinity" / f"{affinity_key}.parquet"
+
+    def datamap_path(self, key: str) -> Path:
+        """Parquet file of the data maps of one joint training run."""
+        return self.root / "maps" / f"{key}.parquet"
 
     def model_dir(self, group_key: str) -> Path:
         """Folder of one trained group model."""
@@ -276,6 +290,29 @@ class Store:
             deltas.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
         return Probe(deltas=np.stack(deltas).astype(np.float32),
                      labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool))
+
+    # --- data maps -------------------------------------------------------------
+    def write_datamaps(self, key: str, tasks: list[str], vectors: np.ndarray) -> Path:
+        """One row per task: ``task`` and its flattened map ``map`` (float64 list; NaN = missing label)."""
+        width = vectors.shape[1]
+        table = pa.table({"task": pa.array(tasks, pa.string()),
+                          "map": pa.FixedSizeListArray.from_arrays(
+                              pa.array(vectors.reshape(-1).astype(np.float64), pa.float64()), width)})
+        return atomic_write_table(self.datamap_path(key), table)
+
+    def read_datamaps(self, key: str) -> tuple[list[str], np.ndarray]:
+        """Tasks and (T, L) map vectors written by :meth:`write_datamaps`."""
+        table = pq.read_table(self.datamap_path(key))
+        col = table.column("map").combine_chunks()
+        values = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        return table.column("task").to_pylist(), values
+
+    def write_memberships(self, run_id: str, tasks: list[str], u: np.ndarray) -> Path:
+        """``runs/<id>/memberships.parquet``: fuzzy membership of each task in each group."""
+        rows = [{"task": t, "group": c, "membership": float(u[i, c])}
+                for i, t in enumerate(tasks) for c in range(u.shape[1])]
+        return atomic_write_table(self.run_dir(run_id) / "memberships.parquet",
+                                  pa.Table.from_pylist(rows, schema=MEMBERSHIP_SCHEMA), MEMBERSHIP_SCHEMA)
 
     # --- pair cache ------------------------------------------------------------
     def read_pairs(self, key: str) -> dict[tuple[str, str], float]:

@@ -24,7 +24,8 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
     t_report = time.perf_counter()
     st = Store(config["store"])
     affinity = st.read_affinity(Path(affinity_path))
-    grouping = Grouping(groups=selection["groups"], served=selection["served"], info=selection["info"])
+    grouping = Grouping(groups=selection["groups"], served=selection["served"], info=selection["info"],
+                        objective=selection.get("objective"))
     rows: list[dict[str, Any]] = []
     for setting, groups in group_results.items():
         for gi, g in enumerate(groups):
@@ -62,6 +63,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "ground_truth_ari": ari,
         "selection": selection["info"],
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
+        "method_info": extra.get("method_info"),
     }
     report_s = time.perf_counter() - t_report
     seconds = {k: v for k, v in seconds.items() if k != "total"} | {

@@ -19,6 +19,8 @@ from prefect import task
 from taskgrouping import keys
 from taskgrouping.data.dataset import prepare
 from taskgrouping.data.load import load_dataset
+from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity, memberships
+from taskgrouping.methods.hoa import hoa_gains, subset_scores
 from taskgrouping.methods.pairs import incremental_matrix
 from taskgrouping.methods.swola import (
     SwolaSettings,
@@ -26,8 +28,10 @@ from taskgrouping.methods.swola import (
     distances_from_probes,
     probe_task,
 )
+from taskgrouping.methods.tag import TagSettings, tag_affinity
 from taskgrouping.models.train import TrainSettings, train_group
-from taskgrouping.selectors import get_selector
+from taskgrouping.selectors import Grouping, SelectSettings, get_selector
+from taskgrouping.selectors.network import select_measured
 from taskgrouping.storage import Store
 
 
@@ -112,30 +116,92 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
             "run_id": run_id}
 
 
+@task(name="joint-affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[str, Any],
+               train_settings: dict[str, Any], seed: int, device: str, cache_key: str,
+               run_id: str) -> dict[str, Any]:
+    """TAG or data maps: one joint training run over every task; writes the affinity (and the maps)."""
+    _single_thread()
+    st = Store(store)
+    path = st.affinity_path(cache_key)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    if not path.exists() or (method == "datamaps" and not st.datamap_path(cache_key).exists()):
+        data = st.read_prepared(dataset_key)
+        train = TrainSettings(**train_settings)
+        if method == "tag":
+            affinity, info = tag_affinity(data, TagSettings(**method_settings), train, seed, device)
+        else:
+            affinity, vectors, info = datamap_affinity(data, DatamapSettings(**method_settings), train, seed, device)
+            st.write_datamaps(cache_key, affinity.tasks, vectors)
+        st.write_affinity(path, affinity)
+    return {"path": str(path), "maps": cache_key, "seconds": time.perf_counter() - t0, "info": info,
+            "run_id": run_id}
+
+
+@task(name="hoa-gains", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def gains_step(store: str, tasks: list[str], models: list[list[Any]], cache_key: str,
+               run_id: str) -> dict[str, Any]:
+    """HOA's pairwise gain matrix from the stored single-task and pair models' validation losses."""
+    st = Store(store)
+    losses = {frozenset(members): {r["task"]: r["val_loss"] for r in st.read_model_results(key)}
+              for members, key in models}
+    path = st.write_affinity(st.affinity_path(cache_key), hoa_gains(tasks, losses))
+    return {"path": str(path), "run_id": run_id}
+
+
 @task(name="select", retries=0, **STEP_OPTIONS)
 def select_step(store: str, affinity_path: str, selector: str, n_groups: int | None, seed: int,
-                cache_key: str, run_id: str) -> dict[str, Any]:
+                select_settings: dict[str, Any], cache_key: str, run_id: str) -> dict[str, Any]:
     """Choose groups from the affinity matrix."""
     from pathlib import Path
 
     affinity = Store(store).read_affinity(Path(affinity_path))
-    grouping = get_selector(selector)(affinity, n_groups, seed)
+    settings = SelectSettings(**select_settings | {"task_costs": tuple(map(tuple, select_settings["task_costs"]))})
+    return _selection(get_selector(selector, settings)(affinity, n_groups, seed), run_id)
+
+
+@task(name="hoa-oracle", retries=0, **STEP_OPTIONS)
+def oracle_step(store: str, tasks: list[str], models: list[list[Any]], n_groups: int | None, overlap: bool,
+                cache_key: str, run_id: str) -> dict[str, Any]:
+    """HOA's exhaustive oracle: exact network selection on the measured losses of every subset."""
+    st = Store(store)
+    losses = {frozenset(members): {r["task"]: r["val_loss"] for r in st.read_model_results(key)}
+              for members, key in models}
+    members, scores = subset_scores(tasks, losses)
+    budget = len(tasks) if n_groups is None else n_groups
+    return _selection(select_measured(tasks, members, scores, budget, overlap), run_id)
+
+
+def _selection(grouping: Grouping, run_id: str) -> dict[str, Any]:
     info = {k: v for k, v in grouping.info.items() if isinstance(v, int | float | str | dict) or v is None}
-    return {"groups": grouping.groups, "served": grouping.served, "info": info, "run_id": run_id}
+    return {"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
+            "info": info, "run_id": run_id}
+
+
+@task(name="memberships", retries=0, **STEP_OPTIONS)
+def memberships_step(store: str, maps_key: str, groups: list[list[str]], fuzziness: float, cache_key: str,
+                     run_id: str) -> dict[str, Any]:
+    """STG-MTL fuzzy memberships of every task in every chosen group (rows sum to 1)."""
+    tasks, vectors = Store(store).read_datamaps(maps_key)
+    u = memberships(vectors, [[tasks.index(t) for t in g] for g in groups], fuzziness)
+    return {"tasks": tasks, "weights": u.T.tolist(), "run_id": run_id}
 
 
 @task(name="train-group", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
 def train_step(store: str, dataset_key: str, members: list[str], settings: dict[str, Any], seed: int,
-               device: str, cache_key: str, run_id: str) -> dict[str, Any]:
-    """Train and evaluate one group's model; save it as safetensors."""
+               device: str, cache_key: str, run_id: str, weights: list[float] | None = None) -> dict[str, Any]:
+    """Train and evaluate one group's model (losses weighted by ``weights`` when given); save it as safetensors."""
     _single_thread()
     st = Store(store)
     computed = False
     if not st.has_model(cache_key):
         data = st.read_prepared(dataset_key, tasks=members)
+        t0 = time.perf_counter()
         state, results, info = train_group(data, list(range(len(members))), TrainSettings(**settings),
-                                           seed, device)
-        st.write_model(cache_key, state, results, info | {"members": members, "seed": seed})
+                                           seed, device, weights=weights)
+        st.write_model(cache_key, state, results, info | {"members": members, "seed": seed, "weights": weights,
+                                                          "seconds": time.perf_counter() - t0})
         computed = True
     return {"key": cache_key, "members": members, "results": st.read_model_results(cache_key),
             "computed": computed, "run_id": run_id}
