@@ -14,8 +14,14 @@ def _csv(tmp_path, n=40):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "magic"], "unknown --method 'magic'; known methods: swola"),
-    (["--selector", "kmeans"], "unknown --selector 'kmeans'; known selectors: spectral, gat"),
+    (["--method", "magic"], "unknown --method 'magic'; known methods: swola, tag, datamaps, hoa"),
+    (["--selector", "kmeans"], "unknown --selector 'kmeans'; known selectors: spectral, gat, network, mip"),
+    (["--exhaustive"], "--exhaustive trains every subset and selects exactly on the measured losses: "
+                       "use it with --method hoa --selector network"),
+    (["--membership-weighted", "--method", "tag"], "--membership-weighted applies to --method datamaps only"),
+    (["--tag-every", "0"], "--tag-every must be at least 1, got 0"),
+    (["--max-group-size", "0", "--selector", "mip"], "--max-group-size must be at least 1, got 0"),
+    (["--no-overlap"], "--selector spectral takes no overlap, size or cost constraints; use one of network, mip"),
     (["--samples", "0"], "--samples must be a positive integer, got 0"),
     (["--groups", "3"], "--groups 3 is outside 1..2 (the number of tasks)"),
     (["--groups", "0"], "--groups must be at least 1 or 'auto', got 0"),
@@ -41,3 +47,14 @@ def test_argparse_errors_exit_2(capsys):
         main(["run", "--groups", "many"])
     assert exc.value.code == 2
     assert "--groups must be an integer or 'auto', got 'many'" in capsys.readouterr().err
+
+
+def test_exhaustive_oracle_refuses_more_than_six_tasks(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "seven.csv"
+    pl.DataFrame({"f": rng.standard_normal(40)} | {f"y_{i}": rng.integers(0, 2, 40) for i in range(7)}).write_csv(path)
+    store = tmp_path / "store"
+    rc = main(["run", "--data", str(path), "--store", str(store), "--method", "hoa", "--selector", "network",
+               "--exhaustive"])
+    assert rc == 2 and "--exhaustive trains every subset: at most 6 tasks, got 7" in capsys.readouterr().err
+    assert not store.exists()

@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taskgrouping.methods.base import AffinityMatrix
+
+if TYPE_CHECKING:
+    from taskgrouping.data.dataset import PreparedData
+    from taskgrouping.models.train import TrainSettings
 
 EXHAUSTIVE_MAX_TASKS = 6
 """The all-subsets oracle trains 2^T - 1 models; beyond 6 tasks (63 models) it is refused."""
@@ -81,3 +86,19 @@ def subset_scores(tasks: list[str], losses: dict[frozenset[str], dict[str, float
             j = tasks.index(x)
             scores[c, j] = losses[frozenset([x])][x] - losses[s][x]
     return members, scores
+
+
+def hoa_affinity(data: PreparedData, train: TrainSettings, seed: int, device: str = "cpu") -> AffinityMatrix:
+    """In-process HOA: train every task alone and every pair, return the gain matrix.
+
+    The flow runs the same trainings as separate cached steps on Dask; this is the
+    library form for notebooks and tests.
+    """
+    from taskgrouping.models.train import train_group
+
+    tasks = data.task_names
+    losses: dict[frozenset[str], dict[str, float]] = {}
+    for subset in [[t] for t in tasks] + pair_subsets(tasks):
+        _, results, _ = train_group(data, [tasks.index(t) for t in subset], train, seed, device)
+        losses[frozenset(subset)] = {r["task"]: r["val_loss"] for r in results}
+    return hoa_gains(tasks, losses)
