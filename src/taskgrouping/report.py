@@ -11,13 +11,16 @@ from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.evaluate import SETTINGS, recommend
 
 
-def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]]) -> bytes:
-    """A PNG heatmap of the affinity with tasks ordered by group and group borders drawn."""
+def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[str, int] | None = None,
+                label: str | None = None) -> bytes:
+    """A PNG heatmap of the affinity with tasks ordered by (serving) group and group borders drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if served is not None:  # with helpers a task sits in several groups: place it by the one serving it
+        groups = [[t for t in g if served.get(t) == gi] for gi, g in enumerate(groups)]
     order = [t for g in groups for t in g]
     order += [t for t in affinity.tasks if t not in order]
     idx = [affinity.tasks.index(t) for t in order]
@@ -34,13 +37,24 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]]) -> bytes:
         pos += len(g)
         ax.axhline(pos - 0.5, color="red", lw=1)
         ax.axvline(pos - 0.5, color="red", lw=1)
-    fig.colorbar(im, ax=ax, label=f"SWOLA {affinity.kind}" if affinity.kind == "distance" else affinity.kind)
+    fig.colorbar(im, ax=ax, label=label or affinity.kind)
     ax.set_title("Task affinity, ordered by group")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _group_quality(affinity: AffinityMatrix, members: list[str]) -> float:
+    """Cohesion for distances; mean off-diagonal gain within the group for gains (NaN for one task)."""
+    if affinity.kind == "distance":
+        return affinity.cohesion(members)
+    if len(members) < 2:
+        return float("nan")
+    idx = [affinity.tasks.index(m) for m in members]
+    sub = affinity.values[np.ix_(idx, idx)]
+    return float(sub[~np.eye(len(idx), dtype=bool)].mean())
 
 
 def settings_table(totals: dict[str, dict[str, float]]) -> str:
@@ -74,16 +88,29 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
     lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
               "squared error on standardised targets). The recommendation uses validation loss only.", ""]
-    lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
+    if affinity.kind == "distance":
+        lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
+    else:
+        lines += ["## Groups", "", "| group | tasks | mean within-group gain |", "|---:|---|---:|"]
+    served = summary["served"]
+    helpers = False
     for gi, g in enumerate(summary["groups"]):
-        coh = affinity.cohesion(g)
-        lines.append(f"| {gi} | {', '.join(f'`{t}`' for t in g)} | {coh:.3f} |")
+        shown = []
+        for t in g:
+            helpers |= served[t] != gi
+            shown.append(f"`{t}`" if served[t] == gi else f"(`{t}`)")
+        lines.append(f"| {gi} | {', '.join(shown)} | {_group_quality(affinity, g):.3f} |")
     lines.append("")
+    if helpers:
+        lines += ["A task in parentheses trains with that group as a helper; it is served by another.", ""]
     if info.get("ari") is not None:
         lines += [f"Adjusted Rand index against the planted groups: **{info['ari']:.3f}**", ""]
     sel = info.get("selection", {})
     if sel:
-        lines += [f"Selector diagnostics: k = {sel.get('k')}, silhouette = {sel.get('silhouette')}", ""]
+        diag = {k: v for k, v in sel.items() if k in ("k", "silhouette", "exact", "budget", "overlap", "oracle")}
+        if summary.get("objective") is not None:
+            diag["objective"] = round(summary["objective"], 6)
+        lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
     lines += ["![affinity heatmap](heatmap.png)", ""]
     lines += ["## Per task (test)", "", "| task | " + " | ".join(SETTINGS) + " | metric (grouped) |",
               "|---|" + "---:|" * (len(SETTINGS) + 1)]

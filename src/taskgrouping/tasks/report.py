@@ -45,7 +45,8 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "groups": str(st.write_groups(run_id, grouping)),
         "metrics": str(st.write_metrics(run_id, rows)),
         "report": str(run_dir / "report.md"),
-        "heatmap": str(st.write_run_file(run_id, "heatmap.png", heatmap_png(affinity, grouping.groups))),
+        "heatmap": str(st.write_run_file(run_id, "heatmap.png", heatmap_png(
+            affinity, grouping.groups, grouping.served, label=f"{config['method']} {affinity.kind}"))),
     }
     summary: dict[str, Any] = {
         "run_id": run_id,
@@ -64,6 +65,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "selection": selection["info"],
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
         "method_info": extra.get("method_info"),
+        "objective": grouping.objective,
     }
     report_s = time.perf_counter() - t_report
     seconds = {k: v for k, v in seconds.items() if k != "total"} | {

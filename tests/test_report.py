@@ -1,0 +1,36 @@
+"""The report with helper tasks (overlapping groups) and gain matrices."""
+
+import numpy as np
+
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.models.evaluate import evaluation_jobs
+from taskgrouping.report import heatmap_png, render_report
+
+
+def test_overlapping_groups_are_evaluated_once_per_task_and_shown_as_helpers():
+    tasks = ["a", "b", "c", "d"]
+    groups = [["a", "b", "c"], ["c", "d"]]
+    served = {"a": 0, "b": 0, "c": 1, "d": 1}
+    jobs = evaluation_jobs(tasks, groups, served, seed=0)
+    for setting, setting_jobs in jobs.items():
+        assert sorted(t for j in setting_jobs for t in j.serves) == tasks, setting
+    assert jobs["grouped"][0].members == ("a", "b", "c") and jobs["grouped"][0].serves == ("a", "b")
+    assert sorted(len(j.serves) for j in jobs["random"]) == [2, 2]  # sizes of the served sets
+    weighted = evaluation_jobs(tasks, groups, served, seed=0, weights=[[0.9, 0.8, 0.1, 0.0], [0.1, 0.2, 0.9, 1.0]])
+    assert all(j.members == tuple(tasks) for j in weighted["grouped"])
+    assert weighted["grouped"][1].weights == (0.1, 0.2, 0.9, 1.0)
+
+    gain = AffinityMatrix(tasks, np.arange(16.0).reshape(4, 4) - 8, "gain")
+    rows = [{"setting": s, "task": t, "val_loss": 1.0, "test_loss": 1.0, "metric_name": "auroc", "metric": 0.5}
+            for s in ("grouped", "all_together", "single_task", "random") for t in tasks]
+    totals = {s: {"val_loss": 4.0, "test_loss": 4.0} for s in ("grouped", "all_together", "single_task", "random")}
+    summary = {"run_id": "r", "tasks": tasks, "groups": groups, "served": served, "method": "hoa",
+               "selector": "network", "objective": 1.5, "counts": {k: 0 for k in (
+                   "probes_computed", "probes_reused", "pairs_computed", "pairs_reused", "groups_trained",
+                   "groups_reused")}, "seconds": {"total": 1.0}}
+    text = render_report(summary, gain, rows, totals, {"data": "x", "seed": 0, "samples": 8,
+                                                       "selection": {"exact": True, "k": 2}})
+    assert "| 1 | (`c`)" not in text and "| 0 | `a`, `b`, (`c`) |" in text
+    assert "helper" in text and "objective = 1.5" in text and "mean within-group gain" in text
+    png = heatmap_png(gain, groups, served, label="hoa gain")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
