@@ -5,7 +5,7 @@ Random gain matrices with planted blocks; for each size: the selector's own time
 relative to the planted partition's. Then the CLI on a 9-task CSV with B = 4, as a
 user runs it (interpreter start and imports included).
 
-    .venv/bin/python bench/select.py [--repeats 3]
+    .venv/bin/python bench/select_speed.py [--repeats 3]
 """
 
 from __future__ import annotations
