@@ -4,7 +4,9 @@ For each dataset and method (and selector): time to affinity (``seconds.probe``,
 holds the joint trainings of TAG and data maps and the single/pair trainings of HOA,
 plus ``seconds.affinity``), total test loss of the grouped models against
 all-together, single-task and random groups, and the ARI against the planted groups
-on synthetic data. One Prefect server, a fresh store, so every affinity is computed.
+on synthetic data. One Prefect server; a fresh store per method, so each method's
+first run computes everything it needs (HOA's single-task models included) and a
+second selector on the same method reuses its affinity.
 
     .venv/bin/python bench/methods.py [--data builtin:synthetic builtin:digits] [--workers 2]
 """
@@ -44,7 +46,7 @@ def main() -> None:
         for data in args.data:
             for method, selector in RUNS:
                 cfg = RunConfig(data=data, method=method, selector=selector, groups=groups, seed=args.seed,
-                                store=store, workers=args.workers)
+                                store=str(Path(store) / method), workers=args.workers)
                 s = run_regroup(cfg, f"bench-{data.split(':')[1]}-{method}-{selector}")
                 sec = s["seconds"]
                 m = s["metrics"]

@@ -58,3 +58,13 @@ def test_exhaustive_oracle_refuses_more_than_six_tasks(tmp_path, capsys):
                "--exhaustive"])
     assert rc == 2 and "--exhaustive trains every subset: at most 6 tasks, got 7" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_task_costs_must_name_tasks_of_the_data(tmp_path, capsys):
+    costs = tmp_path / "costs.csv"
+    pl.DataFrame({"task": ["y_zz"], "cost": [2.0]}).write_csv(costs)
+    store = tmp_path / "store"
+    rc = main(["run", "--data", _csv(tmp_path), "--store", str(store), "--selector", "mip",
+               "--max-group-cost", "3", "--task-costs", str(costs)])
+    assert rc == 2 and "--task-costs: task 'y_zz' is not a task of" in capsys.readouterr().err
+    assert not store.exists()

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
     run.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
     run.add_argument("--max-group-size", type=int, default=None, metavar="S", help="network/mip: at most S tasks per group")
+    run.add_argument("--max-group-cost", type=float, default=None, metavar="C",
+                     help="mip/network: per-group cost budget (a group costs the sum of its tasks' costs)")
+    run.add_argument("--task-costs", default=None, metavar="FILE", help="CSV with columns task, cost (default 1 each)")
     run.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
     run.add_argument("--membership-weighted", action="store_true",
                      help="datamaps: train each group on every task, losses weighted by fuzzy membership")
@@ -131,7 +134,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
         tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
         hoa=HoaSettings(exhaustive=args.exhaustive),
-        select=SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size),
+        select=SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size,
+                              max_group_cost=args.max_group_cost, task_costs=_task_costs(args.task_costs, None)),
     )
 
 
@@ -145,6 +149,9 @@ def preflight(cfg: Any) -> int:
         raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")
     from taskgrouping.methods.hoa import EXHAUSTIVE_MAX_TASKS
 
+    unknown = [t for t, _ in cfg.select.task_costs if t not in ds.task_names]
+    if unknown:
+        raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {cfg.data}")
     if cfg.hoa.exhaustive and n_tasks > EXHAUSTIVE_MAX_TASKS:
         raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, got {n_tasks}")
     return n_tasks
@@ -207,8 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_costs(path: str | None, tasks: list[str]) -> tuple[tuple[str, float], ...]:
-    """``(task, cost)`` pairs from a CSV with columns ``task, cost``."""
+def _task_costs(path: str | None, tasks: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``(task, cost)`` pairs from a CSV with columns ``task, cost`` (names checked against ``tasks`` if given)."""
     if path is None:
         return ()
     from taskgrouping.data.load import read_table
@@ -219,7 +226,7 @@ def _task_costs(path: str | None, tasks: list[str]) -> tuple[tuple[str, float], 
             raise InputError(f"{path}: missing column {column!r} (need task, cost)")
     pairs = []
     for task, cost in zip(frame.get_column("task").to_list(), frame.get_column("cost").to_list(), strict=True):
-        if str(task) not in tasks:
+        if tasks is not None and str(task) not in tasks:
             raise InputError(f"{path}: task {task!r} is not in the affinity matrix")
         try:
             pairs.append((str(task), float(cost)))
