@@ -5,11 +5,23 @@ from __future__ import annotations
 import functools
 
 from taskgrouping.errors import InputError
+from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.selectors.base import Grouping, Selector, SelectSettings
-from taskgrouping.selectors.gat import select_gat
 from taskgrouping.selectors.mip import select_mip
 from taskgrouping.selectors.network import select_network
 from taskgrouping.selectors.spectral import select_spectral
+
+
+def select_gat(affinity: AffinityMatrix, n_groups: int | None, seed: int) -> Grouping:
+    """The GAT selector (:func:`taskgrouping.selectors.gat.select_gat`), imported on first use.
+
+    torch and torch_geometric take about a second to import, which ``taskgrouping select``
+    with another selector need not pay.
+    """
+    from taskgrouping.selectors.gat import select_gat as gat
+
+    return gat(affinity, n_groups, seed)
+
 
 SELECTORS: dict[str, Selector] = {"spectral": select_spectral, "gat": select_gat,
                                   "network": select_network, "mip": select_mip}

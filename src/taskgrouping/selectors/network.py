@@ -17,7 +17,10 @@ Solved exactly as a MILP over candidate subsets with ``scipy.optimize.milp``
     s.t. sum_{G containing t} y[t, G] = 1          every task served once
          y[t, G] <= x[G]                           only by a chosen group
          sum_G x[G] <= B                           at most B groups
-         sum_{G containing t} x[G] <= 1            (only without overlap)
+
+Without overlap every member of a chosen group is served by it, so the problem is
+set partitioning with one variable per candidate: ``max sum_G value(G) x[G]``,
+each task covered exactly once, at most B groups.
 
 Candidates are all subsets for T <= ``exact_max_tasks`` (exact: equal to
 enumeration); for larger T they come from hierarchical and spectral clustering at
@@ -87,6 +90,7 @@ class SubsetSolution:
     chosen: list[int]
     served: np.ndarray
     objective: float
+    optimal: bool = True
 
 
 def solve_subsets(scores: np.ndarray, budget: int, overlap: bool, time_limit: float = 120.0) -> SubsetSolution:
@@ -109,6 +113,8 @@ def solve_subsets(scores: np.ndarray, budget: int, overlap: bool, time_limit: fl
     if np.any(np.bincount(task, minlength=t) == 0):
         missing = int(np.flatnonzero(np.bincount(task, minlength=t) == 0)[0])
         raise InfeasibleSelection(f"no allowed group contains task #{missing} (check the size and cost limits)")
+    if not overlap:
+        return _solve_partition(scores, budget, time_limit)
     n = n_c + n_y  # variables: x (candidates) then y (memberships)
     c = np.concatenate([np.zeros(n_c), -scores[cand, task]])
     rows = []
@@ -123,9 +129,6 @@ def solve_subsets(scores: np.ndarray, budget: int, overlap: bool, time_limit: fl
     # at most B groups
     count = coo_matrix((np.ones(n_c), (np.zeros(n_c, int), np.arange(n_c))), shape=(1, n))
     rows.append((count, np.array([-np.inf]), np.array([float(budget)])))
-    if not overlap:  # each task in at most one chosen group
-        disjoint = coo_matrix((np.ones(n_y), (task, cand)), shape=(t, n))
-        rows.append((disjoint, np.full(t, -np.inf), np.ones(t)))
     a = csr_matrix(vstack([r[0] for r in rows]))
     cons = LinearConstraint(a, np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows]))
     res = milp(c, constraints=cons, integrality=np.ones(n), bounds=Bounds(0, 1),
@@ -140,7 +143,37 @@ def solve_subsets(scores: np.ndarray, budget: int, overlap: bool, time_limit: fl
     used = sorted(set(served.tolist()))  # a chosen group that serves nobody is dropped
     assert set(used) <= set(np.flatnonzero(x).tolist())
     objective = float(scores[served, np.arange(t)].sum())
-    return SubsetSolution(chosen=used, served=served, objective=objective)
+    return SubsetSolution(chosen=used, served=served, objective=objective, optimal=res.status == 0)
+
+
+def _solve_partition(scores: np.ndarray, budget: int, time_limit: float) -> SubsetSolution:
+    """Without overlap every member of a chosen group is served by it: a set-partitioning MILP.
+
+    ``max sum_G value(G) x[G]`` s.t. each task in exactly one chosen group, at most B
+    groups; ``value(G)`` is the sum of its members' scores. One variable per candidate.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix, csr_matrix, vstack
+
+    n_c, t = scores.shape
+    member = np.isfinite(scores)
+    value = np.where(member, scores, 0.0).sum(axis=1)
+    cand, task = np.nonzero(member)
+    cover = coo_matrix((np.ones(cand.size), (task, cand)), shape=(t, n_c))
+    count = coo_matrix((np.ones(n_c), (np.zeros(n_c, int), np.arange(n_c))), shape=(1, n_c))
+    a = csr_matrix(vstack([cover, count]))
+    cons = LinearConstraint(a, np.concatenate([np.ones(t), [-np.inf]]), np.concatenate([np.ones(t), [budget]]))
+    res = milp(-value, constraints=cons, integrality=np.ones(n_c), bounds=Bounds(0, 1),
+               options={"time_limit": time_limit})
+    if res.status == 2 or res.x is None:
+        raise InfeasibleSelection("the selection constraints are infeasible: no partition into at most "
+                                  f"{budget} allowed groups covers every task")
+    chosen = np.flatnonzero(res.x > 0.5)
+    served = np.full(t, -1)
+    for c in chosen:
+        served[member[c]] = c
+    return SubsetSolution(chosen=chosen.tolist(), served=served, objective=float(value[chosen].sum()),
+                          optimal=res.status == 0)
 
 
 def _candidate_groups(affinity: AffinityMatrix, budget: int, seed: int) -> np.ndarray:
@@ -281,6 +314,7 @@ def select_subsets(affinity: AffinityMatrix, n_groups: int | None, seed: int, se
     members = all_subsets(t) if exact else _candidate_groups(affinity, budget, seed)
     members = members[_allowed(members, settings, costs)]
     solution = solve_subsets(served_scores(gain, members), budget, overlap)
+    exact = exact and solution.optimal  # a solver time limit leaves a feasible, unproven answer
     chosen = members[solution.chosen]
     if not exact:
         searched = local_search(gain, chosen, overlap, settings, costs)
