@@ -147,13 +147,13 @@ def preflight(cfg: Any) -> int:
     n_tasks = len(ds.tasks)
     if cfg.groups is not None and not 1 <= cfg.groups <= n_tasks:
         raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")
-    from taskgrouping.methods.hoa import EXHAUSTIVE_MAX_TASKS
+    from taskgrouping.methods.hoa import check_exhaustive
 
     unknown = [t for t, _ in cfg.select.task_costs if t not in ds.task_names]
     if unknown:
         raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {cfg.data}")
-    if cfg.hoa.exhaustive and n_tasks > EXHAUSTIVE_MAX_TASKS:
-        raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, got {n_tasks}")
+    if cfg.hoa.exhaustive:
+        check_exhaustive(n_tasks)
     return n_tasks
 
 

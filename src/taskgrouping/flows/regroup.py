@@ -21,7 +21,6 @@ from prefect.futures import as_completed
 
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
-from taskgrouping.errors import InputError
 from taskgrouping.hashing import stable_hash
 from taskgrouping.models.evaluate import GroupJob, evaluation_jobs
 from taskgrouping.storage import Store
@@ -141,6 +140,13 @@ def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None
     return trained
 
 
+def _job_model(run: _Run, job: GroupJob) -> tuple[str, list[str], list[float] | None]:
+    """The model a job needs: its key, members in task order and their loss weights (if any)."""
+    members = sorted(job.members, key=run.names.index)
+    weights = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
+    return run.group_key(members, weights), members, weights
+
+
 def _computed(run: _Run, result: dict[str, Any]) -> bool:
     return bool(result.get("computed", True)) and result["run_id"] == run.run_id
 
@@ -213,7 +219,7 @@ def _joint_affinity(run: _Run) -> _Affinity:
             res = joint_step.with_options(result_storage=run.results, refresh_cache=True).submit(
                 *args, cache_key=key, run_id=run.run_id).result()
     t = len(run.names)
-    computed = res["run_id"] == run.run_id
+    computed = _computed(run, res)
     log.info("%s: joint training over %d tasks %s", cfg.method, t, "computed" if computed else "reused")
     return _Affinity(path=res["path"], key=key, probes_computed=t if computed else 0,
                      pairs_computed=t * (t - 1) // 2 if computed else 0, pairs_total=t * (t - 1) // 2,
@@ -226,13 +232,12 @@ def _hoa_affinity(run: _Run) -> _Affinity:
 
     With ``exhaustive`` every subset is trained too, for the oracle's selection.
     """
-    from taskgrouping.methods.hoa import EXHAUSTIVE_MAX_TASKS, all_task_subsets, pair_subsets
+    from taskgrouping.methods.hoa import all_task_subsets, check_exhaustive, pair_subsets
 
     cfg = run.cfg
     t0 = time.perf_counter()
-    if cfg.hoa.exhaustive and len(run.names) > EXHAUSTIVE_MAX_TASKS:
-        raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, "
-                         f"got {len(run.names)}")
+    if cfg.hoa.exhaustive:
+        check_exhaustive(len(run.names))
     singles = [[t] for t in run.names]
     pairs = pair_subsets(run.names)
     subsets = all_task_subsets(run.names) if cfg.hoa.exhaustive else singles + pairs
@@ -324,9 +329,8 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     unique: dict[str, tuple[list[str], list[float] | None]] = {}
     for setting_jobs in jobs.values():
         for job in setting_jobs:
-            members = sorted(job.members, key=names.index)
-            w = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
-            unique.setdefault(run.group_key(members, w), (members, w))
+            key, members, w = _job_model(run, job)
+            unique.setdefault(key, (members, w))
     trained = _train_models(run, unique, "train")
     groups_trained = sum(1 for k, r in trained.items() if _computed(run, r) and k not in aff.trained_keys)
     seconds["train"] = time.perf_counter() - t0
@@ -338,9 +342,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
               "groups_trained": groups_trained, "groups_reused": len(unique) - groups_trained}
 
     def job_results(job: GroupJob) -> dict[str, Any]:
-        members = sorted(job.members, key=names.index)
-        w = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
-        rows = trained[run.group_key(members, w)]["results"]
+        rows = trained[_job_model(run, job)[0]]["results"]
         return {"members": list(job.members), "results": [r for r in rows if r["task"] in job.serves]}
 
     group_results = {setting: [job_results(j) for j in setting_jobs] for setting, setting_jobs in jobs.items()}

@@ -36,6 +36,14 @@ EXHAUSTIVE_MAX_TASKS = 6
 """The all-subsets oracle trains 2^T - 1 models; beyond 6 tasks (63 models) it is refused."""
 
 
+def check_exhaustive(n_tasks: int) -> None:
+    """Refuse the all-subsets oracle above :data:`EXHAUSTIVE_MAX_TASKS` tasks."""
+    from taskgrouping.errors import InputError
+
+    if n_tasks > EXHAUSTIVE_MAX_TASKS:
+        raise InputError(f"--exhaustive trains every subset: at most {EXHAUSTIVE_MAX_TASKS} tasks, got {n_tasks}")
+
+
 @dataclass(frozen=True)
 class HoaSettings:
     """Settings of HOA.

@@ -126,7 +126,8 @@ def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[
     path = st.affinity_path(cache_key)
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
-    if not path.exists() or (method == "datamaps" and not st.datamap_path(cache_key).exists()):
+    computed = not path.exists() or (method == "datamaps" and not st.datamap_path(cache_key).exists())
+    if computed:
         data = st.read_prepared(dataset_key)
         train = TrainSettings(**train_settings)
         if method == "tag":
@@ -136,7 +137,7 @@ def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[
             st.write_datamaps(cache_key, affinity.tasks, vectors)
         st.write_affinity(path, affinity)
     return {"path": str(path), "maps": cache_key, "seconds": time.perf_counter() - t0, "info": info,
-            "run_id": run_id}
+            "computed": computed, "run_id": run_id}
 
 
 @task(name="hoa-gains", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
@@ -144,8 +145,7 @@ def gains_step(store: str, tasks: list[str], models: list[list[Any]], cache_key:
                run_id: str) -> dict[str, Any]:
     """HOA's pairwise gain matrix from the stored single-task and pair models' validation losses."""
     st = Store(store)
-    losses = {frozenset(members): {r["task"]: r["val_loss"] for r in st.read_model_results(key)}
-              for members, key in models}
+    losses = _validation_losses(st, models)
     path = st.write_affinity(st.affinity_path(cache_key), hoa_gains(tasks, losses))
     return {"path": str(path), "run_id": run_id}
 
@@ -166,11 +166,16 @@ def oracle_step(store: str, tasks: list[str], models: list[list[Any]], n_groups:
                 cache_key: str, run_id: str) -> dict[str, Any]:
     """HOA's exhaustive oracle: exact network selection on the measured losses of every subset."""
     st = Store(store)
-    losses = {frozenset(members): {r["task"]: r["val_loss"] for r in st.read_model_results(key)}
-              for members, key in models}
+    losses = _validation_losses(st, models)
     members, scores = subset_scores(tasks, losses)
     budget = len(tasks) if n_groups is None else n_groups
     return _selection(select_measured(tasks, members, scores, budget, overlap), run_id)
+
+
+def _validation_losses(st: Store, models: list[list[Any]]) -> dict[frozenset[str], dict[str, float]]:
+    """Member set -> {task: validation loss} of stored models given as ``[members, key]``."""
+    return {frozenset(members): {r["task"]: r["val_loss"] for r in st.read_model_results(key)}
+            for members, key in models}
 
 
 def _selection(grouping: Grouping, run_id: str) -> dict[str, Any]:
