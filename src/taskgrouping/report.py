@@ -57,6 +57,27 @@ def _group_quality(affinity: AffinityMatrix, members: list[str]) -> float:
     return float(sub[~np.eye(len(idx), dtype=bool)].mean())
 
 
+def changes_markdown(summary: dict[str, Any]) -> str:
+    """What changed since the previous grouping version, as markdown."""
+    c, prev, version = summary["changes"], summary.get("previous_version"), summary.get("version")
+    if prev is None:
+        return f"First grouping of this data, method and selector: version {version}, {len(summary['tasks'])} tasks."
+    if not c["changed"]:
+        return f"No change since version {prev}: same tasks, same groups."
+    lines = [f"Version {version} (previous: {prev}).", ""]
+    if c["tasks_added"]:
+        lines.append("Tasks added: " + ", ".join(f"`{t}`" for t in c["tasks_added"]))
+    if c["tasks_removed"]:
+        lines.append("Tasks removed: " + ", ".join(f"`{t}`" for t in c["tasks_removed"]))
+    if c["moved"]:
+        lines += ["", "| task that moved | was served with | now served with |", "|---|---|---|"]
+        lines += [f"| `{m['task']}` | {', '.join(m['from']) or '(alone)'} | {', '.join(m['to']) or '(alone)'} |"
+                  for m in c["moved"]]
+    else:
+        lines.append("No task present in both versions changed group.")
+    return "\n".join(lines)
+
+
 def settings_table(totals: dict[str, dict[str, float]]) -> str:
     """The four-setting markdown table, with the recommendation marked."""
     best = recommend(totals)
@@ -103,6 +124,8 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     lines.append("")
     if helpers:
         lines += ["A task in parentheses trains with that group as a helper; it is served by another.", ""]
+    if "changes" in summary:
+        lines += ["## Changes since the last version", "", changes_markdown(summary), ""]
     if info.get("ari") is not None:
         lines += [f"Adjusted Rand index against the planted groups: **{info['ari']:.3f}**", ""]
     sel = info.get("selection", {})

@@ -37,12 +37,17 @@ def test_regroup_first_run_incremental_run_and_identical_rerun(prefect_api, tmp_
     assert (c["pairs_computed"], c["pairs_reused"]) == (9, 6)
     assert c["groups_reused"] >= 4  # single-task models of the first four tasks at least
     assert second["ground_truth_ari"] == 1.0  # two planted groups of three
+    assert first["version"] == 1 and first["previous_version"] is None
+    assert second["version"] == 2 and second["previous_version"] == 1
+    assert second["changes"]["tasks_added"] == ["y_04", "y_05"] and second["changes"]["changed"]
 
     # an identical rerun computes nothing and gives the same groups
     third = run_regroup(_cfg(store), "run-3")
     c = third["counts"]
     assert c["probes_computed"] == c["pairs_computed"] == c["groups_trained"] == 0
     assert third["groups"] == second["groups"] and third["metrics"] == second["metrics"]
+    assert third["version"] == 2 and third["changes"]["changed"] is False  # nothing new to record
+    assert len(list((store / "groupings" / third["lineage"]).glob("v*.json"))) == 2
     summary = json.loads((store / "runs" / "run-3" / "summary.json").read_text())
     assert summary["counts"] == c
     report = (store / "runs" / "run-3" / "report.md").read_text()
@@ -77,7 +82,13 @@ def test_existing_dask_scheduler_and_artifacts(prefect_api, tmp_path):
     assert Path(summary["artifacts"]["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
-    assert {"taskgrouping-groups", "taskgrouping-settings", "taskgrouping-report"} <= keys
+    assert {"taskgrouping-groups", "taskgrouping-settings", "taskgrouping-report", "taskgrouping-affinity",
+            "taskgrouping-changes"} <= keys
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    assert progress and max(float(a.data) for a in progress) == 100.0  # the probe stage's progress bar
 
 
 def test_cli_on_a_csv_with_every_task_kind(prefect_api, tmp_path, capsys):

@@ -114,6 +114,31 @@ class _Affinity:
     trained_keys: set[str] = field(default_factory=set)
 
 
+class _Progress:
+    """A progress artifact in the Prefect UI (and a log line every quarter) for one mapped stage."""
+
+    def __init__(self, stage: str, total: int, what: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.stage, self.total, self.what, self.done = stage, total, what, 0
+        self.artifact: Any = create_progress_artifact(0.0, description=f"{stage}: {what}")
+
+    def step(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += 1
+        if self.done == self.total or self.done % max(1, self.total // 4) == 0:
+            log.info("%s: %d/%d %s", self.stage, self.done, self.total, self.what)
+            update_progress_artifact(self.artifact, 100.0 * self.done / max(1, self.total),
+                                     description=f"{self.stage}: {self.done}/{self.total} {self.what}")
+
+
+def _train_name(members: list[str]) -> str:
+    """The UI name of a training step: its member tasks (abbreviated past 4)."""
+    shown = ", ".join(members[:4]) + (f" +{len(members) - 4}" if len(members) > 4 else "")
+    return f"train [{shown}]"
+
+
 def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None]], label: str) -> dict[str, dict[str, Any]]:
     """Train (or reuse) one model per key, mapped on the Dask workers; retrain any whose files vanished."""
     cfg = run.cfg
@@ -122,17 +147,17 @@ def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None
     def submit(group_keys: list[str], refresh: bool = False) -> list[Any]:
         with _gpu_annotation(cfg):
             return [train_step.with_options(result_storage=run.results, refresh_cache=refresh,
-                                            task_run_name=f"train {len(jobs[k][0])} tasks").submit(
+                                            task_run_name=_train_name(jobs[k][0])).submit(
                 cfg.store, run.dataset_key, jobs[k][0], train_settings, cfg.seed, cfg.device,
                 cache_key=k, run_id=run.run_id, weights=jobs[k][1]) for k in group_keys]
 
     futures = submit(list(jobs))
     trained: dict[str, dict[str, Any]] = {}
-    for done, fut in enumerate(as_completed(futures), start=1):
+    progress = _Progress(label, len(futures), "models trained or reused")
+    for fut in as_completed(futures):
         res = fut.result()
         trained[res["key"]] = res
-        if done == len(futures) or done % max(1, len(futures) // 5) == 0:
-            log.info("%s: %d/%d models", label, done, len(futures))
+        progress.step()
     gone = [k for k in jobs if not run.store.has_model(k)]
     if gone:  # cached records whose model files were removed: train them again
         log.info("%s: %d models missing from the store, retraining", label, len(gone))
@@ -167,11 +192,11 @@ def _swola_affinity(run: _Run) -> _Affinity:
 
     futures = submit_probes(run.names)
     probes: dict[str, dict[str, Any]] = {}
-    for done, fut in enumerate(as_completed(futures), start=1):
+    progress = _Progress("probe", len(futures), "ML tasks probed")
+    for fut in as_completed(futures):
         res = fut.result()
         probes[res["task"]] = res
-        if done == len(futures) or done % max(1, len(futures) // 4) == 0:
-            log.info("probe: %d/%d tasks", done, len(futures))
+        progress.step()
     gone = [t for t in run.names if not store.has_probe(probe_keys[t])]
     if gone:  # cached records whose probe files were removed: compute them again
         log.info("probe: %d probe files missing from the store, recomputing", len(gone))

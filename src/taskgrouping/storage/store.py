@@ -12,6 +12,7 @@ Layout under the store root::
     models/<group_key>/model.safetensors      one trained group model (state dict)
     models/<group_key>/metrics.parquet        its per-task validation and test results
     runs/<run_id>/...                         affinity, groups, metrics, report, heatmap, summary
+    groupings/<lineage>/v<NNNN>.json          grouping versions of one data source, method and selector
     prefect/results/                          Prefect's persisted task results (cache records)
 
 Every file is written to a temporary name in the same folder and renamed into
@@ -190,6 +191,10 @@ class Store:
         """Folder of one run's outputs."""
         return self.root / "runs" / run_id
 
+    def lineage_dir(self, lineage: str) -> Path:
+        """Folder of the grouping versions of one lineage."""
+        return self.root / "groupings" / lineage
+
     def results_dir(self) -> Path:
         """Where Prefect persists task results (its cache records)."""
         return self.root / "prefect" / "results"
@@ -313,6 +318,40 @@ class Store:
                 for i, t in enumerate(tasks) for c in range(u.shape[1])]
         return atomic_write_table(self.run_dir(run_id) / "memberships.parquet",
                                   pa.Table.from_pylist(rows, schema=MEMBERSHIP_SCHEMA), MEMBERSHIP_SCHEMA)
+
+    # --- grouping versions -----------------------------------------------------
+    def latest_version(self, lineage: str) -> dict[str, Any] | None:
+        """The newest grouping version of a lineage, or None."""
+        folder = self.lineage_dir(lineage)
+        files = sorted(folder.glob("v[0-9][0-9][0-9][0-9]*.json")) if folder.exists() else []
+        return self.read_json(files[-1]) if files else None
+
+    def versions(self, lineage: str) -> list[dict[str, Any]]:
+        """Every grouping version of a lineage, oldest first."""
+        folder = self.lineage_dir(lineage)
+        return [self.read_json(p) for p in sorted(folder.glob("v[0-9][0-9][0-9][0-9]*.json"))] if folder.exists() else []
+
+    def add_version(self, lineage: str, record: dict[str, Any]) -> int:
+        """Write ``record`` as the next version; concurrent writers get distinct numbers.
+
+        The file is written to a temporary name, then hard-linked to ``v<NNNN>.json``,
+        which fails if another writer took that number first (then the next is tried).
+        """
+        folder = self.lineage_dir(lineage)
+        folder.mkdir(parents=True, exist_ok=True)
+        latest = self.latest_version(lineage)
+        version = (latest["version"] if latest else 0) + 1
+        while True:
+            target = folder / f"v{version:04d}.json"
+            tmp = _tmp_path(target)
+            try:
+                tmp.write_text(json.dumps(record | {"version": version}, indent=2))
+                os.link(tmp, target)
+                return version
+            except FileExistsError:
+                version += 1
+            finally:
+                tmp.unlink()
 
     # --- pair cache ------------------------------------------------------------
     def read_pairs(self, key: str) -> dict[tuple[str, str], float]:

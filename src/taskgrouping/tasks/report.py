@@ -10,10 +10,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.evaluate import setting_totals
-from taskgrouping.report import heatmap_png, render_report
+from taskgrouping.report import changes_markdown, heatmap_png, render_report
 from taskgrouping.selectors.base import Grouping
 from taskgrouping.storage import Store
+from taskgrouping.versions import grouping_changes, lineage_key
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
@@ -67,6 +69,20 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "method_info": extra.get("method_info"),
         "objective": grouping.objective,
     }
+    # a new grouping version when the grouping (or the task set) changed since the last one
+    lineage = lineage_key(config["data"], config["method"], config["selector"])
+    previous = st.latest_version(lineage)
+    current = {"tasks": tasks, "groups": grouping.groups, "served": grouping.served}
+    changes = grouping_changes(previous, current)
+    if changes["changed"]:
+        version = st.add_version(lineage, current | {
+            "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": config["data"],
+            "method": config["method"], "selector": config["selector"], "changes": changes,
+            "previous_version": previous["version"] if previous else None})
+    else:
+        version = previous["version"] if previous else 0
+    summary |= {"version": version, "previous_version": previous["version"] if previous else None,
+                "changes": changes, "lineage": lineage}
     report_s = time.perf_counter() - t_report
     seconds = {k: v for k, v in seconds.items() if k != "total"} | {
         "report": report_s, "total": seconds["total"] + report_s}
@@ -76,13 +92,13 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
     text = render_report(summary, affinity, rows, totals, info)
     st.write_run_file(run_id, "report.md", text.encode())
     st.write_run_file(run_id, "summary.json", json.dumps(summary, indent=2).encode())
-    _publish(summary, rows, totals, text)
+    _publish(summary, rows, totals, text, affinity)
     return summary
 
 
 def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[str, dict[str, float]],
-             text: str) -> None:
-    """The groups, the four-setting table and the report as Prefect artifacts (shown in the UI)."""
+             text: str, affinity: AffinityMatrix) -> None:
+    """Groups, affinity, the four-setting table, the changes and the report as Prefect artifacts (the UI)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(
@@ -96,4 +112,12 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
                for s, v in totals.items()],
         description="Total loss per evaluation setting (summed over tasks)",
     )
+    create_table_artifact(
+        key="taskgrouping-affinity",
+        table={"task": affinity.tasks} | {b: [round(float(v), 6) for v in affinity.values[:, j]]
+                                          for j, b in enumerate(affinity.tasks)},
+        description=f"Affinity ({affinity.kind}; row = receiver, column = source) of run {summary['run_id']}",
+    )
+    create_markdown_artifact(key="taskgrouping-changes", markdown=changes_markdown(summary),
+                             description="What changed since the previous grouping version")
     create_markdown_artifact(key="taskgrouping-report", markdown=text, description="Run report")

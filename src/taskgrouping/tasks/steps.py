@@ -10,7 +10,9 @@ is recognisable as reused.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,23 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
+@contextlib.contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """Re-raise a failure with the ML task and step named (shown in the UI and by the CLI)."""
+    try:
+        yield
+    except Exception as exc:
+        raise RuntimeError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _joint_affinity(method: str, data: Any, settings: dict[str, Any], train: TrainSettings, seed: int,
+                    device: str) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
+    if method == "tag":
+        affinity, info = tag_affinity(data, TagSettings(**settings), train, seed, device)
+        return affinity, None, info
+    return datamap_affinity(data, DatamapSettings(**settings), train, seed, device)
+
+
 STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_result": True,
                                 "result_serializer": "json"}
 
@@ -84,7 +103,8 @@ def probe_step(store: str, dataset_key: str, task_name: str, settings: dict[str,
         data = st.read_prepared(dataset_key, tasks=[task_name])
         s = SwolaSettings(**settings)
         rows = data.probe_idx
-        probe = probe_task(data.x[rows], data.y[rows, 0], data.tasks[0], s, seed, device)
+        with _naming(f"probe of ML task {task_name!r}"):
+            probe = probe_task(data.x[rows], data.y[rows, 0], data.tasks[0], s, seed, device)
         st.write_probe(cache_key, probe, {"task": task_name, "settings": s.probe_part(), "seed": seed})
         computed = True
     return {"task": task_name, "key": cache_key, "computed": computed, "run_id": run_id,
@@ -130,10 +150,9 @@ def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[
     if computed:
         data = st.read_prepared(dataset_key)
         train = TrainSettings(**train_settings)
-        if method == "tag":
-            affinity, info = tag_affinity(data, TagSettings(**method_settings), train, seed, device)
-        else:
-            affinity, vectors, info = datamap_affinity(data, DatamapSettings(**method_settings), train, seed, device)
+        with _naming(f"{method} joint training over {len(data.tasks)} ML tasks"):
+            affinity, vectors, info = _joint_affinity(method, data, method_settings, train, seed, device)
+        if vectors is not None:
             st.write_datamaps(cache_key, affinity.tasks, vectors)
         st.write_affinity(path, affinity)
     return {"path": str(path), "maps": cache_key, "seconds": time.perf_counter() - t0, "info": info,
@@ -203,8 +222,9 @@ def train_step(store: str, dataset_key: str, members: list[str], settings: dict[
     if not st.has_model(cache_key):
         data = st.read_prepared(dataset_key, tasks=members)
         t0 = time.perf_counter()
-        state, results, info = train_group(data, list(range(len(members))), TrainSettings(**settings),
-                                           seed, device, weights=weights)
+        with _naming(f"training of the group {', '.join(members)}"):
+            state, results, info = train_group(data, list(range(len(members))), TrainSettings(**settings),
+                                               seed, device, weights=weights)
         st.write_model(cache_key, state, results, info | {"members": members, "seed": seed, "weights": weights,
                                                           "seconds": time.perf_counter() - t0})
         computed = True
