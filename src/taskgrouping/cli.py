@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
+    srv = sub.add_parser("serve", help="serve the regroup flow on a cron schedule in this process",
+                         description="Serve the regroup-scheduled flow on a cron schedule in this one process "
+                                     "(no work pool needed). Starts a local Prefect server with the UI unless "
+                                     "PREFECT_API_URL is set. Stop with Ctrl-C.",
+                         formatter_class=_Help)
+    srv.add_argument("--cron", default="0 3 * * 1", help="when to run (cron, UTC)")
+    srv.add_argument("--name", default="taskgrouping-serve", help="the deployment's name")
+    srv.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
+    srv.add_argument("--tasks", default=None, help="comma list or glob of label columns")
+    srv.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
+    srv.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
+    srv.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
+    srv.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
+    srv.add_argument("--samples", type=int, default=512, help="probe samples")
+    srv.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
+    srv.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    srv.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
+
     sel = sub.add_parser("select", help="groups from a given affinity matrix, no training",
                          description="Choose groups from an affinity or pair-gain matrix measured elsewhere. "
                                      "FILE: Parquet long form (task_a, task_b, value[, kind]) or a CSV square "
@@ -268,6 +286,43 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_cron(expr: str) -> str:
+    """Return ``expr`` if Prefect accepts it as a cron schedule, else raise naming it."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=expr, timezone="UTC")
+    except Exception:
+        raise InputError(f"--cron {expr!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+    return expr
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``taskgrouping serve``: the scheduled flow, served from this process until interrupted."""
+    from taskgrouping.config import RunConfig
+
+    check_cron(args.cron)
+    data = args.data if args.data.startswith("builtin:") else str(Path(args.data).expanduser().resolve())
+    store = str(Path(args.store).expanduser().resolve())
+    params = {"data": data, "store": store, "method": args.method, "selector": args.selector,
+              "groups": args.groups, "tasks": args.tasks, "samples": args.samples, "seed": args.seed,
+              "workers": args.workers}
+    preflight(RunConfig(**params))  # bad input fails now, not at 3 a.m.
+    _quiet_logs(args.verbose)
+    log = logging.getLogger("taskgrouping")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from taskgrouping.flows.scheduled import scheduled_regroup
+    from taskgrouping.flows.server import prefect_api
+
+    with prefect_api(Path(store) / "prefect" / "home", ui=True) as url, \
+            temporary_settings(updates={PREFECT_API_URL: url}):  # settings may have been read already
+        log.info("Prefect API %s; UI %s", url, url.removesuffix("/api"))
+        log.info("serving %r on cron %r (UTC); Ctrl-C stops", args.name, args.cron)
+        scheduled_regroup.serve(name=args.name, cron=args.cron, parameters=params)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskgrouping`` console script."""
     parser = build_parser()
@@ -277,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "select":
             return cmd_select(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         parser.error(f"unknown command {args.command!r}")
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)

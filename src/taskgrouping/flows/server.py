@@ -41,42 +41,61 @@ def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[byt
 
 
 @contextlib.contextmanager
-def prefect_api(home: Path) -> Iterator[str]:
-    """Yield an API URL, starting ``prefect server start`` on a free port if none is configured.
+def local_server(home: Path, ui: bool = False) -> Iterator[str]:
+    """Run ``prefect server start`` on a free loopback port (database under ``home``); yield its API URL.
 
-    The started server runs in its own process group and is stopped by its PID on exit.
+    The server runs in its own process group and is stopped by its PID on exit,
+    also when the body raises. The caller's environment is not changed.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="true" if ui else "false")
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_healthy(url, proc=proc)
+        yield url
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def prefect_api(home: Path, ui: bool = False) -> Iterator[str]:
+    """Yield an API URL: ``PREFECT_API_URL`` if set, else a :func:`local_server` for the duration.
+
+    While a local server runs, ``PREFECT_API_URL`` and ``PREFECT_HOME`` point at it.
     """
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
         yield existing
         return
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    try:
-        wait_healthy(url, proc=proc)
-        os.environ["PREFECT_API_URL"] = url
-        os.environ["PREFECT_HOME"] = str(home)
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    with local_server(home, ui) as url:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            os.environ["PREFECT_API_URL"] = url
+            os.environ["PREFECT_HOME"] = str(home)
+            yield url
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
