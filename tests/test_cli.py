@@ -68,3 +68,24 @@ def test_task_costs_must_name_tasks_of_the_data(tmp_path, capsys):
                "--max-group-cost", "3", "--task-costs", str(costs)])
     assert rc == 2 and "--task-costs: task 'y_zz' is not a task of" in capsys.readouterr().err
     assert not store.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cron", "every monday"], "--cron 'every monday' is not a valid cron expression (e.g. '0 3 * * 1')"),
+    (["--method", "magic"], "unknown --method 'magic'; known methods: swola, tag, datamaps, hoa"),
+    (["--groups", "9"], "--groups 9 is outside 1..2 (the number of tasks)"),
+])
+def test_serve_rejects_bad_input_before_serving(tmp_path, capsys, args, message):
+    store = tmp_path / "store"
+    rc = main(["serve", "--data", _csv(tmp_path), "--store", str(store), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not store.exists()
+
+
+def test_a_failing_step_names_its_ml_task():
+    from taskgrouping.tasks.steps import _naming
+
+    with pytest.raises(RuntimeError, match="probe of ML task 'y_07' failed: ValueError: labels are all equal"):
+        with _naming("probe of ML task 'y_07'"):
+            raise ValueError("labels are all equal")
