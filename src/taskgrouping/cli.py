@@ -43,6 +43,19 @@ def _groups(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"--groups must be an integer or 'auto', got {value!r}") from None
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``serve`` share: what to group, how, and where to keep it."""
+    parser.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
+    parser.add_argument("--tasks", default=None, help="comma list or glob of label columns; all columns named y_* when not given")
+    parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
+    parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
+    parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
+    parser.add_argument("--samples", type=int, default=512, help="probe samples")
+    parser.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
+    parser.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
+    parser.add_argument("--workers", type=int, default=2, help="local Dask workers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``taskgrouping`` argument parser."""
     parser = _Parser(prog="taskgrouping", description="Decide which ML tasks to train together.")
@@ -52,16 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the regroup flow: sample -> probe every task -> affinity -> "
                                      "select groups -> train one model per group (+ baselines) -> report.",
                          formatter_class=_Help)
-    run.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
-    run.add_argument("--tasks", default=None, help="comma list or glob of label columns; all columns named y_* when not given")
+    _add_run_options(run)
     run.add_argument("--features", default=None, help="comma list or glob of feature columns; every other numeric column when not given")
-    run.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
-    run.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
-    run.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
-    run.add_argument("--samples", type=int, default=512, help="probe samples")
-    run.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
-    run.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
-    run.add_argument("--workers", type=int, default=2, help="local Dask workers")
     run.add_argument("--dask-address", default=None, help="an existing Dask scheduler")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where probes and training run")
     run.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
@@ -90,15 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_Help)
     srv.add_argument("--cron", default="0 3 * * 1", help="when to run (cron, UTC)")
     srv.add_argument("--name", default="taskgrouping-serve", help="the deployment's name")
-    srv.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
-    srv.add_argument("--tasks", default=None, help="comma list or glob of label columns")
-    srv.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
-    srv.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
-    srv.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
-    srv.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
-    srv.add_argument("--samples", type=int, default=512, help="probe samples")
-    srv.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
-    srv.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    _add_run_options(srv)
     srv.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
     sel = sub.add_parser("select", help="groups from a given affinity matrix, no training",
