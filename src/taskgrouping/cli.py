@@ -156,20 +156,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def preflight(cfg: Any) -> int:
     """Load and validate the data before anything starts or is written; returns the task count."""
-    from taskgrouping.data.load import load_dataset
-
-    ds = load_dataset(cfg.data, cfg.tasks, cfg.features)
-    n_tasks = len(ds.tasks)
-    if cfg.groups is not None and not 1 <= cfg.groups <= n_tasks:
-        raise InputError(f"--groups {cfg.groups} is outside 1..{n_tasks} (the number of tasks)")
-    from taskgrouping.methods.hoa import check_exhaustive
-
-    unknown = [t for t, _ in cfg.select.task_costs if t not in ds.task_names]
-    if unknown:
-        raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {cfg.data}")
-    if cfg.hoa.exhaustive:
-        check_exhaustive(n_tasks)
-    return n_tasks
+    return int(cfg.check_data())
 
 
 def _quiet_logs(verbose: bool) -> None:

@@ -59,6 +59,25 @@ class RunConfig:
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
 
+    def check_data(self) -> int:
+        """Load and validate the data against this configuration; returns the task count.
+
+        Called before anything starts or is written (the CLI and the scheduled flow).
+        """
+        from taskgrouping.data.load import load_dataset
+        from taskgrouping.methods.hoa import check_exhaustive
+
+        ds = load_dataset(self.data, self.tasks, self.features)
+        n_tasks = len(ds.tasks)
+        if self.groups is not None and not 1 <= self.groups <= n_tasks:
+            raise InputError(f"--groups {self.groups} is outside 1..{n_tasks} (the number of tasks)")
+        unknown = [t for t, _ in self.select.task_costs if t not in ds.task_names]
+        if unknown:
+            raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {self.data}")
+        if self.hoa.exhaustive:
+            check_exhaustive(n_tasks)
+        return n_tasks
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the flow's parameters)."""
         return asdict(self)

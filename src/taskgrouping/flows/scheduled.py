@@ -37,7 +37,6 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
     from dataclasses import replace
     from pathlib import Path
 
-    from taskgrouping.cli import preflight
     from taskgrouping.flows.regroup import run_regroup
 
     if not data.startswith("builtin:"):
@@ -45,6 +44,6 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
     cfg = RunConfig(data=data, tasks=tasks, method=method, selector=selector, groups=groups, samples=samples,
                     seed=seed, store=str(Path(store).expanduser().resolve()), workers=workers)
     cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
-    preflight(cfg)
+    cfg.check_data()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return run_regroup(cfg, run_id)
