@@ -86,12 +86,11 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
-        select = dict(d.pop("select", {}))
-        select["task_costs"] = tuple((str(t), float(c)) for t, c in select.get("task_costs", ()))
+        select = SelectSettings.from_dict(d.pop("select", {}))
         swola = dict(d.pop("swola", {}))
         if "head_cs" in swola:
             swola["head_cs"] = tuple(swola["head_cs"])
         tag, datamaps = TagSettings(**d.pop("tag", {})), DatamapSettings(**d.pop("datamaps", {}))
         hoa, train = HoaSettings(**d.pop("hoa", {})), TrainSettings(**d.pop("train", {}))
         return cls(**d, swola=SwolaSettings(**swola), tag=tag, datamaps=datamaps, hoa=hoa,
-                   select=SelectSettings(**select), train=train)
+                   select=select, train=train)

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,24 @@ def _job_model(run: _Run, job: GroupJob) -> tuple[str, list[str], list[float] | 
     return run.group_key(members, weights), members, weights
 
 
+def _run_step(step: Any, results: Path, present: Callable[[dict[str, Any]], bool], *args: Any,
+              name: str | None = None, submit: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run one cached step; if its cached record names store files that are gone, run it again fresh.
+
+    ``present`` says whether a result's files are in the store. ``submit`` sends the
+    step to the task runner (a Dask worker) instead of running it in the flow process.
+    """
+    for refresh in (False, True):
+        options: dict[str, Any] = {"result_storage": results, "refresh_cache": refresh}
+        if name is not None:
+            options["task_run_name"] = name
+        bound = step.with_options(**options)
+        res: dict[str, Any] = bound.submit(*args, **kwargs).result() if submit else bound(*args, **kwargs)
+        if refresh or present(res):
+            return res
+    raise AssertionError("unreachable")
+
+
 def _computed(run: _Run, result: dict[str, Any]) -> bool:
     return bool(result.get("computed", True)) and result["run_id"] == run.run_id
 
@@ -209,10 +227,8 @@ def _swola_affinity(run: _Run) -> _Affinity:
     aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
     aff_args = (cfg.store, run.dataset_key, ordered, swola_settings, cfg.seed, cfg.device,
                 keys.pairs_key(cfg.swola, cfg.seed))
-    aff = affinity_step.with_options(result_storage=run.results)(*aff_args, cache_key=aff_key, run_id=run.run_id)
-    if not Path(aff["path"]).exists():
-        aff = affinity_step.with_options(result_storage=run.results, refresh_cache=True)(
-            *aff_args, cache_key=aff_key, run_id=run.run_id)
+    aff = _run_step(affinity_step, run.results, lambda r: Path(r["path"]).exists(), *aff_args,
+                    cache_key=aff_key, run_id=run.run_id)
     pairs_total = len(run.names) * (len(run.names) - 1) // 2
     probe_bytes = [r["bytes"] for r in probes.values()]
     return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
@@ -232,17 +248,13 @@ def _joint_affinity(run: _Run) -> _Affinity:
     args = (cfg.store, run.dataset_key, cfg.method, asdict(method_settings), asdict(cfg.train), cfg.seed,
             cfg.device)
 
-    def missing(res: dict[str, Any]) -> bool:
-        return not Path(res["path"]).exists() or (
-            cfg.method == "datamaps" and not run.store.datamap_path(res["maps"]).exists())
+    def present(res: dict[str, Any]) -> bool:
+        return Path(res["path"]).exists() and (
+            cfg.method != "datamaps" or run.store.datamap_path(res["maps"]).exists())
 
-    with _gpu_annotation(cfg):
-        res = joint_step.with_options(result_storage=run.results,
-                                      task_run_name=f"{cfg.method} joint training").submit(
-            *args, cache_key=key, run_id=run.run_id).result()
-        if missing(res):
-            res = joint_step.with_options(result_storage=run.results, refresh_cache=True).submit(
-                *args, cache_key=key, run_id=run.run_id).result()
+    with _gpu_annotation(cfg):  # submitted, so it runs on a (GPU) Dask worker
+        res = _run_step(joint_step, run.results, present, *args, cache_key=key, run_id=run.run_id,
+                        name=f"{cfg.method} joint training", submit=True)
     t = len(run.names)
     computed = _computed(run, res)
     log.info("%s: joint training over %d tasks %s", cfg.method, t, "computed" if computed else "reused")
@@ -274,11 +286,8 @@ def _hoa_affinity(run: _Run) -> _Affinity:
     model_keys = [(s, run.group_key(s)) for s in singles + pairs]
     models = [[s, k] for s, k in model_keys]
     gains_key = keys.gains_key([(",".join(s), k) for s, k in model_keys])
-    res = gains_step.with_options(result_storage=run.results)(
-        cfg.store, run.names, models, cache_key=gains_key, run_id=run.run_id)
-    if not Path(res["path"]).exists():
-        res = gains_step.with_options(result_storage=run.results, refresh_cache=True)(
-            cfg.store, run.names, models, cache_key=gains_key, run_id=run.run_id)
+    res = _run_step(gains_step, run.results, lambda r: Path(r["path"]).exists(), cfg.store, run.names, models,
+                    cache_key=gains_key, run_id=run.run_id)
     single_keys = {run.group_key(s) for s in singles}
     computed = {k for k, r in trained.items() if _computed(run, r)}
     return _Affinity(path=res["path"], key=gains_key, probes_computed=len(computed & single_keys),
@@ -307,10 +316,8 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples)
     sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
-    data = sample_step.with_options(result_storage=results)(*sample_args, cache_key=source_key, run_id=run_id)
-    if not store.has_prepared(data["dataset_key"]):  # a cached record whose files were removed
-        data = sample_step.with_options(result_storage=results, refresh_cache=True)(
-            *sample_args, cache_key=source_key, run_id=run_id)
+    data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
+                     cache_key=source_key, run_id=run_id)
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_prepared_meta(data["dataset_key"])
     names = [t["name"] for t in meta["tasks"]]

@@ -77,6 +77,11 @@ class SelectSettings:
             if not (np.isfinite(cost) and cost >= 0):
                 raise InputError(f"task cost of {task!r} must be a finite non-negative number, got {cost}")
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SelectSettings:
+        """Inverse of ``dataclasses.asdict`` (JSON turns the cost pairs into lists)."""
+        return cls(**d | {"task_costs": tuple((str(t), float(c)) for t, c in d.get("task_costs", ()))})
+
     def is_default(self) -> bool:
         """True when no constraint is set."""
         return self == SelectSettings()

@@ -176,7 +176,7 @@ def select_step(store: str, affinity_path: str, selector: str, n_groups: int | N
     from pathlib import Path
 
     affinity = Store(store).read_affinity(Path(affinity_path))
-    settings = SelectSettings(**select_settings | {"task_costs": tuple(map(tuple, select_settings["task_costs"]))})
+    settings = SelectSettings.from_dict(select_settings)
     return _selection(get_selector(selector, settings)(affinity, n_groups, seed), run_id)
 
 
