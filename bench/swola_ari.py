@@ -30,7 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--defaults", action="store_true",
+                    help="instead: normalisation x probe sample size (fitted head, 1 trunk), written to "
+                         "bench/results/swola_defaults.md")
     args = ap.parse_args()
+    if args.defaults:
+        defaults_sweep(args.seeds)
+        return
     print("| data | head | trunks | ARI auto (mean, min) | k auto | ARI k=4 (mean, min) | probe+pairs s |")
     print("|---|---|---:|---:|---|---:|---:|")
     for level, opts in LEVELS.items():
@@ -53,6 +59,45 @@ def main() -> None:
                     ks.append(len(g_auto.groups))
                 print(f"| {level} | {head} | {trunks} | {np.mean(aris_auto):.3f}, {np.min(aris_auto):.3f} | "
                       f"{ks} | {np.mean(aris_k):.3f}, {np.min(aris_k):.3f} | {np.mean(secs):.2f} |")
+
+
+def defaults_sweep(seeds: int, sizes: tuple[int, ...] = (128, 256, 512, 1024)) -> None:
+    """ARI (k given and auto) and probe+pairs time for every normalisation and probe sample size."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine_line, write_result
+
+    lines = ["# SWOLA defaults: normalisation and probe sample size", "", f"Machine: {machine_line()}", "",
+             f"`builtin:synthetic` 16 tasks in 4 planted groups, 2000 samples, fitted head, 1 trunk, spectral; "
+             f"mean over {seeds} seeds and the three difficulty levels of `bench/swola_ari.py` "
+             "(ARI with k given counts the random-label task as its own group). Made by "
+             "`bench/swola_ari.py --defaults`.", "",
+             "| normalise | probe samples | ARI k given (mean, min) | ARI auto (mean) | probe + pairs s (mean) |",
+             "|---|---:|---:|---:|---:|"]
+    for normalise in ("task", "sample", "none"):
+        for n in sizes:
+            aris_k, aris_auto, secs = [], [], []
+            for opts in LEVELS.values():
+                for seed in range(seeds):
+                    ds = synthetic(tasks=16, groups=4, samples=2000, seed=seed, **opts)
+                    data = prepare(ds, seed, n)
+                    t0 = time.perf_counter()
+                    aff = swola_affinity(data.x[data.probe_idx], data.y[data.probe_idx], data.tasks,
+                                        SwolaSettings(normalise=normalise), seed)
+                    secs.append(time.perf_counter() - t0)
+                    truth = [ds.ground_truth[t] for t in ds.task_names]
+                    sel = get_selector("spectral")
+                    k = 4 + (1 if "random" in opts else 0)
+                    aris_k.append(adjusted_rand_score(truth, sel(aff, k, seed).labels(ds.task_names)))
+                    aris_auto.append(adjusted_rand_score(truth, sel(aff, None, seed).labels(ds.task_names)))
+            lines.append(f"| {normalise} | {n} | {np.mean(aris_k):.3f}, {np.min(aris_k):.3f} | "
+                         f"{np.mean(aris_auto):.3f} | {np.mean(secs):.2f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    print("wrote", write_result("swola_defaults.md", text))
 
 
 if __name__ == "__main__":

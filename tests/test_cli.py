@@ -23,6 +23,7 @@ def _csv(tmp_path, n=40):
     (["--max-group-size", "0", "--selector", "mip"], "--max-group-size must be at least 1, got 0"),
     (["--no-overlap"], "--selector spectral takes no overlap, size or cost constraints; use one of network, mip"),
     (["--samples", "0"], "--samples must be a positive integer, got 0"),
+    (["--evaluate", "some"], "--evaluate must be one of all, grouped, none, got 'some'"),
     (["--groups", "3"], "--groups 3 is outside 1..2 (the number of tasks)"),
     (["--groups", "0"], "--groups must be at least 1 or 'auto', got 0"),
     (["--tasks", "y_a,y_a"], "--tasks: 'y_a' is named twice"),

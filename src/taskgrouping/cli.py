@@ -54,6 +54,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
     parser.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
     parser.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    parser.add_argument("--evaluate", default="all",
+                        help="models trained after selection: the groups and the three baselines (all), "
+                             "only the groups (grouped), or none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data=data, tasks=args.tasks, features=args.features, method=args.method, selector=args.selector,
         groups=args.groups, samples=args.samples, seed=args.seed,
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
-        dask_address=args.dask_address, device=args.device,
+        dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
         tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
@@ -290,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = str(Path(args.store).expanduser().resolve())
     params = {"data": data, "store": store, "method": args.method, "selector": args.selector,
               "groups": args.groups, "tasks": args.tasks, "samples": args.samples, "seed": args.seed,
-              "workers": args.workers}
+              "workers": args.workers, "evaluate": args.evaluate}
     preflight(RunConfig(**params))  # bad input fails now, not at 3 a.m.
     _quiet_logs(args.verbose)
     log = logging.getLogger("taskgrouping")

@@ -14,12 +14,17 @@ from taskgrouping.methods.tag import TagSettings
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import SelectSettings, get_selector
 
+EVALUATE = ("all", "grouped", "none")
+"""``all``: the groups and the three baselines; ``grouped``: only the groups' models; ``none``: no training."""
+
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a ``regroup`` run needs. Flow parameters are this object's dict form.
 
-    ``groups`` is ``None`` for automatic choice of the number of groups.
+    ``groups`` is ``None`` for automatic choice of the number of groups. ``evaluate``
+    says which models are trained after selection (:data:`EVALUATE`): with thousands of
+    tasks the single-task baseline alone is thousands of trainings.
     """
 
     data: str = "builtin:digits"
@@ -34,6 +39,7 @@ class RunConfig:
     workers: int = 2
     dask_address: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    evaluate: Literal["all", "grouped", "none"] = "all"
     swola: SwolaSettings = field(default_factory=SwolaSettings)
     tag: TagSettings = field(default_factory=TagSettings)
     datamaps: DatamapSettings = field(default_factory=DatamapSettings)
@@ -56,6 +62,8 @@ class RunConfig:
             raise InputError(f"--groups must be at least 1 or 'auto', got {self.groups}")
         if self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.evaluate not in EVALUATE:
+            raise InputError(f"--evaluate must be one of {', '.join(EVALUATE)}, got {self.evaluate!r}")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
 

@@ -26,7 +26,7 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     idx = [affinity.tasks.index(t) for t in order]
     m = affinity.values[np.ix_(idx, idx)]
     n = len(order)
-    size = min(4 + 0.28 * n, 40)
+    size = 4 + 0.28 * n if n <= 80 else 12.0  # past 80 tasks there are no labels to make room for
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis")
     if n <= 80:
@@ -80,7 +80,7 @@ def changes_markdown(summary: dict[str, Any]) -> str:
 
 def settings_table(totals: dict[str, dict[str, float]]) -> str:
     """The four-setting markdown table, with the recommendation marked."""
-    best = recommend(totals)
+    best = recommend(totals) if len(totals) > 1 else None
     lines = ["| setting | total val loss | total test loss | vs best other (test) |",
              "|---|---:|---:|---:|"]
     for s in SETTINGS:
@@ -96,19 +96,27 @@ def settings_table(totals: dict[str, dict[str, float]]) -> str:
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
                   totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
     """The markdown report of one run."""
-    best = recommend(totals)
     lines = [f"# taskgrouping run {summary['run_id']}", ""]
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
                  f"selector `{summary['selector']}`, seed {info['seed']}, {info['samples']} probe samples.")
     lines.append("")
-    if best == "grouped":
-        verdict = "Training the tasks in the groups below has the lowest total validation loss."
+    if not totals:
+        lines += ["## Recommendation", "", "No models were trained (`--evaluate none`): the groups below "
+                  "come from the affinity alone, unchecked against the baselines.", ""]
+    elif set(totals) == {"grouped"}:
+        lines += ["## Recommendation", "", "Only the groups' models were trained (`--evaluate grouped`), so "
+                  "there is no baseline to recommend against.", "", settings_table(totals), ""]
     else:
-        verdict = (f"Grouping does not pay here: `{best}` has the lowest total validation loss, "
-                   "so train that way rather than in the groups below.")
-    lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
-    lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
-              "squared error on standardised targets). The recommendation uses validation loss only.", ""]
+        best = recommend(totals)
+        if best == "grouped":
+            verdict = "Training the tasks in the groups below has the lowest total validation loss."
+        else:
+            verdict = (f"Grouping does not pay here: `{best}` has the lowest total validation loss, "
+                       "so train that way rather than in the groups below.")
+        lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
+    if totals:
+        lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
+                  "squared error on standardised targets). The recommendation uses validation loss only.", ""]
     if affinity.kind == "distance":
         lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
     else:
@@ -135,10 +143,11 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
             diag["objective"] = round(summary["objective"], 6)
         lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
     lines += ["![affinity heatmap](heatmap.png)", ""]
-    lines += ["## Per task (test)", "", "| task | " + " | ".join(SETTINGS) + " | metric (grouped) |",
-              "|---|" + "---:|" * (len(SETTINGS) + 1)]
     by = {(r["setting"], r["task"]): r for r in rows}
-    for t in summary["tasks"]:
+    if rows:
+        lines += ["## Per task (test)", "", "| task | " + " | ".join(SETTINGS) + " | metric (grouped) |",
+                  "|---|" + "---:|" * (len(SETTINGS) + 1)]
+    for t in summary["tasks"] if rows else []:
         cells = [f"{by[(s, t)]['test_loss']:.4f}" if (s, t) in by else "" for s in SETTINGS]
         g = by.get(("grouped", t))
         metric = f"{g['metric_name']} {g['metric']:.3f}" if g and g["metric"] is not None else ""

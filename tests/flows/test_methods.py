@@ -24,7 +24,8 @@ def _check_summary(s, tasks):
         assert t in s["groups"][gi]
     assert set(s["metrics"]) == {"grouped", "all_together", "single_task", "random"}
     assert all(v > 0 for v in s["metrics"].values())
-    assert s["seconds"]["probe"] > 0
+    # time is recorded when work was done (reused SWOLA probes cost only a file check)
+    assert s["seconds"]["probe"] > 0 or s["counts"]["probes_computed"] == 0
 
 
 def test_joint_methods_recompute_when_a_task_is_added(prefect_api, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from taskgrouping.config import RunConfig
-from taskgrouping.flows.regroup import run_regroup
+from taskgrouping.flows.regroup import PROBE_BATCH_MAX, probe_batches, run_regroup
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.train import TrainSettings
 
@@ -150,3 +150,33 @@ def test_edited_file_same_columns_new_rows_recomputes_probes(prefect_api, tmp_pa
     assert edited["counts"]["probes_computed"] == 3 and edited["counts"]["pairs_computed"] == 3
     assert edited["counts"]["groups_reused"] == 0
     assert edited["lineage"] == first["lineage"]  # the same data source: one line of versions
+
+
+def test_evaluate_none_then_grouped(prefect_api, tmp_path):
+    """``--evaluate none`` trains nothing; ``grouped`` trains only the groups, reusing the probes."""
+    store = tmp_path / "store"
+    none = run_regroup(_cfg(store, evaluate="none"), "none")
+    assert none["metrics"] == {"grouped": None, "all_together": None, "single_task": None, "random": None}
+    assert none["counts"]["groups_trained"] == none["counts"]["groups_reused"] == 0
+    assert not (store / "models").exists() or not any((store / "models").iterdir())
+    assert none["ground_truth_ari"] == 1.0
+    assert "No models were trained" in Path(none["artifacts"]["report"]).read_text()
+
+    grouped = run_regroup(_cfg(store, evaluate="grouped"), "grouped")
+    assert grouped["counts"]["probes_computed"] == grouped["counts"]["pairs_computed"] == 0
+    assert grouped["groups"] == none["groups"]
+    assert grouped["counts"]["groups_trained"] == len(grouped["groups"])
+    assert grouped["metrics"]["grouped"] > 0
+    assert [grouped["metrics"][s] for s in ("all_together", "single_task", "random")] == [None] * 3
+
+
+def test_probe_batches_cover_every_task_once_in_bounded_steps():
+    assert probe_batches([], 2) == []
+    assert probe_batches(["a", "b", "c"], 2) == [["a"], ["b"], ["c"]]  # few tasks: one step each
+    tasks = [f"t{i}" for i in range(1001)]
+    for workers in (1, 2, 16):
+        batches = probe_batches(tasks, workers)
+        assert [t for b in batches for t in b] == tasks
+        sizes = [len(b) for b in batches]
+        assert max(sizes) <= PROBE_BATCH_MAX and len(set(sizes[:-1])) == 1  # even batches, a shorter last one
+        assert len(batches) >= min(len(tasks), 2 * workers)  # every worker gets at least two steps

@@ -12,6 +12,7 @@ from taskgrouping.methods.swola import (
     affinity_from_distances,
     distances_from_probes,
     probe_task,
+    probe_tasks,
     probe_trunks,
     swola_affinity,
     task_head,
@@ -148,3 +149,28 @@ def test_settings_reject_unknown_options():
         SwolaSettings(head="frozen")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="normalise must be none|task|sample"):
         SwolaSettings(normalise="l2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("head", ["fitted", "shared"])
+def test_a_batch_probes_each_task_as_if_alone(head):
+    """Batching shares work only: every task's probe equals its probe alone, bit for bit."""
+    x, ys, specs = _data()
+    s = SwolaSettings(hidden=6, trunks=2, head=head)
+    names = list(ys)
+    batch = probe_tasks(x, np.stack([ys[k] for k in names], axis=1), [specs[k] for k in names], s, 3)
+    for k, probe in zip(names, batch, strict=True):
+        alone = probe_task(x, ys[k], specs[k], s, 3)
+        np.testing.assert_array_equal(probe.deltas, alone.deltas)
+        np.testing.assert_array_equal(probe.labelled, ~np.isnan(ys[k]))
+        assert not probe.deltas[:, ~probe.labelled].any()  # unlabelled samples carry no gradient
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 64])
+def test_blocked_pairwise_step_equals_one_block(block):
+    """The symmetric (upper block triangle) and row paths agree with an unblocked computation."""
+    x, ys, specs = _data()
+    probes = [probe_task(x, ys[k], specs[k], SwolaSettings(hidden=6), 0) for k in ys]
+    ref = distances_from_probes(probes, x, SwolaSettings(hidden=6, block=100), 0)
+    s = SwolaSettings(hidden=6, block=block)
+    np.testing.assert_allclose(distances_from_probes(probes, x, s, 0), ref, rtol=1e-12)
+    np.testing.assert_allclose(distances_from_probes(probes, x, s, 0, rows=[3, 0]), ref[[3, 0]], rtol=1e-12)

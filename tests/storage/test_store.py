@@ -58,7 +58,12 @@ def test_model_saved_as_safetensors(tmp_path):
 
 
 def test_pairs_cache_roundtrip(tmp_path):
+    import numpy as np
+
+    from taskgrouping.methods.pairs import PairCache
+
     st = Store(tmp_path)
-    assert st.read_pairs("p") == {}
-    st.write_pairs("p", {("a", "b"): 1.5, ("a", "c"): 0.25})
-    assert st.read_pairs("p") == {("a", "b"): 1.5, ("a", "c"): 0.25}
+    assert len(st.read_pairs("p")) == 0
+    cache = PairCache().with_pairs(["b", "a", "c"], np.array([1, 1]), np.array([0, 2]), np.array([1.5, 0.25]))
+    st.write_pairs("p", cache)
+    assert st.read_pairs("p").as_dict() == {("a", "b"): 1.5, ("a", "c"): 0.25}

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,11 +123,13 @@ class _Progress:
         self.stage, self.total, self.what, self.done = stage, total, what, 0
         self.artifact: Any = create_progress_artifact(0.0, description=f"{stage}: {what}")
 
-    def step(self) -> None:
+    def step(self, n: int = 1) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        self.done += 1
-        if self.done == self.total or self.done % max(1, self.total // 4) == 0:
+        quarter = max(1, self.total // 4)
+        crossed = (self.done + n) // quarter > self.done // quarter
+        self.done += n
+        if self.done == self.total or crossed:
             log.info("%s: %d/%d %s", self.stage, self.done, self.total, self.what)
             update_progress_artifact(self.artifact, 100.0 * self.done / max(1, self.total),
                                      description=f"{self.stage}: {self.done}/{self.total} {self.what}")
@@ -194,32 +196,74 @@ def _computed(run: _Run, result: dict[str, Any]) -> bool:
     return bool(result.get("computed", True)) and result["run_id"] == run.run_id
 
 
+PROBE_BATCH_MAX = 64
+"""At most this many ML tasks per probe step (bounds a step's memory and the work a retry repeats)."""
+
+INLINE_PROBES = 2
+"""Up to this many tasks to probe run in the flow's process (a local cluster only), not on a worker."""
+
+
+def probe_batches(tasks: list[str], workers: int) -> list[list[str]]:
+    """Split the tasks to probe into steps: about four per worker, 1 to :data:`PROBE_BATCH_MAX` tasks each.
+
+    A probe takes milliseconds of compute (shared head) to tens of milliseconds (fitted
+    head), less than one step's orchestration, so thousands of tasks are probed in
+    batches; a handful of tasks still get one step each (and their own name in the UI).
+    """
+    if not tasks:
+        return []
+    size = min(PROBE_BATCH_MAX, max(1, -(-len(tasks) // (4 * max(1, workers)))))
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+
+
+def _probe_name(batch: list[str]) -> str:
+    return f"probe {batch[0]}" if len(batch) == 1 else f"probe {batch[0]} .. {batch[-1]} ({len(batch)} tasks)"
+
+
 def _swola_affinity(run: _Run) -> _Affinity:
-    """SWOLA: one independent probe step per task, then only the missing pairs."""
+    """SWOLA: probe the tasks whose probes are not in the store (batched steps), then only the missing pairs.
+
+    A probe file exists only once complete (atomic write) and its name is the content
+    key of everything it depends on, so the store, not a step record, says what is done:
+    reused probes cost a file check, not a step.
+    """
     cfg, store = run.cfg, run.store
     t0 = time.perf_counter()
     swola_settings = asdict(cfg.swola)
     probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], cfg.swola, cfg.seed) for t in run.names}
+    todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
+    batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
 
-    def submit_probes(tasks: list[str], refresh: bool = False) -> list[Any]:
+    def step(batch: list[str]) -> Any:
+        return probe_step.with_options(result_storage=run.results, task_run_name=_probe_name(batch))
+
+    def args(batch: list[str]) -> tuple[Any, ...]:
+        return (cfg.store, run.dataset_key, [[t, probe_keys[t]] for t in batch], swola_settings, cfg.seed,
+                cfg.device)
+
+    def kwargs(batch: list[str]) -> dict[str, Any]:
+        return {"cache_key": stable_hash("probe-batch", [probe_keys[t] for t in batch]), "run_id": run.run_id}
+
+    if len(todo) <= INLINE_PROBES and not cfg.dask_address:
+        # a task or two: probing takes less than a worker's first task costs, so do it here
+        done: Iterable[dict[str, Any]] = [step(b)(*args(b), **kwargs(b)) for b in batches]
+    else:
         with _gpu_annotation(cfg):
-            return [probe_step.with_options(result_storage=run.results, refresh_cache=refresh,
-                                            task_run_name=f"probe {t}").submit(
-                cfg.store, run.dataset_key, t, swola_settings, cfg.seed, cfg.device,
-                cache_key=probe_keys[t], run_id=run.run_id) for t in tasks]
-
-    futures = submit_probes(run.names)
-    probes: dict[str, dict[str, Any]] = {}
-    progress = _Progress("probe", len(futures), "ML tasks probed")
-    for fut in as_completed(futures):
-        res = fut.result()
-        probes[res["task"]] = res
-        progress.step()
-    gone = [t for t in run.names if not store.has_probe(probe_keys[t])]
-    if gone:  # cached records whose probe files were removed: compute them again
-        log.info("probe: %d probe files missing from the store, recomputing", len(gone))
-        probes.update({r["task"]: r for r in (f.result() for f in submit_probes(gone, refresh=True))})
-    computed = sum(1 for r in probes.values() if _computed(run, r))
+            futures = [step(b).submit(*args(b), **kwargs(b)) for b in batches]
+        done = (f.result() for f in as_completed(futures))
+    computed = 0
+    progress = _Progress("probe", len(todo), "ML tasks probed") if todo else None
+    for res in done:
+        if res["run_id"] == run.run_id:
+            computed += len(res["computed"])
+        if progress is not None:
+            progress.step(len(res["tasks"]))
+    lost = [t for t in todo if not store.has_probe(probe_keys[t])]
+    if lost:  # a step record claimed them but the files are gone: probe them in this process
+        log.info("probe: %d probe files missing after their steps, probing again", len(lost))
+        probe_step.fn(cfg.store, run.dataset_key, [[t, probe_keys[t]] for t in lost], swola_settings,
+                      cfg.seed, cfg.device, cache_key="", run_id=run.run_id)
+        computed += len(lost)
     probe_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -230,7 +274,7 @@ def _swola_affinity(run: _Run) -> _Affinity:
     aff = _run_step(affinity_step, run.results, lambda r: Path(r["path"]).exists(), *aff_args,
                     cache_key=aff_key, run_id=run.run_id)
     pairs_total = len(run.names) * (len(run.names) - 1) // 2
-    probe_bytes = [r["bytes"] for r in probes.values()]
+    probe_bytes = [store.probe_path(probe_keys[t]).stat().st_size for t in run.names]
     return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
                      pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
                      pairs_total=pairs_total, probe_seconds=probe_seconds,
@@ -358,12 +402,13 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         weights = [[row[i] for i in order] for row in mem["weights"]]
         store.write_memberships(run_id, names, np.array(weights).T)
     jobs = evaluation_jobs(names, sel["groups"], sel["served"], cfg.seed, weights)
+    jobs = {s: j for s, j in jobs.items() if cfg.evaluate == "all" or (cfg.evaluate == "grouped" and s == "grouped")}
     unique: dict[str, tuple[list[str], list[float] | None]] = {}
     for setting_jobs in jobs.values():
         for job in setting_jobs:
             key, members, w = _job_model(run, job)
             unique.setdefault(key, (members, w))
-    trained = _train_models(run, unique, "train")
+    trained = _train_models(run, unique, "train") if unique else {}
     groups_trained = sum(1 for k, r in trained.items() if _computed(run, r) and k not in aff.trained_keys)
     seconds["train"] = time.perf_counter() - t0
 

@@ -28,7 +28,8 @@ def _name() -> str:
 @flow(name="regroup-scheduled", flow_run_name=_name, log_prints=False)
 def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping-store", method: str = "swola",
                       selector: str = "spectral", groups: int | None = None, tasks: str | None = None,
-                      samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200) -> dict[str, Any]:
+                      samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200,
+                      evaluate: str = "all") -> dict[str, Any]:
     """Regroup ``data`` into the versioned store ``store``; returns the run summary.
 
     A relative ``store`` or data path is relative to the deployment's working
@@ -42,7 +43,8 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
     cfg = RunConfig(data=data, tasks=tasks, method=method, selector=selector, groups=groups, samples=samples,
-                    seed=seed, store=str(Path(store).expanduser().resolve()), workers=workers)
+                    seed=seed, store=str(Path(store).expanduser().resolve()), workers=workers,
+                    evaluate=evaluate)  # type: ignore[arg-type]  # checked in RunConfig
     cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
     cfg.check_data()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]

@@ -214,38 +214,62 @@ def task_head(h: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSetti
 
 def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings, seed: int,
                device: str = "cpu") -> Probe:
-    """Probe one task: backpropagated errors of every probe sample at every trunk layer.
+    """Probe one task: :func:`probe_tasks` with a single label column ``y`` (n,)."""
+    return probe_tasks(x, y[:, None], [task], settings, seed, device)[0]
 
-    Vectorised over samples (one batched forward and backward pass per trunk): since
-    samples are independent, the gradient of the summed loss with respect to a layer's
-    output holds each sample's own delta in its row.
+
+def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+                device: str = "cpu") -> list[Probe]:
+    """Probe several tasks: backpropagated errors of every probe sample at every trunk layer.
+
+    Each task is probed independently of the others (the result for a task does not
+    depend on which tasks share its batch); batching only shares work. Per trunk: one
+    forward pass for all tasks, each task's head (fitted or shared), then one batched
+    backward pass over (tasks, samples). Since samples and tasks are independent, the
+    gradient of the summed loss with respect to a layer's output holds each (task,
+    sample)'s own delta. No Python loop over samples.
 
     Args:
         x: (n, d) standardised probe features, shared by all tasks.
-        y: (n,) labels of this task; NaN = missing (masked: delta 0, ``labelled`` False).
-        task: the task's spec.
+        y: (n, B) labels of the B tasks; NaN = missing (masked: delta 0, ``labelled`` False).
+        tasks: the B tasks' specs.
         settings: probe settings.
         seed: run seed (the trunk and shared head derive from it).
         device: ``cpu`` or ``cuda``.
 
     Returns:
-        The task's :class:`Probe`.
+        One :class:`Probe` per task, in order.
     """
     dev = resolve_device(device)
     labelled = ~np.isnan(y)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(np.nan_to_num(y, nan=0.0), dtype=torch.float32, device=dev)
     mask = torch.as_tensor(labelled, dtype=torch.float32, device=dev)
+    n_tasks = len(tasks)
     out = []
     for trunk in probe_trunks(x.shape[1], settings, seed):
         trunk = trunk.to(dev)
-        h, pre, _ = _forward_record(trunk, xt)
-        w, b = task_head(h.detach().cpu().numpy(), y, task, settings, seed)
-        logits = h @ torch.as_tensor(w, device=dev).T + torch.as_tensor(b, device=dev)
-        loss = (per_sample_loss(logits, yt, task) * mask).sum()
+        linears = trunk_linears(trunk)
+        with torch.no_grad():
+            h, _, _ = _forward_record(trunk, xt)
+        h_np = h.cpu().numpy()
+        heads = [task_head(h_np, y[:, b], t, settings, seed) for b, t in enumerate(tasks)]
+        # replay the trunk from its first pre-activation, once per task (batch dim = tasks)
+        z0 = linears[0](xt).detach()
+        first = z0.unsqueeze(0).expand(n_tasks, *z0.shape).clone().requires_grad_(True)
+        pre = [first]
+        hb = torch.relu(first)
+        for lin in linears[1:]:
+            pre.append(lin(hb))
+            hb = torch.relu(pre[-1])
+        loss = hb.new_zeros(())
+        for b, (task, (w, bias)) in enumerate(zip(tasks, heads, strict=True)):
+            logits = hb[b] @ torch.as_tensor(w, device=dev).T + torch.as_tensor(bias, device=dev)
+            loss = loss + (per_sample_loss(logits, yt[:, b], task) * mask[:, b]).sum()
         grads = torch.autograd.grad(loss, pre)
-        out.append(torch.cat(grads, dim=1).detach().cpu().numpy())
-    return Probe(deltas=np.stack(out).astype(np.float32), labelled=labelled)
+        out.append(torch.cat(grads, dim=2).detach().cpu().numpy())  # (B, n, sum H)
+    deltas = np.stack(out, axis=1).astype(np.float32)  # (B, R, n, sum H)
+    return [Probe(deltas=np.ascontiguousarray(deltas[b]), labelled=labelled[:, b]) for b in range(n_tasks)]
 
 
 def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) -> np.ndarray:
@@ -253,26 +277,27 @@ def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) 
 
     Args:
         probe: the task's probe, deltas (R, n, sum H).
-        weights: (R, n, layers) from :func:`layer_weights`.
+        weights: (R, n, layers) from :func:`layer_weights`, or already repeated to
+            (R, n, sum H) per unit (as :func:`distances_from_probes` passes it).
 
     Returns:
         (n, R * sum H) float32: row i is ``[w_{l,i} * delta^l_i]`` over layers and trunks,
-        normalised per ``settings.normalise``; rows of unlabelled samples are zero.
+        normalised per ``settings.normalise``; rows of unlabelled samples are zero. The
+        products are float32 (as stored); norms are summed in float64.
     """
     r, n, width = probe.deltas.shape
-    per_layer = width // settings.layers
-    w = np.repeat(weights, per_layer, axis=2)  # (R, n, sum H)
-    e = probe.deltas.astype(np.float64) * w
+    w = weights if weights.shape[2] == width else np.repeat(weights, width // settings.layers, axis=2)
+    e = probe.deltas * w.astype(np.float32, copy=False)
     lab = probe.labelled
     if settings.normalise == "task":
-        norms = np.abs(e).sum(axis=2)  # (R, n): per-sample gradient L1 norms
+        norms = np.abs(e).sum(axis=2, dtype=np.float64)  # (R, n): per-sample gradient L1 norms
         scale = norms[:, lab].mean(axis=1) if lab.any() else np.ones(r)
-        e = e / np.where(scale > 0, scale, 1.0)[:, None, None]
+        e *= (1.0 / np.where(scale > 0, scale, 1.0)).astype(np.float32)[:, None, None]
     elif settings.normalise == "sample":
-        norms = np.abs(e).sum(axis=2, keepdims=True)
-        e = e / np.where(norms > 0, norms, 1.0)
+        norms = np.abs(e).sum(axis=2, keepdims=True, dtype=np.float64)
+        e *= (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     e[:, ~lab, :] = 0.0
-    return np.ascontiguousarray(e.transpose(1, 0, 2).reshape(n, r * width)).astype(np.float32)
+    return np.ascontiguousarray(e.transpose(1, 0, 2).reshape(n, r * width))
 
 
 def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: torch.Tensor,
@@ -283,6 +308,8 @@ def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: to
         ea: (Ta, n, m) weighted errors (zero rows where unlabelled); eb: (Tb, n, m).
         ma: (Ta, n) bool labelled masks; mb: (Tb, n).
         block: tasks per block; peak extra memory is O(block * n * m) in float64.
+            Passing the same tensors as ``ea`` and ``eb`` computes only the blocks on and
+            above the diagonal (the matrix is symmetric).
 
     Returns:
         (Ta, Tb) float64: ``sum_{i in both} ||ea_i - eb_i||_1 / n_ab``, NaN where n_ab = 0.
@@ -295,12 +322,16 @@ def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: to
     tb = eb.shape[0]
     fa = ea.reshape(ta, n * m)
     fb = eb.reshape(tb, n * m)
+    symmetric = ea is eb  # the full matrix: compute the upper block triangle, mirror the rest
     total = torch.empty((ta, tb), dtype=torch.float64, device=ea.device)
     for i in range(0, ta, block):
         xa = fa[i : i + block].double()
-        for j in range(0, tb, block):
+        for j in range(i if symmetric else 0, tb, block):
             xb = fb[j : j + block].double()
-            total[i : i + block, j : j + block] = torch.cdist(xa.unsqueeze(0), xb.unsqueeze(0), p=1)[0]
+            part = torch.cdist(xa.unsqueeze(0), xb.unsqueeze(0), p=1)[0]
+            total[i : i + block, j : j + block] = part
+            if symmetric and j != i:
+                total[j : j + block, i : i + block] = part.T
     na = ea.abs().sum(dim=2).double()  # (Ta, n) row norms
     nb = eb.abs().sum(dim=2).double()
     ma_f, mb_f = ma.double(), mb.double()
@@ -326,8 +357,10 @@ def swola_distances(errors: list[np.ndarray], masks: list[np.ndarray], settings:
     dev = resolve_device(device)
     e = torch.as_tensor(np.stack(errors), device=dev)
     m = torch.as_tensor(np.stack(masks), device=dev)
-    idx = list(range(len(errors))) if rows is None else rows
-    d = masked_l1_cross(e[idx], m[idx], e, m, block=settings.block)
+    if rows is None or list(rows) == list(range(len(errors))):
+        d = masked_l1_cross(e, m, e, m, block=settings.block)
+    else:
+        d = masked_l1_cross(e[rows], m[rows], e, m, block=settings.block)
     return (d * (settings.lr / settings.trunks)).cpu().numpy()
 
 
@@ -339,6 +372,7 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     and normalises each probe, and returns :func:`swola_distances` for ``rows``.
     """
     weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
+    weights = np.repeat(weights, settings.hidden, axis=2).astype(np.float32)  # one weight per unit
     errors = [weighted_errors(p, weights, settings) for p in probes]
     return swola_distances(errors, [p.labelled for p in probes], settings, rows=rows, device=device)
 
@@ -350,7 +384,7 @@ def swola_affinity(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings
     The flow does the same in steps (one cached probe per task); this is for
     notebooks, benchmarks and tests.
     """
-    probes = [probe_task(x, y[:, j], t, settings, seed, device) for j, t in enumerate(tasks)]
+    probes = probe_tasks(x, y, tasks, settings, seed, device)
     d = distances_from_probes(probes, x, settings, seed, device=device)
     return affinity_from_distances([t.name for t in tasks], d)
 

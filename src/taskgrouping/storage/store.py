@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from taskgrouping.data.dataset import PreparedData
     from taskgrouping.methods.base import AffinityMatrix
+    from taskgrouping.methods.pairs import PairCache
     from taskgrouping.methods.swola import Probe
     from taskgrouping.selectors.base import Grouping
 
@@ -354,20 +355,26 @@ class Store:
                 tmp.unlink()
 
     # --- pair cache ------------------------------------------------------------
-    def read_pairs(self, key: str) -> dict[tuple[str, str], float]:
-        """Cached pair distances ``{(probe_key_a, probe_key_b): value}`` with ``a < b``."""
+    def read_pairs(self, key: str) -> PairCache:
+        """The pair cache: values by unordered pair of probe keys (empty if none yet)."""
+        from taskgrouping.methods.pairs import PairCache
+
         path = self.pairs_path(key)
         if not path.exists():
-            return {}
+            return PairCache()
         t = read_table_checked(path, PAIRS_SCHEMA)
-        return dict(zip(zip(t.column("key_a").to_pylist(), t.column("key_b").to_pylist(), strict=True),
-                        t.column("value").to_pylist(), strict=True))
+        both = pa.chunked_array(t.column("key_a").chunks + t.column("key_b").chunks).combine_chunks()
+        codes = both.dictionary_encode()
+        idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        n = t.num_rows
+        return PairCache(codes.dictionary.to_pylist(), idx[:n], idx[n:],
+                         t.column("value").to_numpy().astype(np.float64))
 
-    def write_pairs(self, key: str, pairs: dict[tuple[str, str], float]) -> Path:
-        """Write the whole pair cache atomically."""
-        items = sorted(pairs.items())
-        table = pa.table({"key_a": [k[0] for k, _ in items], "key_b": [k[1] for k, _ in items],
-                          "value": pa.array([v for _, v in items], pa.float64())})
+    def write_pairs(self, key: str, pairs: PairCache) -> Path:
+        """Write the whole pair cache atomically (Parquet dictionary-encodes the repeated keys)."""
+        names = pa.array(pairs.keys, pa.string())
+        table = pa.table({"key_a": names.take(pa.array(pairs.a)), "key_b": names.take(pa.array(pairs.b)),
+                          "value": pa.array(pairs.values, pa.float64())})
         return atomic_write_table(self.pairs_path(key), table, PAIRS_SCHEMA)
 
     # --- group models ----------------------------------------------------------

@@ -11,11 +11,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from taskgrouping.methods.base import AffinityMatrix
-from taskgrouping.models.evaluate import setting_totals
+from taskgrouping.models.evaluate import SETTINGS, setting_totals
 from taskgrouping.report import changes_markdown, heatmap_png, render_report
 from taskgrouping.selectors.base import Grouping
 from taskgrouping.storage import Store
 from taskgrouping.versions import grouping_changes, lineage_key
+
+AFFINITY_TABLE_MAX = 100
+"""Largest task count whose affinity matrix is published as a UI table."""
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
@@ -61,7 +64,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "artifacts": artifacts,
         "counts": counts,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "metrics": {s: totals[s]["test_loss"] for s in ("grouped", "all_together", "single_task", "random")},
+        "metrics": {s: totals[s]["test_loss"] if s in totals else None for s in SETTINGS},
         "val_metrics": {s: totals[s]["val_loss"] for s in totals},
         "ground_truth_ari": ari,
         "selection": selection["info"],
@@ -112,12 +115,21 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
                for s, v in totals.items()],
         description="Total loss per evaluation setting (summed over tasks)",
     )
-    create_table_artifact(
-        key="taskgrouping-affinity",
-        table={"task": affinity.tasks} | {b: [round(float(v), 6) for v in affinity.values[:, j]]
-                                          for j, b in enumerate(affinity.tasks)},
-        description=f"Affinity ({affinity.kind}; row = receiver, column = source) of run {summary['run_id']}",
-    )
+    if len(affinity.tasks) <= AFFINITY_TABLE_MAX:
+        create_table_artifact(
+            key="taskgrouping-affinity",
+            table={"task": affinity.tasks} | {b: [round(float(v), 6) for v in affinity.values[:, j]]
+                                              for j, b in enumerate(affinity.tasks)},
+            description=f"Affinity ({affinity.kind}; row = receiver, column = source) of run {summary['run_id']}",
+        )
+    else:  # a T x T table is too large for the UI (a million cells at 1,000 tasks)
+        create_markdown_artifact(
+            key="taskgrouping-affinity",
+            markdown=f"The {len(affinity.tasks)} x {len(affinity.tasks)} affinity ({affinity.kind}) is in "
+                     f"`{summary['artifacts']['affinity']}` (long form: task_a, task_b, value, kind); "
+                     f"tables are published up to {AFFINITY_TABLE_MAX} tasks.",
+            description=f"Affinity of run {summary['run_id']}",
+        )
     create_markdown_artifact(key="taskgrouping-changes", markdown=changes_markdown(summary),
                              description="What changed since the previous grouping version")
     create_markdown_artifact(key="taskgrouping-report", markdown=text, description="Run report")

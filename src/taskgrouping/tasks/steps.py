@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
     distances_from_probes,
-    probe_task,
+    probe_tasks,
 )
 from taskgrouping.methods.tag import TagSettings, tag_affinity
 from taskgrouping.models.train import TrainSettings, train_group
@@ -91,24 +92,48 @@ def sample_step(store: str, source: str, tasks: str | None, features: str | None
     return {"dataset_key": key, "run_id": run_id}
 
 
+def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: SwolaSettings, seed: int,
+                 device: str) -> None:
+    """Probe ``todo`` ([(task, probe key)]) in one batch and write each probe.
+
+    If the batch fails, its tasks are probed one by one, so the error names the ML
+    task at fault and the tasks before it are kept.
+    """
+    data = st.read_prepared(dataset_key, tasks=[t for t, _ in todo])
+    rows = data.probe_idx
+    x, y = data.x[rows], data.y[rows]
+    try:
+        probes = probe_tasks(x, y, data.tasks, s, seed, device)
+    except Exception:
+        if len(todo) == 1:
+            with _naming(f"probe of ML task {todo[0][0]!r}"):
+                raise
+        probes = []
+        for b, (name, key) in enumerate(todo):
+            with _naming(f"probe of ML task {name!r}"):
+                probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device)[0]
+            st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
+        return
+    for (name, key), probe in zip(todo, probes, strict=True):
+        st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
+
+
 @task(name="probe", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
-def probe_step(store: str, dataset_key: str, task_name: str, settings: dict[str, Any], seed: int,
+def probe_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any], seed: int,
                device: str, cache_key: str, run_id: str) -> dict[str, Any]:
-    """Probe one ML task (SWOLA) and store its backpropagated errors as Parquet."""
+    """Probe a batch of ML tasks (SWOLA) and store each one's backpropagated errors as Parquet.
+
+    ``probes`` is ``[[task, probe key], ...]``; tasks whose probe file exists are skipped,
+    so a retried or resumed batch redoes only what is missing.
+    """
     _single_thread()
     st = Store(store)
-    computed = False
     t0 = time.perf_counter()
-    if not st.has_probe(cache_key):
-        data = st.read_prepared(dataset_key, tasks=[task_name])
-        s = SwolaSettings(**settings)
-        rows = data.probe_idx
-        with _naming(f"probe of ML task {task_name!r}"):
-            probe = probe_task(data.x[rows], data.y[rows, 0], data.tasks[0], s, seed, device)
-        st.write_probe(cache_key, probe, {"task": task_name, "settings": s.probe_part(), "seed": seed})
-        computed = True
-    return {"task": task_name, "key": cache_key, "computed": computed, "run_id": run_id,
-            "seconds": time.perf_counter() - t0, "bytes": st.probe_path(cache_key).stat().st_size}
+    todo = [(t, k) for t, k in probes if not st.has_probe(k)]
+    if todo:
+        _probe_batch(st, dataset_key, todo, SwolaSettings(**settings), seed, device)
+    return {"tasks": [t for t, _ in probes], "computed": [t for t, _ in todo], "run_id": run_id,
+            "seconds": time.perf_counter() - t0}
 
 
 @task(name="affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
@@ -122,11 +147,11 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
 
     def compute_rows(rows: list[int]) -> np.ndarray:
         data = st.read_prepared(dataset_key, tasks=[])
-        loaded = [st.read_probe(k) for k in probe_keys]
+        with ThreadPoolExecutor(max_workers=4) as pool:  # Parquet decoding releases the GIL
+            loaded = list(pool.map(st.read_probe, probe_keys))
         return distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
 
-    cache = st.read_pairs(pairs_key)
-    d, n_missing = incremental_matrix(probe_keys, cache, compute_rows)
+    d, cache, n_missing = incremental_matrix(probe_keys, st.read_pairs(pairs_key), compute_rows)
     if n_missing:
         st.write_pairs(pairs_key, cache)
     path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
