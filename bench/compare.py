@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,37 @@ class Models:
         return float(sum(got[t][kind] for t in serves))
 
 
+def _measure_affinity(method: str, source: str, seed: int, samples: int,
+                      train: dict[str, Any]) -> tuple[AffinityMatrix, dict[str, float], dict[Any, Any]]:
+    """In a fresh process: load the data, then time one method's affinity and its peak memory.
+
+    A fresh process per method, so that memory one method freed and the allocator kept
+    does not hide the next one's peak. Returns the affinity, the measurement and the
+    models the method trained (HOA's, reused by the evaluation).
+    """
+    from taskgrouping.models.train import TrainSettings
+
+
+    _, data = _load(source, seed, samples)
+    models = Models(source, seed, samples, train, 1)
+    # warm up on two tasks first (lazy imports, first-call set-up), so only the work is timed
+    two = replace(data, y=data.y[:, :2], tasks=data.tasks[:2], y_scale=data.y_scale[:2],
+                  label_fps=data.label_fps[:2])
+    affinity_of(method, two, seed, TrainSettings(**train), Models(source, seed, samples, train, 1))
+    with timed() as m:
+        affinity = affinity_of(method, data, seed, TrainSettings(**train), models)
+    return affinity, m, models.results
+
+
+def measure_affinity(method: str, source: str, seed: int, samples: int,
+                     train: dict[str, Any]) -> tuple[AffinityMatrix, dict[str, float], dict[Any, Any]]:
+    """:func:`_measure_affinity` in a child process (spawned: nothing inherited)."""
+    import multiprocessing
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measure_affinity, method, source, seed, samples, train).result()
+
+
 def affinity_of(method: str, data: Any, seed: int, train: Any, models: Models) -> AffinityMatrix:
     """One method's affinity on the prepared data (what the timing covers)."""
     from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity
@@ -130,15 +161,19 @@ def affinity_of(method: str, data: Any, seed: int, train: Any, models: Models) -
     return hoa_gains(tasks, losses)
 
 
-def oracle(tasks: list[str], models: Models) -> tuple[float, list[list[str]]]:
-    """The exhaustive oracle: every subset trained; the partition with the lowest total validation loss."""
+def oracle(tasks: list[str], models: Models, kind: str = "val_loss") -> tuple[float, list[list[str]]]:
+    """The exhaustive oracle: every subset trained; the partition with the lowest total ``kind`` loss.
+
+    Returns that partition's total *test* loss and its groups. On ``val_loss`` it is the
+    oracle a user could run; on ``test_loss`` it is the best any grouping could score.
+    """
     from taskgrouping.methods.hoa import all_task_subsets, subset_scores
     from taskgrouping.selectors.network import select_measured
 
     subsets = all_task_subsets(tasks)
     models.ensure([tuple(s) for s in subsets])
-    val = {frozenset(s): {t: models.results[frozenset(s)][t]["val_loss"] for t in s} for s in subsets}
-    members, scores = subset_scores(tasks, val)
+    measured = {frozenset(s): {t: models.results[frozenset(s)][t][kind] for t in s} for s in subsets}
+    members, scores = subset_scores(tasks, measured)
     best = select_measured(tasks, members, scores, len(tasks), overlap=False)
     return sum(models.loss(tuple(g), tuple(g)) for g in best.groups), best.groups
 
@@ -149,7 +184,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2, help="processes training the evaluation models")
     ap.add_argument("--quick", action="store_true", help="only synthetic C and swola/tag (a smoke run)")
+    ap.add_argument("--scaling", type=int, nargs="*", default=None, metavar="T",
+                    help="only the cost-scaling table at these task counts (default 12 24 48 96), "
+                         "appended to bench/results/compare.md")
     args = ap.parse_args()
+    if args.scaling is not None:
+        text = cost_scaling(args.scaling or [12, 24, 48, 96], args.seed, args.samples)
+        print(text)
+        path = Path(__file__).resolve().parent / "results" / "compare.md"
+        old = path.read_text() if path.exists() else ""
+        cut = old.find("\n## Cost as the task count grows")
+        print("wrote", write_result("compare.md", (old if cut < 0 else old[:cut]).rstrip("\n") + "\n" + text))
+        return
     from sklearn.metrics import adjusted_rand_score
 
     from taskgrouping.models.evaluate import evaluation_jobs
@@ -160,6 +206,7 @@ def main() -> None:
     methods = ["swola", "tag"] if args.quick else METHODS
     train = TrainSettings()
     rows: list[dict[str, Any]] = []
+    oracles: list[tuple[Any, ...]] = []
     for label, source in datasets:
         ds, data = _load(source, args.seed, args.samples)
         tasks = data.task_names
@@ -167,15 +214,17 @@ def main() -> None:
         costs: dict[str, dict[str, float]] = {}
         affinities: dict[str, AffinityMatrix] = {}
         for method in methods:
-            with timed() as m:
-                affinities[method] = affinity_of(method, data, args.seed, train, models)
+            affinities[method], m, trained = measure_affinity(method, source, args.seed, args.samples, asdict(train))
+            models.results.update(trained)
             costs[method] = m
             print(f"{label}: {method} affinity {m['s']:.2f} s, +{m['extra_mib']:.0f} MiB", flush=True)
         groupings = {(method, sel): get_selector(sel)(affinities[method], None, args.seed)
                      for method in methods for sel in SELECTORS}
         jobs = {key: evaluation_jobs(tasks, g.groups, g.served, args.seed) for key, g in groupings.items()}
         models.ensure([j.members for setting in jobs.values() for js in setting.values() for j in js])
-        best_loss, best_groups = oracle(tasks, models) if len(tasks) <= ORACLE_MAX_TASKS else (None, None)
+        small = len(tasks) <= ORACLE_MAX_TASKS
+        best_loss, best_groups = oracle(tasks, models) if small else (None, None)
+        floor_loss, floor_groups = oracle(tasks, models, "test_loss") if small else (None, None)
         truth = ds.ground_truth
         for (method, sel), g in groupings.items():
             totals = {s: sum(models.loss(j.members, j.serves) for j in js) for s, js in jobs[(method, sel)].items()}
@@ -187,34 +236,77 @@ def main() -> None:
             rows.append({"data": label, "method": method, "selector": sel, "seconds": costs[method]["s"],
                          "ratio": costs[method]["s"] / costs["swola"]["s"], "mib": costs[method]["extra_mib"],
                          "groups": len(g.groups), **totals, "ari": ari,
-                         "regret": None if best_loss is None else totals["grouped"] - best_loss})
+                         "regret": None if best_loss is None else totals["grouped"] - best_loss,
+                         "gap": None if floor_loss is None else totals["grouped"] - floor_loss})
         if best_groups is not None:
-            print(f"{label}: oracle groups {best_groups}, test loss {best_loss:.4f}", flush=True)
+            print(f"{label}: oracle (validation) groups {best_groups}, test loss {best_loss:.4f}; "
+                  f"best on test {floor_groups}, {floor_loss:.4f}", flush=True)
+            oracles.append((label, best_groups, best_loss, floor_groups, floor_loss))
         print(f"{label}: {len(models.results)} distinct models trained", flush=True)
-    text = render(rows)
+    text = render(rows, oracles)
     print(text)
     if not args.quick:
         print("wrote", write_result("compare.md", text))
+
+
+def cost_scaling(sizes: list[int], seed: int, samples: int) -> str:
+    """Time to affinity of the methods that train at most one model, as the task count grows.
+
+    SWOLA's cost is one probe per task on a fixed probe sample; TAG's grows with the
+    joint training and with T lookahead passes per measured step. HOA (T^2/2
+    trainings) is left out past the main table's sizes.
+    """
+    from taskgrouping.models.train import TrainSettings
+
+
+    train = TrainSettings()
+    _, warm = _load(f"builtin:synthetic:tasks=2,groups=2,seed={seed}", seed, samples)
+    for method in ("swola", "swola-shared", "tag", "datamaps"):  # lazy imports and first-call set-up
+        affinity_of(method, warm, seed, train, Models("", seed, samples, {}, 1))
+    lines = ["", "## Cost as the task count grows (synthetic, T/4 planted groups)", "",
+             "Time to affinity in seconds (and over SWOLA with the fitted head), one process, same machine "
+             "and run.", "",
+             "| T | swola (fitted) | swola (shared) | tag | tag / swola | datamaps | datamaps / swola |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in sizes:
+        _, data = _load(f"builtin:synthetic:tasks={t},groups={max(2, t // 4)},seed={seed}", seed, samples)
+        models = Models("", seed, samples, {}, 1)
+        secs = {}
+        for method in ("swola", "swola-shared", "tag", "datamaps"):
+            with timed() as m:
+                affinity_of(method, data, seed, train, models)
+            secs[method] = m["s"]
+        lines.append(f"| {t} | {secs['swola']:.2f} | {secs['swola-shared']:.2f} | {secs['tag']:.2f} | "
+                     f"{secs['tag'] / secs['swola']:.1f}x | {secs['datamaps']:.2f} | "
+                     f"{secs['datamaps'] / secs['swola']:.1f}x |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
 
 
 def _num(v: float | None, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]], oracles: list[tuple[Any, ...]]) -> str:
     lines = ["# Side by side: affinity methods and selectors", "", f"Machine: {machine_line()}", "",
              "Groups with `--groups auto`; losses are total test loss over tasks (lower is better); "
              "`x swola` is time to affinity over SWOLA (fitted head) on the same data in this run; "
-             "regret is grouped test loss minus the exhaustive oracle's (at most 6 tasks). "
-             "Made by `bench/compare.py`.", "",
+             "regret is grouped test loss minus that of the exhaustive oracle (every subset trained, "
+             "the partition with the lowest total validation loss), and gap is grouped test loss minus the best "
+             "partition's *on test loss* (a floor no method can beat), both at most 6 tasks; peak MiB is resident "
+             "memory above the start of the method, each method in a fresh process. Made by `bench/compare.py`.", "",
              "| data | method | selector | to affinity s | x swola | peak MiB | groups | grouped | all together "
-             "| single task | random | ARI | regret |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| single task | random | ARI | regret | gap |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['data']} | {r['method']} | {r['selector']} | {r['seconds']:.2f} | {r['ratio']:.1f} | "
             f"{r['mib']:.0f} | {r['groups']} | {r['grouped']:.4f} | {r['all_together']:.4f} | "
-            f"{r['single_task']:.4f} | {r['random']:.4f} | {_num(r['ari'], '.3f')} | {_num(r['regret'], '+.4f')} |")
+            f"{r['single_task']:.4f} | {r['random']:.4f} | {_num(r['ari'], '.3f')} | {_num(r['regret'], '+.4f')} | "
+            f"{_num(r['gap'], '+.4f')} |")
+    for label, val_groups, val_loss, test_groups, test_loss in oracles:
+        lines += ["", f"{label}: the validation oracle chose {val_groups} (test loss {val_loss:.4f}); the best "
+                      f"partition on test loss is {test_groups} ({test_loss:.4f})."]
     # per method: mean over datasets and selectors
     lines += ["", "## Per method (mean over datasets and selectors)", "",
               "| method | to affinity s (mean) | x swola (mean) | grouped / best baseline | ARI (mean) | "

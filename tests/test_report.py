@@ -34,3 +34,22 @@ def test_overlapping_groups_are_evaluated_once_per_task_and_shown_as_helpers():
     assert "helper" in text and "objective = 1.5" in text and "mean within-group gain" in text
     png = heatmap_png(gain, groups, served, label="hoa gain")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_baselines_or_models_says_so():
+    """``--evaluate grouped`` has no baseline to recommend against; ``none`` has no loss table at all."""
+    tasks = ["a", "b", "c"]
+    dist = AffinityMatrix(tasks, np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0], [2.0, 2.0, 0.0]]), "distance")
+    summary = {"run_id": "r", "tasks": tasks, "groups": [["a", "b"], ["c"]], "served": {"a": 0, "b": 0, "c": 1},
+               "method": "swola", "selector": "spectral", "counts": {k: 0 for k in (
+                   "probes_computed", "probes_reused", "pairs_computed", "pairs_reused", "groups_trained",
+                   "groups_reused")}, "seconds": {"total": 1.0}}
+    info = {"data": "x", "seed": 0, "samples": 8}
+    rows = [{"setting": "grouped", "task": t, "val_loss": 1.0, "test_loss": 2.0, "metric_name": "auroc",
+             "metric": 0.5} for t in tasks]
+    grouped = render_report(summary, dist, rows, {"grouped": {"val_loss": 3.0, "test_loss": 6.0}}, info)
+    assert "no baseline to recommend against" in grouped and "(recommended)" not in grouped
+    assert "| grouped | 3.0000 | 6.0000 |" in grouped and "## Per task (test)" in grouped
+    none = render_report(summary, dist, [], {}, info)
+    assert "No models were trained" in none and "## Per task" not in none and "| setting" not in none
+    assert "| 0 | `a`, `b` |" in none  # the groups are still reported

@@ -64,3 +64,16 @@ def test_lookup_ignores_other_keys_and_order():
     expected[0, 1] = expected[1, 0] = expected[1, 2] = expected[2, 1] = True  # (a, c) was never cached
     np.testing.assert_array_equal(known, expected)
 
+
+
+def test_a_mostly_new_matrix_is_computed_whole():
+    """When most rows are new, all rows are asked for (the symmetric path), and every pair is cached."""
+    rng = np.random.default_rng(1)
+    full = rng.random((6, 6))
+    full = full + full.T
+    np.fill_diagonal(full, 0)
+    keys = [f"k{i}" for i in range(6)]
+    asked: list[list[int]] = []
+    d, cache, n = incremental_matrix(keys, PairCache(), lambda rows: asked.append(rows) or full[rows])
+    assert asked == [list(range(6))] and n == 15 and len(cache) == 15
+    np.testing.assert_allclose(d, full)

@@ -63,3 +63,31 @@ def test_affinity_table_roundtrip_and_cohesion():
     np.testing.assert_array_equal(back.values, aff.values)
     members = [t for t, lab in zip(aff.tasks, labels, strict=True) if lab == 0]
     assert aff.cohesion(members) < 0.5
+
+
+def test_affinity_table_roundtrip_keeps_order_and_rejects_a_missing_pair():
+    import pyarrow as pa
+
+    names = ["z", "a", "m"]
+    aff = AffinityMatrix(names, np.arange(9.0).reshape(3, 3), "gain")
+    back = AffinityMatrix.from_table(aff.to_table())
+    assert back.tasks == names and back.kind == "gain"
+    np.testing.assert_array_equal(back.values, aff.values)
+    partial = aff.to_table().slice(0, 8)  # the pair (m, m) is missing
+    with pytest.raises(ValueError, match=r"no value for pair \('m', 'm'\)"):
+        AffinityMatrix.from_table(partial)
+    mixed = pa.table({"task_a": ["a", "b"], "task_b": ["b", "a"], "value": [1.0, 2.0], "kind": ["gain", "distance"]})
+    with pytest.raises(ValueError, match="mixes kinds"):
+        AffinityMatrix.from_table(mixed)
+
+
+def test_auto_k_past_twelve_groups_on_many_tasks():
+    """120 tasks in 24 planted groups: more groups than the eigengap range (12); the k grid finds them."""
+    from taskgrouping.selectors.spectral import MAX_AUTO_GROUPS, k_grid
+
+    assert k_grid(30) == [2, 3, 4, 5, 8, 11, 15, 21, 30]
+    assert k_grid(30, 21, 1.1) == [21, 23, 25, 28]
+    aff, labels = planted(sizes=(5,) * 24, noise=0.3, seed=3)
+    g = get_selector("spectral")(aff, None, 0)
+    assert len(g.groups) > MAX_AUTO_GROUPS
+    assert adjusted_rand_score(labels, g.labels(aff.tasks)) > 0.95

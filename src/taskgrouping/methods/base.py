@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 AffinityKind = Literal["distance", "gain"]
 
@@ -39,33 +40,37 @@ class AffinityMatrix:
     def to_table(self) -> pa.Table:
         """Long form: ``task_a, task_b, value, kind`` (one row per ordered pair)."""
         t = len(self.tasks)
-        a = np.repeat(np.arange(t), t)
-        b = np.tile(np.arange(t), t)
+        names = pa.array(self.tasks, pa.string())
         return pa.table(
             {
-                "task_a": pa.array([self.tasks[i] for i in a], pa.string()),
-                "task_b": pa.array([self.tasks[j] for j in b], pa.string()),
+                "task_a": names.take(pa.array(np.repeat(np.arange(t), t))),
+                "task_b": names.take(pa.array(np.tile(np.arange(t), t))),
                 "value": pa.array(self.values.reshape(-1).astype(np.float64)),
-                "kind": pa.array([self.kind] * (t * t), pa.string()),
+                "kind": pa.repeat(pa.scalar(self.kind, pa.string()), t * t) if t else pa.array([], pa.string()),
             }
         )
 
     @classmethod
     def from_table(cls, table: pa.Table, kind: AffinityKind | None = None) -> AffinityMatrix:
-        """Inverse of :meth:`to_table`; tasks in order of first appearance. Missing pairs raise."""
-        a = table.column("task_a").to_pylist()
-        b = table.column("task_b").to_pylist()
-        v = np.asarray(table.column("value").to_numpy(), dtype=np.float64)
+        """Inverse of :meth:`to_table`; tasks in order of first appearance. Missing pairs raise.
+
+        Vectorised (Arrow dictionary encoding), so a 1,000-task matrix (a million rows)
+        reads in a fraction of a second; a pair given twice keeps its last value.
+        """
         if kind is None:
-            kinds = set(table.column("kind").to_pylist()) if "kind" in table.column_names else {"distance"}
+            kinds = set(pc.unique(table.column("kind")).to_pylist()) if "kind" in table.column_names \
+                else {"distance"}
             if len(kinds) != 1:
                 raise ValueError(f"affinity table mixes kinds {sorted(kinds)}")
             kind = kinds.pop()  # type: ignore[assignment]
-        tasks = list(dict.fromkeys(a + b))
-        pos = {t: i for i, t in enumerate(tasks)}
+        n = table.num_rows
+        both = pa.chunked_array(table.column("task_a").chunks + table.column("task_b").chunks,
+                                pa.string()).combine_chunks().dictionary_encode()
+        tasks = both.dictionary.to_pylist()
+        idx = both.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        v = np.asarray(table.column("value").to_numpy(), dtype=np.float64)
         values = np.full((len(tasks), len(tasks)), np.nan)
-        for ta, tb, val in zip(a, b, v, strict=True):
-            values[pos[ta], pos[tb]] = val
+        values[idx[:n], idx[n:]] = v
         if np.isnan(values).any():
             i, j = np.argwhere(np.isnan(values))[0]
             raise ValueError(f"affinity table has no value for pair ({tasks[i]!r}, {tasks[j]!r})")

@@ -105,7 +105,9 @@ def incremental_matrix(keys: Sequence[str], cache: PairCache,
     Args:
         keys: one probe key per task, in matrix order.
         cache: the pair cache (not modified).
-        compute_rows: given task rows, returns their (len(rows), T) values against all tasks.
+        compute_rows: given task rows, returns their (len(rows), T) values against all tasks;
+            asked for every row when more than half are needed (a symmetric computation of
+            the whole matrix costs T(T+1)/2 pairs, less than rows x T).
 
     Returns:
         (matrix, the cache with the computed pairs added, number of pairs computed).
@@ -116,6 +118,9 @@ def incremental_matrix(keys: Sequence[str], cache: PairCache,
     if not n_missing:
         return d, cache, 0
     rows = cover_rows(missing)
+    t = len(keys)
+    if 2 * len(rows) > t + 1:  # most rows are new: the whole matrix (half of it, by symmetry) costs less
+        rows = list(range(t))
     part = compute_rows(rows)
     new_i, new_j, new_v = [], [], []
     for pos, i in enumerate(rows):

@@ -342,21 +342,21 @@ def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: to
     return torch.where(both > 0, d, torch.full_like(d, float("nan")))
 
 
-def swola_distances(errors: list[np.ndarray], masks: list[np.ndarray], settings: SwolaSettings,
-                    rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
+def swola_distances(errors: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.ndarray],
+                    settings: SwolaSettings, rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
     """SWOLA distances between tasks from their weighted errors.
 
     Args:
-        errors: per task (n, m) from :func:`weighted_errors`.
-        masks: per task (n,) bool labelled.
+        errors: (T, n, m), or per task (n, m), from :func:`weighted_errors`.
+        masks: (T, n), or per task (n,), bool labelled.
         rows: compute only these tasks' rows (against all tasks); default all.
 
     Returns:
         (len(rows), T) float64 distances ``lr / trunks * mean_i ||.||_1``.
     """
     dev = resolve_device(device)
-    e = torch.as_tensor(np.stack(errors), device=dev)
-    m = torch.as_tensor(np.stack(masks), device=dev)
+    e = torch.as_tensor(errors if isinstance(errors, np.ndarray) else np.stack(errors), device=dev)
+    m = torch.as_tensor(masks if isinstance(masks, np.ndarray) else np.stack(masks), device=dev)
     if rows is None or list(rows) == list(range(len(errors))):
         d = masked_l1_cross(e, m, e, m, block=settings.block)
     else:
@@ -373,8 +373,12 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     """
     weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
     weights = np.repeat(weights, settings.hidden, axis=2).astype(np.float32)  # one weight per unit
-    errors = [weighted_errors(p, weights, settings) for p in probes]
-    return swola_distances(errors, [p.labelled for p in probes], settings, rows=rows, device=device)
+    n, m = x.shape[0], settings.trunks * weights.shape[2]
+    errors = np.empty((len(probes), n, m), np.float32)  # filled in place: no second copy of every probe
+    for i, p in enumerate(probes):
+        errors[i] = weighted_errors(p, weights, settings)
+    masks = np.stack([p.labelled for p in probes]) if probes else np.zeros((0, n), bool)
+    return swola_distances(errors, masks, settings, rows=rows, device=device)
 
 
 def swola_affinity(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
