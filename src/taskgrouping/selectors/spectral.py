@@ -101,14 +101,14 @@ def select_spectral(affinity: AffinityMatrix, n_groups: int | None, seed: int) -
         # geometric grid of k up to T/4 by a quick silhouette and add the best to the candidates
         coarse = k_grid(t // 4)
         quick = grid_scores(affinity, sim, coarse, seed)
-        best = max(quick, key=lambda k: np.nan_to_num(quick[k], nan=-1.0))
-        at = coarse.index(best)  # refine between the best grid point's neighbours (about 12 values)
+        best_k = max(quick, key=lambda k: np.nan_to_num(quick[k], nan=-1.0))
+        at = coarse.index(best_k)  # refine between the best grid point's neighbours (about 12 values)
         lo, hi = coarse[max(0, at - 1)], coarse[min(len(coarse) - 1, at + 1)]
         span = range(lo, hi + 1) if hi - lo <= REFINE else k_grid(hi, lo, (hi / lo) ** (1 / REFINE))
         fine = [k for k in span if k not in quick]
         quick |= grid_scores(affinity, sim, fine, seed)
-        best = max(quick, key=lambda k: np.nan_to_num(quick[k], nan=-1.0))
-        ranked = list(dict.fromkeys([*ranked, best]))
+        best_k = max(quick, key=lambda k: np.nan_to_num(quick[k], nan=-1.0))
+        ranked = list(dict.fromkeys([*ranked, best_k]))
     scored = []
     for k in ranked:
         labels = cluster_labels(sim, k, seed)
