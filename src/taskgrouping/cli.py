@@ -176,19 +176,6 @@ def _quiet_logs(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _drain_prefect_queues() -> None:
-    """Send queued logs and events to the API before the run's server is stopped."""
-    import contextlib
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    with contextlib.suppress(Exception):
-        APILogHandler().flush()
-    with contextlib.suppress(Exception):
-        EventsWorker.drain_all(timeout=10)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """``taskgrouping run``."""
     cfg = config_from_args(args)
@@ -196,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_logs(args.verbose)
     log = logging.getLogger("taskgrouping")
     log.info("data %s: %d tasks; store %s", cfg.data, n_tasks, cfg.store)
-    from taskgrouping.flows.server import prefect_api
+    from taskgrouping.flows.server import drain_prefect_queues, prefect_api
 
     t0 = time.perf_counter()
     with prefect_api(Path(cfg.store) / "prefect" / "home") as url:
@@ -210,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 summary = run_regroup(cfg, run_id)
             finally:
-                _drain_prefect_queues()
+                drain_prefect_queues()
     if args.json:
         print(json.dumps(summary))
     else:

@@ -30,12 +30,16 @@ def test_cover_rows_of_a_fresh_matrix_covers_all_pairs():
     assert len(rows) == 29  # one task's pairs are all covered by the others
 
 
-def test_incremental_matrix_equals_full_and_computes_only_missing_rows():
-    rng = np.random.default_rng(0)
-    full = rng.random((7, 7))
+def _distances(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """A random symmetric matrix with zero diagonal and one key per task."""
+    full = np.random.default_rng(seed).random((n, n))
     full = full + full.T
     np.fill_diagonal(full, 0)
-    keys = [f"k{i}" for i in range(7)]
+    return full, [f"k{i}" for i in range(n)]
+
+
+def test_incremental_matrix_equals_full_and_computes_only_missing_rows():
+    full, keys = _distances(7, 0)
     old = list(combinations(range(5), 2))  # 5 old tasks
     cache = PairCache().with_pairs(keys, np.array([i for i, _ in old]), np.array([j for _, j in old]),
                                    np.array([full[i, j] for i, j in old]))
@@ -65,14 +69,9 @@ def test_lookup_ignores_other_keys_and_order():
     np.testing.assert_array_equal(known, expected)
 
 
-
 def test_a_mostly_new_matrix_is_computed_whole():
     """When most rows are new, all rows are asked for (the symmetric path), and every pair is cached."""
-    rng = np.random.default_rng(1)
-    full = rng.random((6, 6))
-    full = full + full.T
-    np.fill_diagonal(full, 0)
-    keys = [f"k{i}" for i in range(6)]
+    full, keys = _distances(6, 1)
     asked: list[list[int]] = []
     d, cache, n = incremental_matrix(keys, PairCache(), lambda rows: asked.append(rows) or full[rows])
     assert asked == [list(range(6))] and n == 15 and len(cache) == 15

@@ -99,3 +99,17 @@ def prefect_api(home: Path, ui: bool = False) -> Iterator[str]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+def drain_prefect_queues() -> None:
+    """Send queued logs and events to the API before the server they go to is stopped.
+
+    Otherwise Prefect's background workers keep retrying at interpreter exit.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    with contextlib.suppress(Exception):
+        APILogHandler().flush()
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
