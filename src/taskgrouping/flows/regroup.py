@@ -235,7 +235,10 @@ def _swola_affinity(run: _Run) -> _Affinity:
     batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
 
     def step(batch: list[str]) -> Any:
-        return probe_step.with_options(result_storage=run.results, task_run_name=_probe_name(batch))
+        # only tasks missing from the store are sent, so a cached step record would be stale:
+        # always run the step (its body still skips a probe that a concurrent run has written)
+        return probe_step.with_options(result_storage=run.results, task_run_name=_probe_name(batch),
+                                       refresh_cache=True)
 
     def args(batch: list[str]) -> tuple[Any, ...]:
         return (cfg.store, run.dataset_key, [[t, probe_keys[t]] for t in batch], swola_settings, cfg.seed,
@@ -259,11 +262,9 @@ def _swola_affinity(run: _Run) -> _Affinity:
         if progress is not None:
             progress.step(len(res["tasks"]))
     lost = [t for t in todo if not store.has_probe(probe_keys[t])]
-    if lost:  # a step record claimed them but the files are gone: probe them in this process
-        log.info("probe: %d probe files missing after their steps, probing again", len(lost))
-        probe_step.fn(cfg.store, run.dataset_key, [[t, probe_keys[t]] for t in lost], swola_settings,
-                      cfg.seed, cfg.device, cache_key="", run_id=run.run_id)
-        computed += len(lost)
+    if lost:
+        raise RuntimeError(f"probe: {len(lost)} probe files are missing after their steps finished "
+                           f"(first: ML task {lost[0]!r}); is the store on a file system every worker sees?")
     probe_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()

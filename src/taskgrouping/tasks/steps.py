@@ -108,7 +108,6 @@ def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: Sw
         if len(todo) == 1:
             with _naming(f"probe of ML task {todo[0][0]!r}"):
                 raise
-        probes = []
         for b, (name, key) in enumerate(todo):
             with _naming(f"probe of ML task {name!r}"):
                 probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device)[0]
