@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CSV with columns task, cost (tasks not listed cost 1)")
     sel.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
     sel.add_argument("--json", action="store_true", help="print {groups, served, objective} as JSON")
+
+    ver = sub.add_parser("verify", help="check every store file against its recorded checksum",
+                         description="Check every file of a store against the SHA-256 recorded when it was "
+                                     "written. Prints one line per damaged file; exit status 2 if any.",
+                         formatter_class=_Help)
+    ver.add_argument("--store", default="./taskgrouping-store", help="the store folder")
+    ver.add_argument("--json", action="store_true", help="print {checked, damaged: [{path, problem}]} as JSON")
     return parser
 
 
@@ -297,6 +304,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``taskgrouping verify``: every store file against its checksum; exit 2 on damage."""
+    from taskgrouping.storage.integrity import verify_store
+
+    root = Path(args.store).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"--store {args.store}: no such store folder")
+    checked, damaged = verify_store(root)
+    if args.json:
+        print(json.dumps({"checked": checked, "damaged": [{"path": str(p), "problem": w} for p, w in damaged]}))
+    else:
+        for path, why in damaged:
+            print(f"damaged: {path}: {why}")
+        print(f"{checked} files checked in {root}, {len(damaged)} damaged", file=sys.stderr)
+    return 2 if damaged else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskgrouping`` console script."""
     parser = build_parser()
@@ -308,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_select(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "verify":
+            return cmd_verify(args)
         parser.error(f"unknown command {args.command!r}")
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)

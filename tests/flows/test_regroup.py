@@ -209,3 +209,30 @@ def test_a_failing_probe_batch_names_the_ml_task_and_keeps_the_others(tmp_path):
     assert out["computed"] == names and all(st.has_probe(k) for _, k in batch)
     again = probe_step.fn(store, data["dataset_key"], batch, settings, 0, "cpu", cache_key="b", run_id="r")
     assert again["computed"] == []  # a retried batch redoes only what is missing
+
+
+def test_damaged_store_files_are_reported_and_recomputed_never_used(prefect_api, tmp_path, caplog):
+    """A truncated probe, a corrupted affinity file and an edited model file: each is redone; same groups."""
+    import logging
+
+    from taskgrouping.storage.integrity import problem, verify_store
+
+    store = tmp_path / "store"
+    first = run_regroup(_cfg(store, evaluate="grouped"), "intact")
+    probe = sorted((store / "probes").glob("*.parquet"))[0]
+    probe.write_bytes(probe.read_bytes()[:-100])
+    affinity = sorted((store / "affinity").glob("*.parquet"))[0]
+    data = bytearray(affinity.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    affinity.write_bytes(bytes(data))
+    info = sorted((store / "models").glob("*/info.json"))[0]
+    info.write_text(info.read_text().replace('"seed"', '"seed_edited"'))
+    assert len(verify_store(store)[1]) == 3
+    with caplog.at_level(logging.WARNING, logger="taskgrouping"):
+        second = run_regroup(_cfg(store, evaluate="grouped"), "repaired")
+    assert f"damaged store file {probe}" in caplog.text
+    c = second["counts"]
+    assert (c["probes_computed"], c["groups_trained"]) == (1, 1)
+    assert problem(probe) is problem(affinity) is problem(info) is None
+    assert second["groups"] == first["groups"] and second["metrics"] == first["metrics"]
+    assert verify_store(store)[1] == []

@@ -31,7 +31,7 @@ def test_probe_roundtrip_and_no_temp_files(tmp_path):
     q = st.read_probe("abc")
     np.testing.assert_array_equal(q.deltas, p.deltas)
     np.testing.assert_array_equal(q.labelled, p.labelled)
-    assert [f.name for f in (tmp_path / "probes").iterdir()] == ["abc.parquet"]
+    assert sorted(f.name for f in (tmp_path / "probes").iterdir()) == ["abc.parquet", "abc.parquet.sha256"]
 
 
 def test_schema_checked_on_write_and_read(tmp_path):
@@ -41,8 +41,11 @@ def test_schema_checked_on_write_and_read(tmp_path):
     assert not (tmp_path / "x.parquet").exists()
     import pyarrow.parquet as pq
 
+    from taskgrouping.storage.integrity import seal
+
     pq.write_table(pa.table({"task_a": ["a"], "task_b": ["b"], "value": ["high"], "kind": ["gain"]}),
                    tmp_path / "y.parquet")
+    seal(tmp_path / "y.parquet")  # intact, but not of the expected schema
     with pytest.raises(ValueError, match="column 'value' has type string"):
         read_table_checked(tmp_path / "y.parquet", AFFINITY_SCHEMA)
 

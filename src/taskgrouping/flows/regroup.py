@@ -24,6 +24,7 @@ from taskgrouping.config import RunConfig
 from taskgrouping.hashing import stable_hash
 from taskgrouping.models.evaluate import GroupJob, evaluation_jobs
 from taskgrouping.storage import Store
+from taskgrouping.storage.integrity import intact
 from taskgrouping.tasks.report import report_step
 from taskgrouping.tasks.steps import (
     affinity_step,
@@ -272,7 +273,7 @@ def _swola_affinity(run: _Run) -> _Affinity:
     aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
     aff_args = (cfg.store, run.dataset_key, ordered, swola_settings, cfg.seed, cfg.device,
                 keys.pairs_key(cfg.swola, cfg.seed))
-    aff = _run_step(affinity_step, run.results, lambda r: Path(r["path"]).exists(), *aff_args,
+    aff = _run_step(affinity_step, run.results, lambda r: intact(Path(r["path"])), *aff_args,
                     cache_key=aff_key, run_id=run.run_id)
     pairs_total = len(run.names) * (len(run.names) - 1) // 2
     probe_bytes = [store.probe_path(probe_keys[t]).stat().st_size for t in run.names]
@@ -294,8 +295,8 @@ def _joint_affinity(run: _Run) -> _Affinity:
             cfg.device)
 
     def present(res: dict[str, Any]) -> bool:
-        return Path(res["path"]).exists() and (
-            cfg.method != "datamaps" or run.store.datamap_path(res["maps"]).exists())
+        return intact(Path(res["path"])) and (
+            cfg.method != "datamaps" or intact(run.store.datamap_path(res["maps"])))
 
     with _gpu_annotation(cfg):  # submitted, so it runs on a (GPU) Dask worker
         res = _run_step(joint_step, run.results, present, *args, cache_key=key, run_id=run.run_id,
@@ -331,7 +332,7 @@ def _hoa_affinity(run: _Run) -> _Affinity:
     model_keys = [(s, run.group_key(s)) for s in singles + pairs]
     models = [[s, k] for s, k in model_keys]
     gains_key = keys.gains_key([(",".join(s), k) for s, k in model_keys])
-    res = _run_step(gains_step, run.results, lambda r: Path(r["path"]).exists(), cfg.store, run.names, models,
+    res = _run_step(gains_step, run.results, lambda r: intact(Path(r["path"])), cfg.store, run.names, models,
                     cache_key=gains_key, run_id=run.run_id)
     single_keys = {run.group_key(s) for s in singles}
     computed = {k for k, r in trained.items() if _computed(run, r)}

@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from taskgrouping.storage.integrity import intact, seal, sha256_file, verified
+
 if TYPE_CHECKING:
     import torch
 
@@ -104,12 +106,17 @@ def _tmp_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place, else remove it."""
+    """Yield a temporary path beside ``path``; on success rename it into place and seal it, else remove it.
+
+    Sealing records the file's SHA-256 in ``<name>.sha256`` (:mod:`.integrity`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         yield tmp
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
+        seal(path, digest)  # the checksum last: a file without one was never finished
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -135,8 +142,8 @@ def atomic_write_table(path: Path, table: pa.Table, schema: pa.Schema | None = N
 
 
 def read_table_checked(path: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet table and check it has the written-down schema."""
-    table = pq.read_table(path, columns=columns)
+    """Read an intact Parquet table (:class:`DamagedFile` otherwise) and check it has the written-down schema."""
+    table = pq.read_table(verified(path), columns=columns)
     if columns is None:
         _check_schema(table.schema, schema, path)
     return table
@@ -207,13 +214,14 @@ class Store:
 
     @staticmethod
     def read_json(path: Path) -> Any:
-        """Read JSON written by :meth:`write_json`."""
-        return json.loads(path.read_text())
+        """Read intact JSON written by :meth:`write_json` (:class:`DamagedFile` otherwise)."""
+        return json.loads(verified(path).read_text())
 
     # --- prepared datasets -----------------------------------------------------
     def has_prepared(self, key: str) -> bool:
-        """Whether a prepared dataset is complete (its meta file is written last)."""
-        return (self.dataset_dir(key) / "meta.json").exists()
+        """Whether a prepared dataset is complete and intact (its meta file is written last)."""
+        folder = self.dataset_dir(key)
+        return all(intact(folder / name) for name in ("meta.json", "features.parquet", "labels.parquet"))
 
     def write_prepared(self, key: str, data: PreparedData) -> Path:
         """Write a prepared dataset: features + split, labels (one column per task), meta."""
@@ -254,11 +262,11 @@ class Store:
         names = [t.name for t in specs]
         want = names if tasks is None else tasks
         pos = [names.index(t) for t in want]
-        feats = pq.read_table(folder / "features.parquet")
+        feats = pq.read_table(verified(folder / "features.parquet"))
         xcol = feats.column("x").combine_chunks()
         d = xcol.type.list_size
         x = xcol.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32)
-        labels = pq.read_table(folder / "labels.parquet", columns=want)
+        labels = pq.read_table(verified(folder / "labels.parquet"), columns=want)
         y = np.stack([labels.column(t).to_numpy(zero_copy_only=False).astype(np.float32) for t in want], axis=1) \
             if want else np.zeros((x.shape[0], 0), np.float32)
         return PreparedData(
@@ -271,8 +279,8 @@ class Store:
 
     # --- probes ----------------------------------------------------------------
     def has_probe(self, key: str) -> bool:
-        """Whether a probe file exists."""
-        return self.probe_path(key).exists()
+        """Whether a probe file exists and is intact (a damaged one is reported and counts as absent)."""
+        return intact(self.probe_path(key))
 
     def write_probe(self, key: str, probe: Probe, meta: dict[str, Any]) -> Path:
         """One row per probe sample: ``labelled`` and, per trunk r, ``delta_r`` (fixed-size float32 list)."""
@@ -288,7 +296,7 @@ class Store:
         """Read a probe written by :meth:`write_probe`."""
         from taskgrouping.methods.swola import Probe
 
-        table = pq.read_table(self.probe_path(key))
+        table = pq.read_table(verified(self.probe_path(key)))
         names = sorted((c for c in table.column_names if c.startswith("delta_")), key=lambda c: int(c[6:]))
         deltas = []
         for c in names:
@@ -308,7 +316,7 @@ class Store:
 
     def read_datamaps(self, key: str) -> tuple[list[str], np.ndarray]:
         """Tasks and (T, L) map vectors written by :meth:`write_datamaps`."""
-        table = pq.read_table(self.datamap_path(key))
+        table = pq.read_table(verified(self.datamap_path(key)))
         col = table.column("map").combine_chunks()
         values = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
         return table.column("task").to_pylist(), values
@@ -325,12 +333,17 @@ class Store:
         """The newest grouping version of a lineage, or None."""
         folder = self.lineage_dir(lineage)
         files = sorted(folder.glob("v[0-9][0-9][0-9][0-9]*.json")) if folder.exists() else []
-        return self.read_json(files[-1]) if files else None
+        for path in reversed(files):  # a damaged version is reported and passed over
+            if intact(path):
+                latest: dict[str, Any] = self.read_json(path)
+                return latest
+        return None
 
     def versions(self, lineage: str) -> list[dict[str, Any]]:
         """Every grouping version of a lineage, oldest first."""
         folder = self.lineage_dir(lineage)
-        return [self.read_json(p) for p in sorted(folder.glob("v[0-9][0-9][0-9][0-9]*.json"))] if folder.exists() else []
+        files = sorted(folder.glob("v[0-9][0-9][0-9][0-9]*.json")) if folder.exists() else []
+        return [self.read_json(p) for p in files if intact(p)]
 
     def add_version(self, lineage: str, record: dict[str, Any]) -> int:
         """Write ``record`` as the next version; concurrent writers get distinct numbers.
@@ -348,6 +361,7 @@ class Store:
             try:
                 tmp.write_text(json.dumps(record | {"version": version}, indent=2))
                 os.link(tmp, target)
+                seal(target)
                 return version
             except FileExistsError:
                 version += 1
@@ -360,7 +374,7 @@ class Store:
         from taskgrouping.methods.pairs import PairCache
 
         path = self.pairs_path(key)
-        if not path.exists():
+        if not intact(path):  # none yet, or damaged (reported): every pair is computed again
             return PairCache()
         t = read_table_checked(path, PAIRS_SCHEMA)
         both = pa.chunked_array(t.column("key_a").chunks + t.column("key_b").chunks).combine_chunks()
@@ -379,8 +393,9 @@ class Store:
 
     # --- group models ----------------------------------------------------------
     def has_model(self, key: str) -> bool:
-        """Whether a group model is complete (its metrics file is written last)."""
-        return (self.model_dir(key) / "metrics.parquet").exists()
+        """Whether a group model is complete and intact (its metrics file is written last)."""
+        folder = self.model_dir(key)
+        return all(intact(folder / name) for name in ("metrics.parquet", "model.safetensors", "info.json"))
 
     def write_model(self, key: str, state: dict[str, torch.Tensor], results: list[dict[str, Any]],
                     info: dict[str, Any]) -> Path:
@@ -396,14 +411,14 @@ class Store:
 
     def read_model_results(self, key: str) -> list[dict[str, Any]]:
         """Per-task results of a trained group model."""
-        rows: list[dict[str, Any]] = pq.read_table(self.model_dir(key) / "metrics.parquet").to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(verified(self.model_dir(key) / "metrics.parquet")).to_pylist()
         return rows
 
     def read_model_state(self, key: str) -> dict[str, torch.Tensor]:
         """The trained state dict (safetensors; never unpickled)."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.model_dir(key) / "model.safetensors"))
+        return load_file(str(verified(self.model_dir(key) / "model.safetensors")))
 
     # --- run outputs -----------------------------------------------------------
     def write_affinity(self, path: Path, affinity: AffinityMatrix) -> Path:

@@ -36,6 +36,7 @@ from taskgrouping.models.train import TrainSettings, train_group
 from taskgrouping.selectors import Grouping, SelectSettings, get_selector
 from taskgrouping.selectors.network import select_measured
 from taskgrouping.storage import Store
+from taskgrouping.storage.integrity import intact
 
 
 def _key_from_params(context: Any, parameters: dict[str, Any]) -> str:
@@ -170,7 +171,7 @@ def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[
     path = st.affinity_path(cache_key)
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
-    computed = not path.exists() or (method == "datamaps" and not st.datamap_path(cache_key).exists())
+    computed = not intact(path) or (method == "datamaps" and not intact(st.datamap_path(cache_key)))
     if computed:
         data = st.read_prepared(dataset_key)
         train = TrainSettings(**train_settings)

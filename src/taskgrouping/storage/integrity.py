@@ -1,0 +1,137 @@
+"""Content checksums of store files: every file is sealed with a ``sha256sum``-format sidecar.
+
+A store file is *intact* when it exists, its sidecar ``<name>.sha256`` exists, and the
+file's SHA-256 equals the one recorded. The sidecar is written (atomically) only after
+the file itself has been renamed into place, so a file whose writer died before
+sealing it has no sidecar and counts as not written. A truncated, corrupted or
+hand-edited file no longer matches its checksum: it is reported, in one line naming
+it, and recomputed by whoever needed it, never used.
+
+The sidecars are plain ``sha256sum`` lines, so ``sha256sum -c`` works on them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CHECKSUM_SUFFIX = ".sha256"
+SKIPPED_DIRS = ("prefect",)
+"""Store folders that belong to Prefect (its database and step records), not to the store's own files."""
+
+log = logging.getLogger("taskgrouping")
+
+
+class DamagedFile(Exception):
+    """A store file that is missing its checksum or no longer matches it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"damaged store file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[DamagedFile], tuple[Path, str]]:
+        return (DamagedFile, (self.path, self.reason))  # raised on a Dask worker, re-raised in the flow
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar of ``path``: ``<name>.sha256`` beside it."""
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def seal(path: Path, digest: str | None = None) -> None:
+    """Record ``path``'s checksum in its sidecar (atomically: temporary file, then rename)."""
+    digest = digest or sha256_file(path)
+    side = checksum_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{digest}  {path.name}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, side)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def recorded(path: Path) -> str | None:
+    """The checksum recorded for ``path`` (None without a readable sidecar)."""
+    try:
+        text = checksum_path(path).read_text()
+    except OSError:
+        return None
+    digest = text.split(" ", 1)[0].strip()
+    return digest if len(digest) == 64 else None
+
+
+def problem(path: Path) -> str | None:
+    """Why ``path`` is not intact, or None when it is."""
+    if not path.exists():
+        return "missing"
+    want = recorded(path)
+    if want is None:
+        return "no checksum (its writer did not finish, or an older version wrote it)"
+    if sha256_file(path) != want:
+        return "checksum mismatch (truncated, corrupted or edited since it was written)"
+    return None
+
+
+def intact(path: Path, warn: bool = True) -> bool:
+    """Whether ``path`` is intact; a file that exists but is damaged is reported in one log line."""
+    why = problem(path)
+    if why is not None and why != "missing" and warn:
+        log.warning("damaged store file %s: %s; it will be recomputed", path, why)
+    return why is None
+
+
+def verified(path: Path) -> Path:
+    """``path`` if intact, else :class:`DamagedFile` naming it."""
+    why = problem(path)
+    if why is not None:
+        raise DamagedFile(path, why)
+    return path
+
+
+def store_files(root: Path) -> Iterator[Path]:
+    """Every data file of a store (not sidecars, temporary files or Prefect's folders), sorted."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(CHECKSUM_SUFFIX) or name.startswith("."):
+                continue
+            yield Path(dirpath) / name
+
+
+def verify_store(root: Path) -> tuple[int, list[tuple[Path, str]]]:
+    """Check every store file and every sidecar: (files checked, [(path, problem)])."""
+    damaged: list[tuple[Path, str]] = []
+    checked = 0
+    for path in store_files(root):
+        checked += 1
+        why = problem(path)
+        if why is not None:
+            damaged.append((path, why))
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+        for name in filenames:
+            if name.endswith(CHECKSUM_SUFFIX) and not name.startswith("."):
+                data = Path(dirpath) / name[: -len(CHECKSUM_SUFFIX)]
+                if not data.exists():
+                    damaged.append((Path(dirpath) / name, "checksum of a file that is missing"))
+    return checked, sorted(damaged)
