@@ -165,7 +165,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def preflight(cfg: Any) -> int:
-    """Load and validate the data before anything starts or is written; returns the task count."""
+    """Load and validate the data (and a fault-injection setting) before anything starts or is written.
+
+    Returns the task count.
+    """
+    from taskgrouping import faults
+
+    if os.environ.get(faults.ENV):
+        try:
+            faults.parse(os.environ[faults.ENV])
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     return int(cfg.check_data())
 
 

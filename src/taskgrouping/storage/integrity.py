@@ -105,12 +105,17 @@ def verified(path: Path) -> Path:
     return path
 
 
+def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of a store, leaving out Prefect's folder and hidden ones (temporary and test files)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (Path(dirpath) == root and d in SKIPPED_DIRS))
+        yield dirpath, dirnames, filenames
+
+
 def store_files(root: Path) -> Iterator[Path]:
     """Every data file of a store (not sidecars, temporary files or Prefect's folders), sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
-        dirnames.sort()
+    for dirpath, _, filenames in _walk(root):
         for name in sorted(filenames):
             if name.endswith(CHECKSUM_SUFFIX) or name.startswith("."):
                 continue
@@ -126,9 +131,7 @@ def verify_store(root: Path) -> tuple[int, list[tuple[Path, str]]]:
         why = problem(path)
         if why is not None:
             damaged.append((path, why))
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+    for dirpath, _, filenames in _walk(root):
         for name in filenames:
             if name.endswith(CHECKSUM_SUFFIX) and not name.startswith("."):
                 data = Path(dirpath) / name[: -len(CHECKSUM_SUFFIX)]

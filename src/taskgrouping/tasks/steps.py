@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from taskgrouping import keys
+from taskgrouping import faults, keys
 from taskgrouping.data.dataset import prepare
 from taskgrouping.data.load import load_dataset
 from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity, memberships
@@ -90,6 +90,7 @@ def sample_step(store: str, source: str, tasks: str | None, features: str | None
     key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
     if not st.has_prepared(key):
         st.write_prepared(key, data)
+        faults.reached(store, "sample")
     return {"dataset_key": key, "run_id": run_id}
 
 
@@ -113,9 +114,11 @@ def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: Sw
             with _naming(f"probe of ML task {name!r}"):
                 probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device)[0]
             st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
+            faults.reached(st.root, "probe")
         return
     for (name, key), probe in zip(todo, probes, strict=True):
         st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
+        faults.reached(st.root, "probe")
 
 
 @task(name="probe", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
@@ -154,6 +157,7 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
     d, cache, n_missing = incremental_matrix(probe_keys, st.read_pairs(pairs_key), compute_rows)
     if n_missing:
         st.write_pairs(pairs_key, cache)
+        faults.reached(store, "affinity")
     path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
     t = len(names)
     n_pairs = t * (t - 1) // 2
@@ -202,7 +206,9 @@ def select_step(store: str, affinity_path: str, selector: str, n_groups: int | N
 
     affinity = Store(store).read_affinity(Path(affinity_path))
     settings = SelectSettings.from_dict(select_settings)
-    return _selection(get_selector(selector, settings)(affinity, n_groups, seed), run_id)
+    grouping = get_selector(selector, settings)(affinity, n_groups, seed)
+    faults.reached(store, "select")
+    return _selection(grouping, run_id)
 
 
 @task(name="hoa-oracle", retries=0, **STEP_OPTIONS)
@@ -252,6 +258,7 @@ def train_step(store: str, dataset_key: str, members: list[str], settings: dict[
                                                seed, device, weights=weights)
         st.write_model(cache_key, state, results, info | {"members": members, "seed": seed, "weights": weights,
                                                           "seconds": time.perf_counter() - t0})
+        faults.reached(store, "train")
         computed = True
     return {"key": cache_key, "members": members, "results": st.read_model_results(cache_key),
             "computed": computed, "run_id": run_id}

@@ -1,0 +1,75 @@
+"""Crash and resume, and lost workers, with injected faults (``TASKGROUPING_FAULT``), not sleeps.
+
+Each run is the real CLI in its own process group on the session's Prefect server; a
+``kill-run`` fault SIGKILLs that whole group (the run and its Dask workers) right after
+the K-th item of a stage reached the store. The rerun must reuse what finished and end
+with the groups and metrics of an uninterrupted run with the same seed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from taskgrouping.faults import ENV, parse
+from taskgrouping.storage.integrity import verify_store
+
+DATA = "builtin:synthetic:tasks=6,groups=2,samples=400,noise=0.2"
+ARGS = ["--samples", "128", "--groups", "2", "--hidden", "16", "--max-epochs", "8", "--workers", "2", "--json"]
+
+
+def _run(store, fault=None):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if fault:
+        env[ENV] = fault
+    return subprocess.run([sys.executable, "-m", "taskgrouping", "run", "--data", DATA, "--store", str(store), *ARGS],
+                          env=env, start_new_session=True, capture_output=True, text=True, timeout=400)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prefect_api, tmp_path_factory):
+    done = _run(tmp_path_factory.mktemp("reference") / "store")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("fault", ["probe:3:kill-run", "affinity:1:kill-run", "train:4:kill-run"])
+def test_a_killed_run_resumes_with_the_work_it_finished(uninterrupted, tmp_path, fault):
+    store = tmp_path / "store"
+    killed = _run(store, fault)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, as kill -9
+    resumed = _run(store)
+    assert resumed.returncode == 0, resumed.stderr
+    s = json.loads(resumed.stdout)
+    c = s["counts"]
+    stage = parse(fault)[0]
+    if stage == "probe":
+        assert c["probes_reused"] >= 3 and c["probes_computed"] == 6 - c["probes_reused"]
+    else:  # probes and pairs all finished before the kill
+        assert (c["probes_computed"], c["pairs_computed"]) == (0, 0)
+    if stage == "train":
+        assert c["groups_reused"] >= 4 and c["groups_trained"] + c["groups_reused"] == \
+            uninterrupted["counts"]["groups_trained"]
+    assert s["groups"] == uninterrupted["groups"] and s["metrics"] == uninterrupted["metrics"]
+    assert verify_store(store)[1] == []  # nothing half-written was left or read back
+
+
+def test_a_worker_killed_while_probing_does_not_fail_the_run(uninterrupted, tmp_path):
+    store = tmp_path / "store"
+    done = _run(store, "probe:2:kill-worker")
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout)
+    # the lost worker's task ran again elsewhere; the probe it wrote before dying is intact and reused
+    c = s["counts"]
+    assert c["probes_computed"] >= 5 and c["probes_computed"] + c["probes_reused"] == 6
+    assert s["groups"] == uninterrupted["groups"] and s["metrics"] == uninterrupted["metrics"]
+
+
+def test_a_bad_fault_setting_is_rejected_before_anything_runs(tmp_path):
+    env_fault = "probe:zero:kill-run"
+    done = _run(tmp_path / "store", env_fault)
+    assert done.returncode == 2
+    assert f"{ENV}='probe:zero:kill-run': expected STAGE:K:ACTION" in done.stderr
+    assert not (tmp_path / "store").exists()
