@@ -84,6 +84,10 @@ class RunConfig:
             raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {self.data}")
         if self.hoa.exhaustive:
             check_exhaustive(n_tasks)
+        if self.method == "swola":
+            from taskgrouping.resources import check_swola_fits
+
+            check_swola_fits(n_tasks, min(self.samples, ds.features.shape[0]), self.swola)
         return n_tasks
 
     def to_dict(self) -> dict[str, Any]:

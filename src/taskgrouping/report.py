@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,9 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis")
     if n <= 80:
-        ax.set_xticks(range(n), labels=order, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels=order, fontsize=7)
+        shown = [t if len(t) <= 40 else t[:39] + "…" for t in order]  # long names would squeeze the plot away
+        ax.set_xticks(range(n), labels=shown, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels=shown, fontsize=7)
     pos = 0
     for g in groups[:-1]:
         pos += len(g)
@@ -39,9 +41,11 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
         ax.axvline(pos - 0.5, color="red", lw=1)
     fig.colorbar(im, ax=ax, label=label or affinity.kind)
     ax.set_title("Task affinity, ordered by group")
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    with warnings.catch_warnings():  # task names in scripts the bundled font lacks render as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 

@@ -128,7 +128,8 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
     x64 = ds.features.astype(np.float64)
     mu = x64[train].mean(axis=0)
     sd = x64[train].std(axis=0)
-    sd[~np.isfinite(sd) | (sd < 1e-12)] = 1.0
+    # constant relative to the column's own magnitude (a feature on a 1e-30 scale is not constant)
+    sd[~np.isfinite(sd) | (sd <= 1e-12 * np.abs(x64[train]).max(axis=0, initial=0.0))] = 1.0
     x = ((x64 - mu) / sd).astype(np.float32)
 
     y = ds.labels.astype(np.float32).copy()
@@ -138,7 +139,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
             col = y[:, j].astype(np.float64)
             tr = col[train & ~np.isnan(col)]
             m, s = (float(tr.mean()), float(tr.std())) if tr.size else (0.0, 1.0)
-            s = s if s > 1e-12 else 1.0
+            s = s if s > 1e-12 * float(np.abs(tr).max(initial=0.0)) else 1.0
             y[:, j] = ((col - m) / s).astype(np.float32)
             y_scale[j] = s
 

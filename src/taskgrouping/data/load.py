@@ -216,7 +216,15 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[
             f"{source}: feature column {names[col]!r} has {int(bad[:, col].sum())} missing, NaN or inf "
             f"values (first at row {row})"
         )
+    huge = np.abs(x) > FLOAT32_MAX
+    if huge.any():
+        col = int(np.flatnonzero(huge.any(axis=0))[0])
+        raise InputError(f"{source}: feature column {names[col]!r} has {int(huge[:, col].sum())} values beyond "
+                         f"±{FLOAT32_MAX:.1e} (the float32 range features are kept in); rescale it")
     return x.astype(np.float32), names
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
@@ -239,6 +247,9 @@ def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
         y = s.cast(pl.Float64).to_numpy().astype(np.float64)
         if np.isinf(y).any():
             raise InputError(f"{source}: task column {name!r} has inf values")
+        if (np.abs(y[~np.isnan(y)]) > FLOAT32_MAX).any():
+            raise InputError(f"{source}: task column {name!r} has values beyond ±{FLOAT32_MAX:.1e} "
+                             "(the float32 range labels are kept in); rescale it")
         present = y[~np.isnan(y)]
         uniq = np.unique(present)
         if uniq.size and np.isin(uniq, [0.0, 1.0]).all():
