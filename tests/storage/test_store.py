@@ -31,7 +31,7 @@ def test_probe_roundtrip_and_no_temp_files(tmp_path):
     q = st.read_probe("abc")
     np.testing.assert_array_equal(q.deltas, p.deltas)
     np.testing.assert_array_equal(q.labelled, p.labelled)
-    assert sorted(f.name for f in (tmp_path / "probes").iterdir()) == ["abc.parquet", "abc.parquet.sha256"]
+    assert sorted(f.name for f in (tmp_path / "probes").iterdir()) == [".lock", "abc.parquet", "abc.parquet.sha256"]
 
 
 def test_schema_checked_on_write_and_read(tmp_path):

@@ -12,6 +12,8 @@ The sidecars are plain ``sha256sum`` lines, so ``sha256sum -c`` works on them to
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CHECKSUM_SUFFIX = ".sha256"
+LOCK_NAME = ".lock"
 SKIPPED_DIRS = ("prefect",)
 """Store folders that belong to Prefect (its database and step records), not to the store's own files."""
 
@@ -65,6 +68,24 @@ def seal(path: Path, digest: str | None = None) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<folder>/.lock`` while a file is renamed into place and sealed.
+
+    Held for two renames only. Without it, two runs writing the same path at once could
+    leave one's data beside the other's checksum (a file that then reads as damaged).
+    Readers take no lock: between the two renames a file reads as damaged and is
+    recomputed, never used.
+    """
+    fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def recorded(path: Path) -> str | None:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskgrouping.storage.integrity import intact, seal, sha256_file, verified
+from taskgrouping.storage.integrity import folder_lock, intact, seal, sha256_file, verified
 
 if TYPE_CHECKING:
     import torch
@@ -115,8 +115,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-        seal(path, digest)  # the checksum last: a file without one was never finished
+        with folder_lock(path.parent):  # two writers of one path: each one's data and checksum stay paired
+            os.replace(tmp, path)
+            seal(path, digest)  # the checksum last: a file without one was never finished
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -360,8 +361,9 @@ class Store:
             tmp = _tmp_path(target)
             try:
                 tmp.write_text(json.dumps(record | {"version": version}, indent=2))
-                os.link(tmp, target)
-                seal(target)
+                with folder_lock(folder):
+                    os.link(tmp, target)
+                    seal(target)
                 return version
             except FileExistsError:
                 version += 1
