@@ -272,13 +272,19 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
     return [Probe(deltas=np.ascontiguousarray(deltas[b]), labelled=labelled[:, b]) for b in range(n_tasks)]
 
 
+def unit_weights(x: np.ndarray, settings: SwolaSettings, seed: int) -> np.ndarray:
+    """(trunks, n, layers x hidden) float32: :func:`layer_weights` repeated over each layer's units."""
+    weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
+    return np.repeat(weights, settings.hidden, axis=2).astype(np.float32)
+
+
 def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) -> np.ndarray:
     """Scale a probe's deltas so that plain L1 between rows equals the gradient L1 distance.
 
     Args:
         probe: the task's probe, deltas (R, n, sum H).
-        weights: (R, n, layers) from :func:`layer_weights`, or already repeated to
-            (R, n, sum H) per unit (as :func:`distances_from_probes` passes it).
+        weights: (R, n, sum H) float32, one weight per unit: :func:`layer_weights`
+            repeated over each layer's units (:func:`unit_weights`).
 
     Returns:
         (n, R * sum H) float32: row i is ``[w_{l,i} * delta^l_i]`` over layers and trunks,
@@ -286,8 +292,7 @@ def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) 
         products are float32 (as stored); norms are summed in float64.
     """
     r, n, width = probe.deltas.shape
-    w = weights if weights.shape[2] == width else np.repeat(weights, width // settings.layers, axis=2)
-    e = probe.deltas * w.astype(np.float32, copy=False)
+    e = probe.deltas * weights
     lab = probe.labelled
     if settings.normalise == "task":
         norms = np.abs(e).sum(axis=2, dtype=np.float64)  # (R, n): per-sample gradient L1 norms
@@ -342,21 +347,21 @@ def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: to
     return torch.where(both > 0, d, torch.full_like(d, float("nan")))
 
 
-def swola_distances(errors: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.ndarray],
-                    settings: SwolaSettings, rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
+def swola_distances(errors: np.ndarray, masks: np.ndarray, settings: SwolaSettings,
+                    rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
     """SWOLA distances between tasks from their weighted errors.
 
     Args:
-        errors: (T, n, m), or per task (n, m), from :func:`weighted_errors`.
-        masks: (T, n), or per task (n,), bool labelled.
+        errors: (T, n, m) float32, row t from :func:`weighted_errors` of task t.
+        masks: (T, n) bool labelled.
         rows: compute only these tasks' rows (against all tasks); default all.
 
     Returns:
         (len(rows), T) float64 distances ``lr / trunks * mean_i ||.||_1``.
     """
     dev = resolve_device(device)
-    e = torch.as_tensor(errors if isinstance(errors, np.ndarray) else np.stack(errors), device=dev)
-    m = torch.as_tensor(masks if isinstance(masks, np.ndarray) else np.stack(masks), device=dev)
+    e = torch.as_tensor(errors, device=dev)
+    m = torch.as_tensor(masks, device=dev)
     if rows is None or list(rows) == list(range(len(errors))):
         d = masked_l1_cross(e, m, e, m, block=settings.block)
     else:
@@ -371,8 +376,7 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     Recomputes the shared per-sample layer weights (one forward pass per trunk), weights
     and normalises each probe, and returns :func:`swola_distances` for ``rows``.
     """
-    weights = layer_weights(torch.as_tensor(x), probe_trunks(x.shape[1], settings, seed)).numpy()
-    weights = np.repeat(weights, settings.hidden, axis=2).astype(np.float32)  # one weight per unit
+    weights = unit_weights(x, settings, seed)
     n, m = x.shape[0], settings.trunks * weights.shape[2]
     errors = np.empty((len(probes), n, m), np.float32)  # filled in place: no second copy of every probe
     for i, p in enumerate(probes):

@@ -134,28 +134,21 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield dirpath, dirnames, filenames
 
 
-def store_files(root: Path) -> Iterator[Path]:
-    """Every data file of a store (not sidecars, temporary files or Prefect's folders), sorted."""
-    for dirpath, _, filenames in _walk(root):
-        for name in sorted(filenames):
-            if name.endswith(CHECKSUM_SUFFIX) or name.startswith("."):
-                continue
-            yield Path(dirpath) / name
-
-
 def verify_store(root: Path) -> tuple[int, list[tuple[Path, str]]]:
-    """Check every store file and every sidecar: (files checked, [(path, problem)])."""
+    """Check every store file and every sidecar in one walk: (files checked, [(path, problem)])."""
     damaged: list[tuple[Path, str]] = []
     checked = 0
-    for path in store_files(root):
-        checked += 1
-        why = problem(path)
-        if why is not None:
-            damaged.append((path, why))
     for dirpath, _, filenames in _walk(root):
         for name in filenames:
-            if name.endswith(CHECKSUM_SUFFIX) and not name.startswith("."):
-                data = Path(dirpath) / name[: -len(CHECKSUM_SUFFIX)]
-                if not data.exists():
-                    damaged.append((Path(dirpath) / name, "checksum of a file that is missing"))
+            path = Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            if name.endswith(CHECKSUM_SUFFIX):
+                if not path.with_name(name[: -len(CHECKSUM_SUFFIX)]).exists():
+                    damaged.append((path, "checksum of a file that is missing"))
+                continue
+            checked += 1
+            why = problem(path)
+            if why is not None:
+                damaged.append((path, why))
     return checked, sorted(damaged)
