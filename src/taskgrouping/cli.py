@@ -21,6 +21,10 @@ from taskgrouping.errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --trunk must not silently mean --trunks
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:  # argparse's own errors are bad arguments: exit 2, one line
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -44,19 +48,50 @@ def _groups(value: str) -> int | None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``serve`` share: what to group, how, and where to keep it."""
+    """The options ``run`` and ``serve`` share: what to group, how, and where to keep it (one definition)."""
     parser.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
-    parser.add_argument("--tasks", default=None, help="comma list or glob of label columns; all columns named y_* when not given")
+    parser.add_argument("--tasks", default=None,
+                        help="comma list or globs of label columns, !NAME or !GLOB leaves some out "
+                             "('y_*,!y_coin'); all columns named y_* when not given")
+    parser.add_argument("--features", default=None,
+                        help="comma list or globs of feature columns; every other numeric column that is not "
+                             "a label (y_* or named by --tasks) when not given. A label column is a feature "
+                             "only when named here exactly")
+    parser.add_argument("--task-kind", action="append", default=None, metavar="NAME=KIND", dest="task_kind",
+                        help="binary, multiclass or regression for the tasks NAME (a name or glob) matches, "
+                             "instead of the inferred kind; repeatable")
     parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
     parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
     parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
     parser.add_argument("--samples", type=int, default=512, help="probe samples")
     parser.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
     parser.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
+    parser.add_argument("--lineage", default=None, metavar="NAME",
+                        help="the name of this grouping's history of versions (default: the data source)")
     parser.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    parser.add_argument("--dask-address", default=None, help="an existing Dask scheduler")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where probes and training run")
     parser.add_argument("--evaluate", default="all",
                         help="models trained after selection: the groups and the three baselines (all), "
                              "only the groups (grouped), or none")
+    parser.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
+    parser.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
+                        help="SWOLA gradient normalisation")
+    parser.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
+    parser.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
+    parser.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
+    parser.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
+    parser.add_argument("--max-group-size", type=int, default=None, metavar="S",
+                        help="network/mip: at most S tasks per group")
+    parser.add_argument("--max-group-cost", type=float, default=None, metavar="C",
+                        help="mip/network: per-group cost budget (a group costs the sum of its tasks' costs)")
+    parser.add_argument("--task-costs", default=None, metavar="FILE", help="CSV with columns task, cost (default 1 each)")
+    parser.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
+    parser.add_argument("--membership-weighted", action="store_true",
+                        help="datamaps: train each group on every task, losses weighted by fuzzy membership")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="hoa: train every subset (at most 6 tasks) and select exactly on measured losses")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,38 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "select groups -> train one model per group (+ baselines) -> report.",
                          formatter_class=_Help)
     _add_run_options(run)
-    run.add_argument("--features", default=None, help="comma list or glob of feature columns; every other numeric column when not given")
-    run.add_argument("--dask-address", default=None, help="an existing Dask scheduler")
-    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where probes and training run")
-    run.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
-    run.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
-                     help="SWOLA gradient normalisation")
-    run.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
-    run.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
-    run.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
-    run.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
-    run.add_argument("--max-group-size", type=int, default=None, metavar="S", help="network/mip: at most S tasks per group")
-    run.add_argument("--max-group-cost", type=float, default=None, metavar="C",
-                     help="mip/network: per-group cost budget (a group costs the sum of its tasks' costs)")
-    run.add_argument("--task-costs", default=None, metavar="FILE", help="CSV with columns task, cost (default 1 each)")
-    run.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
-    run.add_argument("--membership-weighted", action="store_true",
-                     help="datamaps: train each group on every task, losses weighted by fuzzy membership")
-    run.add_argument("--exhaustive", action="store_true",
-                     help="hoa: train every subset (at most 6 tasks) and select exactly on measured losses")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    run.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
     srv = sub.add_parser("serve", help="serve the regroup flow on a cron schedule in this process",
                          description="Serve the regroup-scheduled flow on a cron schedule in this one process "
                                      "(no work pool needed). Starts a local Prefect server with the UI unless "
-                                     "PREFECT_API_URL is set. Stop with Ctrl-C.",
+                                     "PREFECT_API_URL is set. Ctrl-C, SIGINT or SIGTERM stops it.",
                          formatter_class=_Help)
     srv.add_argument("--cron", default="0 3 * * 1", help="when to run (cron, UTC)")
     srv.add_argument("--name", default="taskgrouping-serve", help="the deployment's name")
     _add_run_options(srv)
-    srv.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
-
     sel = sub.add_parser("select", help="groups from a given affinity matrix, no training",
                          description="Choose groups from an affinity or pair-gain matrix measured elsewhere. "
                                      "FILE: Parquet long form (task_a, task_b, value[, kind]) or a CSV square "
@@ -147,11 +160,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
     if args.tag_every < 1:
         raise InputError(f"--tag-every must be at least 1, got {args.tag_every}")
+    from taskgrouping.config import check_store
+    from taskgrouping.data.load import parse_task_kinds
+
+    check_store(args.store)  # named as the user wrote it
     data = args.data
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
     return RunConfig(
-        data=data, tasks=args.tasks, features=args.features, method=args.method, selector=args.selector,
+        data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
+        lineage=args.lineage, method=args.method, selector=args.selector,
         groups=args.groups, samples=args.samples, seed=args.seed,
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
@@ -289,28 +307,23 @@ def check_cron(expr: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``taskgrouping serve``: the scheduled flow, served from this process until interrupted."""
-    from taskgrouping.config import RunConfig
-
+    """``taskgrouping serve``: the scheduled flow, served from this process until SIGINT or SIGTERM."""
     check_cron(args.cron)
-    data = args.data if args.data.startswith("builtin:") else str(Path(args.data).expanduser().resolve())
-    store = str(Path(args.store).expanduser().resolve())
-    params = {"data": data, "store": store, "method": args.method, "selector": args.selector,
-              "groups": args.groups, "tasks": args.tasks, "samples": args.samples, "seed": args.seed,
-              "workers": args.workers, "evaluate": args.evaluate}
-    preflight(RunConfig(**params))  # bad input fails now, not at 3 a.m.
+    cfg = config_from_args(args)
+    preflight(cfg)  # bad input fails now, not at 3 a.m.
     _quiet_logs(args.verbose)
     log = logging.getLogger("taskgrouping")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from taskgrouping.flows.scheduled import scheduled_regroup
+    from taskgrouping.flows.scheduled import scheduled_regroup, serve_until_signal
     from taskgrouping.flows.server import prefect_api
 
-    with prefect_api(Path(store) / "prefect" / "home", ui=True) as url, \
+    with prefect_api(Path(cfg.store) / "prefect" / "home", ui=True) as url, \
             temporary_settings(updates={PREFECT_API_URL: url}):  # settings may have been read already
         log.info("Prefect API %s; UI %s", url, url.removesuffix("/api"))
-        log.info("serving %r on cron %r (UTC); Ctrl-C stops", args.name, args.cron)
-        scheduled_regroup.serve(name=args.name, cron=args.cron, parameters=params)
+        log.info("serving %r on cron %r (UTC); Ctrl-C, SIGINT or SIGTERM stops", args.name, args.cron)
+        signame = serve_until_signal(scheduled_regroup, args.name, args.cron, {"config": cfg.to_dict()})
+        log.info("%s received: stopped serving %r", signame, args.name)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from taskgrouping.data.load import parse_task_kinds
 from taskgrouping.errors import InputError
 from taskgrouping.methods import check_method
 from taskgrouping.methods.datamaps import DatamapSettings
@@ -14,6 +15,20 @@ from taskgrouping.methods.tag import TagSettings
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import SelectSettings, get_selector
 
+
+def check_store(store: str) -> None:
+    """Refuse a store path that is a file, or lies under a file (exit 2 naming it, before anything starts)."""
+    from pathlib import Path
+
+    path = Path(store).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies under {p}, which is a file"
+                raise InputError(f"--store {store}: {what}, not a folder")
+            return
+
+
 EVALUATE = ("all", "grouped", "none")
 """``all``: the groups and the three baselines; ``grouped``: only the groups' models; ``none``: no training."""
 
@@ -22,7 +37,10 @@ EVALUATE = ("all", "grouped", "none")
 class RunConfig:
     """Everything a ``regroup`` run needs. Flow parameters are this object's dict form.
 
-    ``groups`` is ``None`` for automatic choice of the number of groups. ``evaluate``
+    ``groups`` is ``None`` for automatic choice of the number of groups. ``task_kinds``
+    are ``(pattern, kind)`` overrides of the inferred task kinds (``--task-kind``).
+    ``lineage`` names the history of grouping versions (default: the data source).
+    ``evaluate``
     says which models are trained after selection (:data:`EVALUATE`): with thousands of
     tasks the single-task baseline alone is thousands of trainings.
     """
@@ -30,6 +48,8 @@ class RunConfig:
     data: str = "builtin:digits"
     tasks: str | None = None
     features: str | None = None
+    task_kinds: tuple[tuple[str, str], ...] = ()
+    lineage: str | None = None
     method: str = "swola"
     selector: str = "spectral"
     groups: int | None = None
@@ -66,6 +86,20 @@ class RunConfig:
             raise InputError(f"--evaluate must be one of {', '.join(EVALUATE)}, got {self.evaluate!r}")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
+        object.__setattr__(self, "task_kinds", parse_task_kinds([f"{p}={k}" for p, k in self.task_kinds]))
+        if self.lineage is not None and not self.lineage.strip():
+            raise InputError("--lineage must not be empty")
+        check_store(self.store)
+
+    def check_device(self) -> None:
+        """Refuse ``cuda`` where torch sees no CUDA device (before anything starts)."""
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError("--device cuda: torch sees no CUDA device on this machine "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                                 "use --device cpu")
 
     def check_data(self) -> int:
         """Load and validate the data against this configuration; returns the task count.
@@ -75,7 +109,8 @@ class RunConfig:
         from taskgrouping.data.load import load_dataset
         from taskgrouping.methods.hoa import check_exhaustive
 
-        ds = load_dataset(self.data, self.tasks, self.features)
+        self.check_device()
+        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds)
         n_tasks = len(ds.tasks)
         if self.groups is not None and not 1 <= self.groups <= n_tasks:
             raise InputError(f"--groups {self.groups} is outside 1..{n_tasks} (the number of tasks)")
@@ -98,6 +133,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
+        d["task_kinds"] = tuple((str(p), str(k)) for p, k in d.get("task_kinds", ()))
         select = SelectSettings.from_dict(d.pop("select", {}))
         swola = dict(d.pop("swola", {}))
         if "head_cs" in swola:

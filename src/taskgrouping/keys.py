@@ -117,7 +117,9 @@ def gains_key(group_keys: list[tuple[str, str]]) -> str:
 
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,
-               seed: int, samples: int) -> str:
+               seed: int, samples: int, task_kinds: tuple[tuple[str, str], ...] = ()) -> str:
     """The sampling step's input: the source's content hash and selection options."""
-    return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples)
+    kinds = [list(k) for k in task_kinds] or None  # keys of runs without --task-kind stay as they were
+    return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples, *(
+        [kinds] if kinds else []))
 

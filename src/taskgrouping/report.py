@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 
 from taskgrouping.methods.base import AffinityMatrix
-from taskgrouping.models.evaluate import SETTINGS, recommend
+from taskgrouping.models.evaluate import CONTROLS, SETTINGS, recommend
+
+WEAK_SILHOUETTE = 0.25
+"""Below this silhouette the groups are reported as no clear structure (Kaufman and Rousseeuw's
+"no substantial structure" range)."""
+
+CHANCE_Z = 1.645
+"""A binary task whose single-task test AUROC is not above 0.5 by this many standard errors
+(one-sided 5%, Mann-Whitney's null variance) is flagged as at chance."""
 
 
 def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[str, int] | None = None,
@@ -29,7 +37,13 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     n = len(order)
     size = 4 + 0.28 * n if n <= 80 else 12.0  # past 80 tasks there are no labels to make room for
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis")
+    off = m[~np.eye(n, dtype=bool)] if n > 1 else m.reshape(-1)
+    off = off[np.isfinite(off)]
+    # the colour scale spans the off-diagonal values: a zero diagonal would otherwise saturate it
+    vmin, vmax = (float(off.min()), float(off.max())) if off.size else (None, None)
+    if vmin is not None and vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis", vmin=vmin, vmax=vmax)
     if n <= 80:
         shown = [t if len(t) <= 40 else t[:39] + "…" for t in order]  # long names would squeeze the plot away
         ax.set_xticks(range(n), labels=shown, rotation=90, fontsize=7)
@@ -82,8 +96,54 @@ def changes_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def chance_tasks(rows: list[dict[str, Any]], counts: dict[str, list[int]]) -> dict[str, float]:
+    """Binary tasks whose single-task test AUROC is not significantly above 0.5: ``{task: auroc}``.
+
+    ``counts`` gives each binary task's ``[positives, negatives]`` on the test split; the
+    standard error of the AUROC of an uninformative score is ``sqrt((n1 + n0 + 1) / (12 n1 n0))``.
+    """
+    out: dict[str, float] = {}
+    for r in rows:
+        if r["setting"] != "single_task" or r.get("metric_name") != "auroc" or r["task"] not in counts:
+            continue
+        n1, n0 = counts[r["task"]]
+        if n1 < 1 or n0 < 1:
+            continue
+        se = float(np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
+        if (r["metric"] - 0.5) / se < CHANCE_Z:
+            out[r["task"]] = float(r["metric"])
+    return out
+
+
+def run_line(summary: dict[str, Any]) -> str:
+    """One line for a console: the run, its grouping version and what changed."""
+    c = summary["changes"]
+    version = f"version {summary['version']}"
+    if summary.get("previous_version") is None:
+        what = "first grouping"
+    elif not c["changed"]:
+        what = "no change"
+    else:
+        parts = []
+        if c["tasks_added"]:
+            parts.append(f"{len(c['tasks_added'])} tasks added")
+        if c["tasks_removed"]:
+            parts.append(f"{len(c['tasks_removed'])} removed")
+        parts.append(f"{len(c['moved'])} moved")
+        what = f"previous {summary['previous_version']}: " + ", ".join(parts)
+    verdict = summary.get("recommended")
+    return (f"run {summary['run_id']}: {version} ({what}); {len(summary['tasks'])} tasks in "
+            f"{len(summary['groups'])} groups" + (f"; recommended: {verdict}" if verdict else "")
+            + f"; report {summary['artifacts']['report']}")
+
+
+def _short(v: Any) -> Any:
+    """A diagnostic value for people: floats to 3 significant digits."""
+    return float(f"{v:.3g}") if isinstance(v, float) else v
+
+
 def settings_table(totals: dict[str, dict[str, float]]) -> str:
-    """The four-setting markdown table, with the recommendation marked."""
+    """The four-setting markdown table, with the recommendation marked (never a control)."""
     best = recommend(totals) if len(totals) > 1 else None
     lines = ["| setting | total val loss | total test loss | vs best other (test) |",
              "|---|---:|---:|---:|"]
@@ -92,9 +152,35 @@ def settings_table(totals: dict[str, dict[str, float]]) -> str:
             continue
         others = [totals[o]["test_loss"] for o in totals if o != s]
         rel = (totals[s]["test_loss"] / min(others) - 1.0) * 100 if others else 0.0
-        mark = " **(recommended)**" if s == best else ""
+        mark = " **(recommended)**" if s == best else " (control)" if s in CONTROLS else ""
         lines.append(f"| {s}{mark} | {totals[s]['val_loss']:.4f} | {totals[s]['test_loss']:.4f} | {rel:+.1f}% |")
     return "\n".join(lines)
+
+
+def _probe_samples(info: dict[str, Any]) -> str:
+    """How many probe samples were used, and why when fewer than asked for."""
+    used, asked, train = info.get("probe_samples"), info["samples"], info.get("train_rows")
+    if used is None:
+        return f"{asked} probe samples"
+    if used < asked:
+        return (f"{used} probe samples (all {train} training rows: the split keeps 70% of the rows for training; "
+                f"--samples asked for {asked})")
+    return f"{used} probe samples (of {train} training rows)"
+
+
+def _kinds_section(kinds: dict[str, dict[str, str]]) -> list[str]:
+    """Each task's kind and why (inferred or set by --task-kind); summarised past 50 tasks."""
+    lines = ["## Task kinds", "", "Change one with `--task-kind NAME=binary|multiclass|regression`.", ""]
+    if len(kinds) <= 50:
+        lines += ["| task | kind | why |", "|---|---|---|"]
+        lines += [f"| `{t}` | {k['kind']} | {k.get('reason', '')} |" for t, k in kinds.items()]
+    else:
+        tally: dict[tuple[str, str], int] = {}
+        for k in kinds.values():
+            tally[(k["kind"], k.get("reason", ""))] = tally.get((k["kind"], k.get("reason", "")), 0) + 1
+        lines += ["| kind | why | tasks |", "|---|---|---:|"]
+        lines += [f"| {kind} | {why} | {n} |" for (kind, why), n in sorted(tally.items())]
+    return lines + [""]
 
 
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
@@ -102,8 +188,14 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     """The markdown report of one run."""
     lines = [f"# taskgrouping run {summary['run_id']}", ""]
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
-                 f"selector `{summary['selector']}`, seed {info['seed']}, {info['samples']} probe samples.")
+                 f"selector `{summary['selector']}`, seed {info['seed']}, {_probe_samples(info)}.")
     lines.append("")
+    features = summary.get("features") or []
+    if features:
+        feats = ", ".join(f"`{f}`" for f in features[:20]) + (f" and {len(features) - 20} more"
+                                                               if len(features) > 20 else "")
+        lines += [f"Features ({len(features)}): {feats}. Label columns (`y_*` or named by `--tasks`) are never "
+                  "features unless `--features` names them.", ""]
     if not totals:
         lines += ["## Recommendation", "", "No models were trained (`--evaluate none`): the groups below "
                   "come from the affinity alone, unchecked against the baselines.", ""]
@@ -112,7 +204,9 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
                   "there is no baseline to recommend against.", "", settings_table(totals), ""]
     else:
         best = recommend(totals)
-        if best == "grouped":
+        if best is None:
+            verdict = "Only controls were evaluated: nothing to recommend."
+        elif best == "grouped":
             verdict = "Training the tasks in the groups below has the lowest total validation loss."
         else:
             verdict = (f"Grouping does not pay here: `{best}` has the lowest total validation loss, "
@@ -120,7 +214,20 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
     if totals:
         lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
-                  "squared error on standardised targets). The recommendation uses validation loss only.", ""]
+                  "squared error on standardised targets). The recommendation uses validation loss only; "
+                  "`random` (random groups of the same sizes) is a control and never recommended.", ""]
+    sil = (info.get("selection") or {}).get("silhouette")
+    if isinstance(sil, float) and np.isfinite(sil) and sil < WEAK_SILHOUETTE and len(summary["groups"]) > 1:
+        lines += [f"**No clear group structure**: the groups' silhouette is {sil:.2f} (below "
+                  f"{WEAK_SILHOUETTE}); the tasks are about as close to other groups as to their own, so treat "
+                  "the groups as a weak preference and let the table above decide.", ""]
+    chance = info.get("chance") or {}
+    if chance:
+        flagged = ", ".join(f"`{t}` (AUROC {a:.2f})" for t, a in chance.items())
+        lines += [f"**At chance**: {flagged}: trained alone, the model does not rank the test samples better than "
+                  "chance (one-sided 5%). They stay in the groups the affinity chose (a task nothing predicts "
+                  "neither helps nor is helped much, and moving it would change the selection); leave them out "
+                  "with `--tasks 'y_*,!NAME'` if they are noise.", ""]
     if affinity.kind == "distance":
         lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
     else:
@@ -132,7 +239,8 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         for t in g:
             helpers |= served[t] != gi
             shown.append(f"`{t}`" if served[t] == gi else f"(`{t}`)")
-        lines.append(f"| {gi} | {', '.join(shown)} | {_group_quality(affinity, g):.3f} |")
+        quality = "– (one task)" if len(g) < 2 else f"{_group_quality(affinity, g):.3f}"
+        lines.append(f"| {gi} | {', '.join(shown)} | {quality} |")
     lines.append("")
     if helpers:
         lines += ["A task in parentheses trains with that group as a helper; it is served by another.", ""]
@@ -142,21 +250,25 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         lines += [f"Adjusted Rand index against the planted groups: **{info['ari']:.3f}**", ""]
     sel = info.get("selection", {})
     if sel:
-        diag = {k: v for k, v in sel.items() if k in ("k", "silhouette", "exact", "budget", "overlap", "oracle")}
+        diag = {k: _short(v) for k, v in sel.items()
+                if k in ("k", "silhouette", "exact", "budget", "overlap", "oracle")}
         if summary.get("objective") is not None:
-            diag["objective"] = round(summary["objective"], 6)
+            diag["objective"] = _short(float(summary["objective"]))
         lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
     lines += ["![affinity heatmap](heatmap.png)", ""]
     by = {(r["setting"], r["task"]): r for r in rows}
+    kinds = info.get("task_kinds") or {}
     if rows:
-        lines += ["## Per task (test)", "", "| task | " + " | ".join(SETTINGS) + " | metric (grouped) |",
-                  "|---|" + "---:|" * (len(SETTINGS) + 1)]
+        lines += ["## Per task (test)", "", "| task | kind | " + " | ".join(SETTINGS) + " | metric (grouped) |",
+                  "|---|---|" + "---:|" * (len(SETTINGS) + 1)]
     for t in summary["tasks"] if rows else []:
         cells = [f"{by[(s, t)]['test_loss']:.4f}" if (s, t) in by else "" for s in SETTINGS]
         g = by.get(("grouped", t))
         metric = f"{g['metric_name']} {g['metric']:.3f}" if g and g["metric"] is not None else ""
-        lines.append(f"| `{t}` | " + " | ".join(cells) + f" | {metric} |")
+        lines.append(f"| `{t}` | {kinds.get(t, {}).get('kind', '')} | " + " | ".join(cells) + f" | {metric} |")
     lines.append("")
+    if kinds:
+        lines += _kinds_section(kinds)
     c = summary["counts"]
     lines += ["## Work", "",
               f"Probes computed {c['probes_computed']}, reused {c['probes_reused']}; pairs computed "

@@ -7,8 +7,14 @@ from typing import Any
 from taskgrouping.hashing import stable_hash
 
 
-def lineage_key(data: str, method: str, selector: str) -> str:
-    """The line of versions a run belongs to: the same data source, method and selector."""
+def lineage_key(data: str, method: str, selector: str, name: str | None = None) -> str:
+    """The line of versions a run belongs to: the same data source (or lineage ``name``), method and selector.
+
+    By default a history follows the data file's path; ``--lineage NAME`` names it, so
+    the same table under a new path (or a new table replacing it) continues it.
+    """
+    if name is not None:
+        return stable_hash("lineage-name", name, method, selector)
     return stable_hash("lineage", data, method, selector)
 
 

@@ -17,7 +17,7 @@ CLOSED_LOOP_DIGITS = (0, 4, 6, 8, 9)
 
 
 def _binary(name: str) -> TaskSpec:
-    return TaskSpec(name, "binary", 2, ("0", "1"))
+    return TaskSpec(name, "binary", 2, ("0", "1"), "built-in")
 
 
 def digits(seed: int = 0) -> Dataset:

@@ -22,12 +22,15 @@ class TaskSpec:
             (labels are class indices 0..n_classes-1).
         n_classes: number of classes (2 for binary, 1 for regression).
         classes: the original label values, as strings, in index order.
+        reason: why it has this kind (``inferred: ...`` or ``set by --task-kind ...``); shown in
+            the report, not part of any cache key.
     """
 
     name: str
     kind: TaskKind
     n_classes: int
     classes: tuple[str, ...] = ()
+    reason: str = ""
 
     @property
     def out_dim(self) -> int:

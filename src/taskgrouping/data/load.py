@@ -24,8 +24,17 @@ if TYPE_CHECKING:  # polars is imported where a table is read: built-in data nev
 MIN_LABELLED = 20
 """A task needs at least this many labelled samples."""
 
-MAX_CLASSES = 50
-"""An integer label column with at most this many distinct values is multi-class, else regression."""
+MAX_INFERRED_CLASSES = 10
+"""An integer label column with at most this many distinct values is inferred multi-class, else regression
+(``--task-kind NAME=multiclass`` overrides)."""
+
+MIN_PER_CLASS = 5
+"""A multi-class task needs at least this many labelled samples per class on average."""
+
+TASK_PATTERN = "y_*"
+"""Columns matching this are labels: the default tasks, and never features unless named exactly."""
+
+TASK_KINDS = ("binary", "multiclass", "regression")
 
 
 def _numeric_types() -> tuple[type[pl.DataType], ...]:
@@ -35,21 +44,28 @@ def _numeric_types() -> tuple[type[pl.DataType], ...]:
             pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Boolean)
 
 
-def load_dataset(source: str, tasks: str | None = None, features: str | None = None) -> Dataset:
+def load_dataset(source: str, tasks: str | None = None, features: str | None = None,
+                 task_kinds: tuple[tuple[str, str], ...] = ()) -> Dataset:
     """Load and validate a dataset.
 
     Args:
         source: a ``.parquet``/``.pq`` or ``.csv`` path, or ``builtin:NAME[:k=v,...]``.
-        tasks: comma list or globs of label columns; default all columns named ``y_*``
-            (for a built-in: its own tasks).
+        tasks: comma list or globs of label columns, ``!NAME`` or ``!GLOB`` to leave
+            some out; default all columns named ``y_*`` (for a built-in: its own tasks).
         features: comma list or globs of feature columns; default every other numeric
-            column (and numeric list columns, expanded).
+            column (and numeric list columns, expanded) that is not a label: a column
+            matching ``y_*`` or named by ``tasks`` is a feature only when ``features``
+            names it exactly (a glob never picks it).
+        task_kinds: ``(pattern, kind)`` pairs overriding the inferred kind of the tasks
+            the pattern (name or glob) matches; a later pair wins.
 
     Returns:
         A validated :class:`Dataset`.
     """
     if source.startswith("builtin:"):
         ds = load_builtin(source)
+        if task_kinds:
+            raise InputError(f"--task-kind applies to files; the tasks of {source} have fixed kinds")
         if tasks is not None:
             keep = _resolve(tasks, ds.task_names, "--tasks", source)
             idx = [ds.task_names.index(k) for k in keep]
@@ -62,7 +78,7 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
             ds = Dataset(ds.features[:, idx], ds.labels, ds.tasks, keep_f, ds.source, ds.ground_truth)
         return ds
     frame = read_table(source)
-    return dataset_from_frame(frame, source, tasks, features)
+    return dataset_from_frame(frame, source, tasks, features, task_kinds)
 
 
 def read_table(source: str) -> pl.DataFrame:
@@ -117,30 +133,93 @@ def _is_glob(item: str) -> bool:
     return any(ch in item for ch in "*?[")
 
 
-def _resolve(spec: str, available: list[str], option: str, source: str) -> list[str]:
-    """Resolve a comma list of names and globs against the available columns, in order."""
+def _resolve(spec: str, available: list[str], option: str, source: str,
+             skip: frozenset[str] = frozenset(), base: str = "*") -> list[str]:
+    """Resolve a comma list of names and globs against the available columns, in order.
+
+    ``!NAME`` or ``!GLOB`` removes columns (``'y_*,!y_coin'``); a spec of exclusions only
+    starts from ``base`` (every column, or ``y_*`` for tasks). Globs never pick a column in ``skip``; an exact
+    name does.
+    """
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
         raise InputError(f"{option} is empty")
+    excluded: set[str] = set()
+    for item in (i[1:].strip() for i in items if i.startswith("!")):
+        hits = [c for c in available if fnmatch.fnmatchcase(c, item)] if _is_glob(item) else \
+            [item] if item in available else []
+        if not hits:
+            raise InputError(f"{source}: {option} excludes {item!r}, which matches no column")
+        excluded.update(hits)
+    items = [i for i in items if not i.startswith("!")]
+    if not items:
+        items = [base]
     out: list[str] = []
     for item in items:
         if _is_glob(item):
-            hits = [c for c in available if fnmatch.fnmatchcase(c, item)]
-            if not hits:
+            matched = [c for c in available if fnmatch.fnmatchcase(c, item)]
+            if not matched:
                 raise InputError(f"{source}: {option} pattern {item!r} matches no column")
+            hits = [c for c in matched if c not in skip and c not in excluded]
+            if not hits and any(c in skip for c in matched):
+                raise InputError(f"{source}: {option} pattern {item!r} matches only label columns; a label is "
+                                 "a feature only when named exactly")
             out.extend(h for h in hits if h not in out)
         else:
             if item not in available:
                 raise InputError(f"{source}: {option} names column {item!r}, which is not in the table")
             if item in out:
                 raise InputError(f"{option}: {item!r} is named twice")
-            out.append(item)
+            if item not in excluded:
+                out.append(item)
+    if not out:
+        raise InputError(f"{source}: {option} {spec!r} leaves no column")
+    return out
+
+
+def label_columns(columns: list[str], tasks: str | None) -> frozenset[str]:
+    """Columns that hold labels: every ``y_*`` column and every column ``tasks`` names or matches.
+
+    These are never features unless ``--features`` names them exactly: a label
+    left out of ``--tasks`` (or excluded with ``!``) must not leak into the inputs.
+    """
+    patterns = [TASK_PATTERN]
+    if tasks is not None:
+        patterns += [s.strip().lstrip("!").strip() for s in tasks.split(",") if s.strip()]
+    return frozenset(c for c in columns if any(
+        fnmatch.fnmatchcase(c, p) if _is_glob(p) else c == p for p in patterns))
+
+
+def parse_task_kinds(items: list[str] | tuple[str, ...] | None) -> tuple[tuple[str, str], ...]:
+    """``["NAME=kind", ...]`` (``--task-kind``) as ``((pattern, kind), ...)``, each checked."""
+    out: list[tuple[str, str]] = []
+    for item in items or ():
+        name, sep, kind = item.partition("=")
+        name, kind = name.strip(), kind.strip()
+        if not sep or not name:
+            raise InputError(f"--task-kind {item!r}: write NAME=KIND (KIND one of {', '.join(TASK_KINDS)})")
+        if kind not in TASK_KINDS:
+            raise InputError(f"--task-kind {item!r}: unknown kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
+        out.append((name, kind))
+    return tuple(out)
+
+
+def _kind_overrides(task_cols: list[str], task_kinds: tuple[tuple[str, str], ...],
+                    source: str) -> dict[str, TaskKind]:
+    """The kind each task is given by ``--task-kind`` (a later pattern wins); unmatched patterns fail."""
+    out: dict[str, TaskKind] = {}
+    for pattern, kind in task_kinds:
+        hits = [c for c in task_cols if (fnmatch.fnmatchcase(c, pattern) if _is_glob(pattern) else c == pattern)]
+        if not hits:
+            raise InputError(f"{source}: --task-kind {pattern}={kind} matches no task")
+        for h in hits:
+            out[h] = kind  # type: ignore[assignment]  # checked in parse_task_kinds
     return out
 
 
 def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = None,
-                       features: str | None = None) -> Dataset:
-    """Select and validate tasks and features from a frame."""
+                       features: str | None = None, task_kinds: tuple[tuple[str, str], ...] = ()) -> Dataset:
+    """Select and validate tasks and features from a frame (see :func:`load_dataset`)."""
     if frame.height == 0:
         raise InputError(f"{source}: the table is empty (0 rows)")
     columns = frame.columns
@@ -152,25 +231,29 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
                 + ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
             )
     else:
-        task_cols = _resolve(tasks, columns, "--tasks", source)
+        task_cols = _resolve(tasks, columns, "--tasks", source, base=TASK_PATTERN)
 
     others = [c for c in columns if c not in task_cols]
+    labels = label_columns(columns, tasks)
     if features is None:
-        feat_cols = [c for c in others if _is_numeric(frame.schema[c]) or _is_numeric_list(frame.schema[c])]
+        feat_cols = [c for c in others if c not in labels
+                     and (_is_numeric(frame.schema[c]) or _is_numeric_list(frame.schema[c]))]
     else:
-        feat_cols = _resolve(features, others, "--features", source)
+        feat_cols = _resolve(features, others, "--features", source, skip=labels)
         for c in feat_cols:
             dt = frame.schema[c]
             if not (_is_numeric(dt) or _is_numeric_list(dt)):
                 raise InputError(f"{source}: feature column {c!r} is not numeric (dtype {dt})")
     if not feat_cols:
-        raise InputError(f"{source}: no numeric feature columns besides the tasks")
+        raise InputError(f"{source}: no numeric feature columns besides the labels (columns named y_* or "
+                         "named by --tasks); name the features with --features")
 
     x, names = _feature_matrix(frame, feat_cols, source)
+    kinds = _kind_overrides(task_cols, task_kinds, source)
     specs: list[TaskSpec] = []
     ys = np.empty((frame.height, len(task_cols)), dtype=np.float32)
     for j, c in enumerate(task_cols):
-        spec, y = _encode_labels(frame[c], source)
+        spec, y = _encode_labels(frame[c], source, kinds.get(c))
         specs.append(spec)
         ys[:, j] = y
     return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source)
@@ -227,22 +310,78 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
-    """Infer the task kind and encode labels as float32 with NaN for missing."""
+def _numeric_tokens(values: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """Parse string labels as numbers: (floats with NaN where unparsable, unparsable token -> row count)."""
+    out = np.full(len(values), np.nan)
+    bad: dict[str, int] = {}
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except ValueError:
+            bad[v] = bad.get(v, 0) + 1
+        else:
+            if not np.isfinite(out[i]):
+                bad[v] = bad.get(v, 0) + 1
+                out[i] = np.nan
+    return out, bad
+
+
+def _categorical(name: str, values: list[str | None], kind: TaskKind,
+                 reason: str) -> tuple[TaskSpec, np.ndarray]:
+    classes = sorted({v for v in values if v is not None})
+    index = {v: i for i, v in enumerate(classes)}
+    y = np.array([np.nan if v is None else index[v] for v in values], dtype=np.float64)
+    return TaskSpec(name, kind, len(classes) if kind == "multiclass" else 2, tuple(classes), reason), y
+
+
+def _number_text(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def _encode_labels(s: pl.Series, source: str, kind: TaskKind | None = None) -> tuple[TaskSpec, np.ndarray]:
+    """Infer (or apply ``kind``) the task kind and encode labels as float32 with NaN for missing.
+
+    Inference: bool and two-valued columns are binary; strings are multi-class;
+    integers with at most :data:`MAX_INFERRED_CLASSES` distinct values are multi-class,
+    other numbers regression. A string column whose values are numbers except a few
+    tokens is rejected naming the token (it is usually a spelling of "missing").
+    """
     import polars as pl
 
     name = s.name
     dt = s.dtype
-    if dt == pl.Boolean:
+    given = f"set by --task-kind {name}={kind}" if kind else ""
+    if dt in (pl.String, pl.Categorical) or isinstance(dt, pl.Enum):
+        values: list[str | None] = s.cast(pl.String).to_list()
+        present_text = [v for v in values if v is not None]
+        parsed, bad = _numeric_tokens(present_text)
+        n_numeric = len(present_text) - sum(bad.values())
+        if bad and n_numeric >= len(present_text) / 2 and kind != "multiclass" and kind != "binary":
+            token, rows = max(bad.items(), key=lambda kv: kv[1])
+            raise InputError(
+                f"{source}: task column {name!r} is numeric except the token {token!r} ({rows} rows"
+                + (f"; {len(bad) - 1} other tokens" if len(bad) > 1 else "") + "): if it means missing, "
+                f"leave those cells empty (or NA); if the column is categorical, pass --task-kind {name}=multiclass")
+        if kind == "regression":
+            if bad:
+                token = next(iter(bad))
+                raise InputError(f"{source}: --task-kind {name}=regression, but task column {name!r} has "
+                                 f"the non-numeric value {token!r}")
+            y = np.full(len(values), np.nan)
+            y[[i for i, v in enumerate(values) if v is not None]] = parsed
+            spec = TaskSpec(name, "regression", 1, (), given)
+        elif not bad and kind is None:  # numbers stored as text: infer as for a numeric column
+            y = np.full(len(values), np.nan)
+            y[[i for i, v in enumerate(values) if v is not None]] = parsed
+            spec, y = _infer_numeric(name, y, integer=bool(np.all(parsed == np.round(parsed))))
+        else:
+            n_classes = len(set(present_text))
+            chosen: TaskKind = kind or ("binary" if n_classes == 2 else "multiclass")
+            why = given or (f"inferred: text with {n_classes} distinct values")
+            spec, y = _categorical(name, values, chosen, why)
+    elif dt == pl.Boolean:
         y = s.cast(pl.Float64).to_numpy().astype(np.float64)
-        spec = TaskSpec(name, "binary", 2, ("False", "True"))
-    elif dt in (pl.String, pl.Categorical) or isinstance(dt, pl.Enum):
-        vals = s.cast(pl.String)
-        classes = sorted(v for v in vals.drop_nulls().unique().to_list())
-        index = {v: i for i, v in enumerate(classes)}
-        y = np.array([np.nan if v is None else index[v] for v in vals.to_list()], dtype=np.float64)
-        kind: TaskKind = "binary" if len(classes) == 2 else "multiclass"
-        spec = TaskSpec(name, kind, len(classes), tuple(classes))
+        spec = TaskSpec(name, kind or "binary", 2, ("False", "True"), given or "inferred: boolean")
     elif _is_numeric(dt):
         y = s.cast(pl.Float64).to_numpy().astype(np.float64)
         if np.isinf(y).any():
@@ -250,16 +389,17 @@ def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
         if (np.abs(y[~np.isnan(y)]) > FLOAT32_MAX).any():
             raise InputError(f"{source}: task column {name!r} has values beyond ±{FLOAT32_MAX:.1e} "
                              "(the float32 range labels are kept in); rescale it")
-        present = y[~np.isnan(y)]
-        uniq = np.unique(present)
-        if uniq.size and np.isin(uniq, [0.0, 1.0]).all():
-            spec = TaskSpec(name, "binary", 2, ("0", "1"))
-        elif dt.is_integer() and uniq.size <= MAX_CLASSES:
-            index = {v: i for i, v in enumerate(uniq.tolist())}
-            y = np.array([np.nan if np.isnan(v) else index[v] for v in y], dtype=np.float64)
-            spec = TaskSpec(name, "multiclass", int(uniq.size), tuple(str(int(u)) for u in uniq))
+        if kind is None:
+            spec, y = _infer_numeric(name, y, integer=dt.is_integer())
+        elif kind == "regression":
+            spec = TaskSpec(name, "regression", 1, (), given)
         else:
-            spec = TaskSpec(name, "regression", 1, ())
+            spec, y = _categorical(name, [None if np.isnan(v) else _number_text(v) for v in y], kind, given)
+            if spec.classes and all(_is_number(c) for c in spec.classes):  # numeric order, not text order
+                order = sorted(spec.classes, key=float)
+                remap = np.array([order.index(c) for c in spec.classes], dtype=np.float64)
+                y = np.where(np.isnan(y), np.nan, remap[np.nan_to_num(y).astype(int)])
+                spec = TaskSpec(name, spec.kind, spec.n_classes, tuple(order), given)
     else:
         raise InputError(f"{source}: task column {name!r} has unsupported dtype {dt}")
 
@@ -271,8 +411,40 @@ def _encode_labels(s: pl.Series, source: str) -> tuple[TaskSpec, np.ndarray]:
             f"{source}: task {name!r} has {n_distinct} distinct label value{'' if n_distinct == 1 else 's'}"
             f"{shown}; at least 2 are needed"
         )
+    if spec.kind == "binary" and n_distinct != 2:
+        raise InputError(f"{source}: --task-kind {name}=binary, but task {name!r} has {n_distinct} distinct "
+                         "values; a binary task has exactly 2")
     if present.size < MIN_LABELLED:
         raise InputError(
             f"{source}: task {name!r} has {present.size} labelled samples; at least {MIN_LABELLED} are needed"
         )
+    if spec.kind == "multiclass" and spec.n_classes * MIN_PER_CLASS > present.size:
+        hint = ("leave it out of --tasks if it is an identifier" if dt in (pl.String, pl.Categorical)
+                else f"pass --task-kind {name}=regression if it is a quantity")
+        raise InputError(
+            f"{source}: task {name!r} has {spec.n_classes} classes among {present.size} labelled samples; a "
+            f"multi-class task needs at least {MIN_PER_CLASS} labelled samples per class on average ({hint})")
     return spec, y.astype(np.float32)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _infer_numeric(name: str, y: np.ndarray, integer: bool) -> tuple[TaskSpec, np.ndarray]:
+    """The kind of a numeric label column (NaN = missing), and its encoding."""
+    uniq = np.unique(y[~np.isnan(y)])
+    if uniq.size and np.isin(uniq, [0.0, 1.0]).all():
+        return TaskSpec(name, "binary", 2, ("0", "1"), "inferred: values 0 and 1"), y
+    if integer and uniq.size <= MAX_INFERRED_CLASSES:
+        index = {v: i for i, v in enumerate(uniq.tolist())}
+        coded = np.array([np.nan if np.isnan(v) else index[v] for v in y], dtype=np.float64)
+        return TaskSpec(name, "multiclass", int(uniq.size), tuple(_number_text(u) for u in uniq),
+                        f"inferred: integers with {uniq.size} distinct values"), coded
+    why = (f"inferred: integers with {uniq.size} distinct values (more than {MAX_INFERRED_CLASSES})" if integer
+           else "inferred: non-integer numbers")
+    return TaskSpec(name, "regression", 1, (), why), y

@@ -360,10 +360,11 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     # 1. sample
     t0 = time.perf_counter()
-    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples)
+    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples,
+                                 cfg.task_kinds)
     sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
     data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
-                     cache_key=source_key, run_id=run_id)
+                     cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None)
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_prepared_meta(data["dataset_key"])
     names = [t["name"] for t in meta["tasks"]]
@@ -425,11 +426,27 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         return {"members": list(job.members), "results": [r for r in rows if r["task"] in job.serves]}
 
     group_results = {setting: [job_results(j) for j in setting_jobs] for setting, setting_jobs in jobs.items()}
+    models = {str(sel["served"][j.serves[0]]): str(store.model_dir(_job_model(run, j)[0]))
+              for j in jobs.get("grouped", [])}
     summary: dict[str, Any] = report_step(
         cfg.to_dict(), run_id, names, sel, aff.path, group_results, counts, seconds,
         {"probe_bytes_mean": aff.extra.get("probe_bytes_mean"), "ground_truth": meta.get("ground_truth"),
-         "method_info": aff.extra.get("method_info")})
+         "method_info": aff.extra.get("method_info"), "features": meta["feature_names"],
+         "task_kinds": {t["name"]: {"kind": t["kind"], "reason": t.get("reason", "")} for t in meta["tasks"]},
+         "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
+         "test_counts": _test_counts(store, run.dataset_key, meta) if "single_task" in jobs else {},
+         "models": models})
     return summary
+
+
+def _test_counts(store: Store, dataset_key: str, meta: dict[str, Any]) -> dict[str, list[int]]:
+    """``[positives, negatives]`` of every binary task on the test split (for the at-chance flag)."""
+    binary = [t["name"] for t in meta["tasks"] if t["kind"] == "binary"]
+    if not binary:
+        return {}
+    data = store.read_prepared(dataset_key, tasks=binary)
+    y = data.y[data.split == 2]
+    return {t: [int(np.sum(y[:, j] == 1)), int(np.sum(y[:, j] == 0))] for j, t in enumerate(binary)}
 
 
 def run_regroup(cfg: RunConfig, run_id: str) -> dict[str, Any]:

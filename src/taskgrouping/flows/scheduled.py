@@ -29,23 +29,74 @@ def _name() -> str:
 def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping-store", method: str = "swola",
                       selector: str = "spectral", groups: int | None = None, tasks: str | None = None,
                       samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200,
-                      evaluate: str = "all") -> dict[str, Any]:
+                      evaluate: str = "all", features: str | None = None, lineage: str | None = None,
+                      task_kinds: dict[str, str] | None = None,
+                      config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Regroup ``data`` into the versioned store ``store``; returns the run summary.
 
     A relative ``store`` or data path is relative to the deployment's working
     directory (the folder ``prefect deploy`` ran in, for a process work pool).
+    ``task_kinds`` maps a task name or glob to its kind (``--task-kind``). ``config``,
+    a whole :class:`RunConfig` as a dict (what ``taskgrouping serve`` passes, so that
+    every ``run`` option is available), replaces every other parameter.
+    Prints one line per run: the version and what changed.
     """
     from dataclasses import replace
     from pathlib import Path
 
     from taskgrouping.flows.regroup import run_regroup
+    from taskgrouping.report import run_line
 
-    if not data.startswith("builtin:"):
-        data = str(Path(data).expanduser().resolve())
-    cfg = RunConfig(data=data, tasks=tasks, method=method, selector=selector, groups=groups, samples=samples,
-                    seed=seed, store=str(Path(store).expanduser().resolve()), workers=workers,
-                    evaluate=evaluate)  # type: ignore[arg-type]  # checked in RunConfig
-    cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
+    if config is not None:
+        cfg = RunConfig.from_dict(config)
+    else:
+        if not data.startswith("builtin:"):
+            data = str(Path(data).expanduser().resolve())
+        cfg = RunConfig(data=data, tasks=tasks, features=features, method=method, selector=selector,
+                        groups=groups, samples=samples, seed=seed, store=str(Path(store).expanduser().resolve()),
+                        workers=workers, evaluate=evaluate,  # type: ignore[arg-type]  # checked in RunConfig
+                        lineage=lineage, task_kinds=tuple((task_kinds or {}).items()))
+        cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
     cfg.check_data()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    return run_regroup(cfg, run_id)
+    summary = run_regroup(cfg, run_id)
+    print(run_line(summary), flush=True)
+    return summary
+
+
+def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str, Any]) -> str:
+    """Serve ``flow_obj`` on ``cron`` in this process until SIGINT or SIGTERM; return the signal's name.
+
+    ``Flow.serve`` misses both when the process was started in the background (the shell
+    leaves SIGINT ignored there) and answers SIGTERM from a handler that cannot await
+    the runner's stop. Here both signals set an event on the event loop, and the
+    runner is stopped (its schedule paused, as ``Flow.serve`` does) before returning.
+    """
+    import asyncio
+    import signal
+
+    from prefect.runner import Runner
+
+    async def serve() -> str:
+        runner = Runner(name=name, pause_on_shutdown=True)
+        await runner.aadd_flow(flow_obj, name=name, cron=cron, parameters=parameters)
+        started = asyncio.create_task(runner.start(webserver=False))
+        await asyncio.sleep(0)  # the runner installs its own SIGTERM handler first; ours replace it
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[str] = asyncio.Queue()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, received.put_nowait, sig.name)
+        waiter = asyncio.create_task(received.get())
+        done, _ = await asyncio.wait({started, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if started in done:  # the runner stopped by itself: surface its error
+            waiter.cancel()
+            started.result()
+            return "runner exit"
+        await runner.astop()
+        try:
+            await asyncio.wait_for(started, timeout=30)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        return str(waiter.result())
+
+    return asyncio.run(serve())

@@ -8,6 +8,8 @@ the store, so its database keeps the history of the store's runs.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import signal
 import socket
@@ -40,28 +42,110 @@ def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[byt
     raise RuntimeError(f"the Prefect server at {api_url} was not healthy after {timeout:.0f} s")
 
 
+def _die_with_parent(parent: int) -> None:
+    """In the server's process, before exec: be killed when the process that started it dies.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere :func:`reap_stale_servers` cleans
+    up at the next start. If the parent already died, exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a live process from a reused pid), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start is None or _start_time(pid) in (None, start)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return None
+
+
+def reap_stale_servers(home: Path) -> list[int]:
+    """Kill local servers of ``home`` whose owner (the run that started them) is dead; return their pids.
+
+    Each server started here leaves ``home/servers/<pid>.json`` (its pid, command line,
+    owner pid and start times) until it is stopped. A record whose owner is gone
+    belongs to a crashed run (``kill -9``) whose server survived; the server is killed
+    if the pid still runs the recorded command, and the record is removed. Servers of
+    live runs (concurrent runs on one store) are left alone.
+    """
+    reaped: list[int] = []
+    folder = home / "servers"
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(record.read_text())
+            pid, owner = int(info["pid"]), int(info["owner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if _alive(owner, info.get("owner_start")):
+            continue
+        if _alive(pid, info.get("start")) and _cmdline(pid) in (None, info.get("cmdline")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            reaped.append(pid)
+        record.unlink(missing_ok=True)
+    return reaped
+
+
 @contextlib.contextmanager
 def local_server(home: Path, ui: bool = False) -> Iterator[str]:
     """Run ``prefect server start`` on a free loopback port (database under ``home``); yield its API URL.
 
     The server runs in its own process group and is stopped by its PID on exit,
-    also when the body raises. The caller's environment is not changed.
+    also when the body raises. It is killed by the kernel if this process dies
+    (``kill -9`` included), and a server that outlived an older crash is reaped
+    first (:func:`reap_stale_servers`). The caller's environment is not changed.
     """
     home.mkdir(parents=True, exist_ok=True)
+    reaped = reap_stale_servers(home)
+    if reaped:
+        logging.getLogger("taskgrouping").info("stopped %d Prefect servers left by crashed runs (pids %s)",
+                                               len(reaped), ", ".join(map(str, reaped)))
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="true" if ui else "false")
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, "-m", "prefect", "server", "start"]
+    parent = os.getpid()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: _die_with_parent(parent))
+    record = home / "servers" / f"{proc.pid}.json"
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps({"pid": proc.pid, "cmdline": cmd, "start": _start_time(proc.pid),
+                                  "owner": parent, "owner_start": _start_time(parent), "port": port}))
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_healthy(url, proc=proc)
         yield url
     finally:
         stop_process_group(proc)
+        record.unlink(missing_ok=True)
         log.close()
 
 

@@ -76,6 +76,14 @@ def setting_totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def recommend(totals: dict[str, dict[str, float]]) -> str:
-    """The setting with the lowest total validation loss (never chosen on test loss)."""
-    return min(totals, key=lambda s: totals[s]["val_loss"])
+CONTROLS = ("random",)
+"""Settings that are controls: reported beside the others, never recommended."""
+
+
+def recommend(totals: dict[str, dict[str, float]]) -> str | None:
+    """The setting with the lowest total validation loss (never chosen on test loss, never a control).
+
+    ``None`` when only controls were evaluated.
+    """
+    candidates = [s for s in totals if s not in CONTROLS]
+    return min(candidates, key=lambda s: totals[s]["val_loss"]) if candidates else None

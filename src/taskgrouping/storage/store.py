@@ -236,8 +236,8 @@ class Store:
                            for j, t in enumerate(data.tasks)})
         atomic_write_table(folder / "labels.parquet", labels)
         meta = {
-            "tasks": [{"name": t.name, "kind": t.kind, "n_classes": t.n_classes, "classes": list(t.classes)}
-                      for t in data.tasks],
+            "tasks": [{"name": t.name, "kind": t.kind, "n_classes": t.n_classes, "classes": list(t.classes),
+                       "reason": t.reason} for t in data.tasks],
             "feature_names": data.feature_names,
             "y_scale": data.y_scale.tolist(),
             "probe_idx": data.probe_idx.tolist(),
@@ -259,7 +259,8 @@ class Store:
 
         folder = self.dataset_dir(key)
         meta = self.read_prepared_meta(key)
-        specs = [TaskSpec(t["name"], t["kind"], t["n_classes"], tuple(t["classes"])) for t in meta["tasks"]]
+        specs = [TaskSpec(t["name"], t["kind"], t["n_classes"], tuple(t["classes"]), t.get("reason", ""))
+                 for t in meta["tasks"]]
         names = [t.name for t in specs]
         want = names if tasks is None else tasks
         pos = [names.index(t) for t in want]

@@ -11,8 +11,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from taskgrouping.methods.base import AffinityMatrix
-from taskgrouping.models.evaluate import SETTINGS, setting_totals
-from taskgrouping.report import changes_markdown, heatmap_png, render_report
+from taskgrouping.models.evaluate import SETTINGS, recommend, setting_totals
+from taskgrouping.report import chance_tasks, changes_markdown, heatmap_png, render_report
 from taskgrouping.selectors.base import Grouping
 from taskgrouping.storage import Store
 from taskgrouping.versions import grouping_changes, lineage_key
@@ -71,9 +71,18 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
         "method_info": extra.get("method_info"),
         "objective": grouping.objective,
+        "data": config["data"],
+        "seed": config["seed"],
+        "settings": config,
+        "features": extra.get("features", []),
+        "task_kinds": {t: k["kind"] for t, k in (extra.get("task_kinds") or {}).items()},
+        "models": extra.get("models", {}),
+        "probe_samples": extra.get("probe_samples"),
+        "recommended": recommend(totals) if len(totals) > 1 else None,
+        "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
     }
     # a new grouping version when the grouping (or the task set) changed since the last one
-    lineage = lineage_key(config["data"], config["method"], config["selector"])
+    lineage = lineage_key(config["data"], config["method"], config["selector"], config.get("lineage"))
     previous = st.latest_version(lineage)
     current = {"tasks": tasks, "groups": grouping.groups, "served": grouping.served}
     changes = grouping_changes(previous, current)
@@ -85,13 +94,15 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
     else:
         version = previous["version"] if previous else 0
     summary |= {"version": version, "previous_version": previous["version"] if previous else None,
-                "changes": changes, "lineage": lineage}
+                "changes": changes, "lineage": lineage, "lineage_name": config.get("lineage")}
     report_s = time.perf_counter() - t_report
     seconds = {k: v for k, v in seconds.items() if k != "total"} | {
         "report": report_s, "total": seconds["total"] + report_s}
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     info = {"data": config["data"], "seed": config["seed"], "samples": config["samples"], "ari": ari,
-            "selection": selection["info"]}
+            "selection": selection["info"], "probe_samples": extra.get("probe_samples"),
+            "train_rows": extra.get("train_rows"), "task_kinds": extra.get("task_kinds"),
+            "chance": chance_tasks(rows, extra.get("test_counts") or {})}
     text = render_report(summary, affinity, rows, totals, info)
     st.write_run_file(run_id, "report.md", text.encode())
     st.write_run_file(run_id, "summary.json", json.dumps(summary, indent=2).encode())

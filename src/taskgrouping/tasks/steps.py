@@ -79,14 +79,16 @@ STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_resul
 
 @task(name="sample", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
 def sample_step(store: str, source: str, tasks: str | None, features: str | None, seed: int,
-                samples: int, cache_key: str, run_id: str) -> dict[str, Any]:
+                samples: int, cache_key: str, run_id: str,
+                task_kinds: list[list[str]] | None = None) -> dict[str, Any]:
     """Load and validate the data, split it, draw the probe sample and write it to the store.
 
     The prepared data is stored under its content fingerprint, so an edited file
     (same columns, new rows) gets a new key and nothing stale is reused.
     """
     st = Store(store)
-    data = prepare(load_dataset(source, tasks, features), seed, samples)
+    kinds = tuple((str(p), str(k)) for p, k in task_kinds or ())
+    data = prepare(load_dataset(source, tasks, features, kinds), seed, samples)
     key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
     if not st.has_prepared(key):
         st.write_prepared(key, data)
