@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
     sel.add_argument("--json", action="store_true", help="print {groups, served, objective} as JSON")
 
+    exp = sub.add_parser("export", help="write a run's grouped models for use outside the tool",
+                         description="Write one folder per group of a run: safetensors weights, model.json (trunk, "
+                                     "feature columns and scaling, tasks and kinds) and a README. Load one with "
+                                     "taskgrouping.load_group_model(FOLDER).",
+                         formatter_class=_Help)
+    exp.add_argument("--run", required=True, metavar="ID", help="the run id (runs/<ID>/ in the store)")
+    exp.add_argument("--store", default="./taskgrouping-store", help="the store folder")
+    exp.add_argument("--out", required=True, metavar="DIR", help="a new folder for the export")
+
     ver = sub.add_parser("verify", help="check every store file against its recorded checksum",
                          description="Check every file of a store against the SHA-256 recorded when it was "
                                      "written. Prints one line per damaged file; exit status 2 if any.",
@@ -321,19 +330,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with prefect_api(Path(cfg.store) / "prefect" / "home", ui=True) as url, \
             temporary_settings(updates={PREFECT_API_URL: url}):  # settings may have been read already
         log.info("Prefect API %s; UI %s", url, url.removesuffix("/api"))
-        log.info("serving %r on cron %r (UTC); Ctrl-C, SIGINT or SIGTERM stops", args.name, args.cron)
-        signame = serve_until_signal(scheduled_regroup, args.name, args.cron, {"config": cfg.to_dict()})
+        signame = serve_until_signal(
+            scheduled_regroup, args.name, args.cron, {"config": cfg.to_dict()},
+            ready=lambda: log.info("serving %r on cron %r (UTC); Ctrl-C, SIGINT or SIGTERM stops; one line "
+                                   "per run follows", args.name, args.cron))
         log.info("%s received: stopped serving %r", signame, args.name)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``taskgrouping export``: a run's grouped models as self-describing folders."""
+    from taskgrouping.storage import Store
+    from taskgrouping.storage.integrity import is_store
+
+    root = Path(args.store).expanduser().resolve()
+    if not root.is_dir() or not is_store(root):
+        raise InputError(f"--store {args.store}: not a taskgrouping store")
+    folders = Store(root).export_run(args.run, Path(args.out).expanduser().resolve())
+    for folder in folders:
+        print(folder)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``taskgrouping verify``: every store file against its checksum; exit 2 on damage."""
-    from taskgrouping.storage.integrity import verify_store
+    from taskgrouping.storage.integrity import STORE_DIRS, is_store, verify_store
 
     root = Path(args.store).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"--store {args.store}: no such store folder")
+    if not is_store(root):
+        raise InputError(f"--store {args.store}: not a taskgrouping store (a store holds only the folders "
+                         f"{', '.join(STORE_DIRS)}); nothing was checked")
     checked, damaged = verify_store(root)
     if args.json:
         print(json.dumps({"checked": checked, "damaged": [{"path": str(p), "problem": w} for p, w in damaged]}))
@@ -357,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "export":
+            return cmd_export(args)
         parser.error(f"unknown command {args.command!r}")
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)

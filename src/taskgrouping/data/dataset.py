@@ -84,6 +84,8 @@ class PreparedData:
         split: (n,) int8; 0 = train, 1 = validation, 2 = test.
         probe_idx: (n_probe,) int64 rows of the training split used by probes.
         y_scale: (T,) the standard deviation used to standardise each task (1 if not regression).
+        x_mean, x_std: (d,) the training split's feature mean and scale (raw = x * x_std + x_mean).
+        y_mean: (T,) the mean used to standardise each task (0 if not regression).
     """
 
     x: np.ndarray
@@ -97,6 +99,9 @@ class PreparedData:
     label_fps: list[str]
     seed: int
     ground_truth: dict[str, int] | None = field(default=None)
+    x_mean: np.ndarray | None = field(default=None)
+    x_std: np.ndarray | None = field(default=None)
+    y_mean: np.ndarray | None = field(default=None)
 
     @property
     def task_names(self) -> list[str]:
@@ -137,6 +142,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
 
     y = ds.labels.astype(np.float32).copy()
     y_scale = np.ones(len(ds.tasks), dtype=np.float64)
+    y_mean = np.zeros(len(ds.tasks), dtype=np.float64)
     for j, t in enumerate(ds.tasks):
         if t.kind == "regression":
             col = y[:, j].astype(np.float64)
@@ -145,6 +151,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
             s = s if s > 1e-12 * float(np.abs(tr).max(initial=0.0)) else 1.0
             y[:, j] = ((col - m) / s).astype(np.float32)
             y_scale[j] = s
+            y_mean[j] = m
 
     train_rows = np.flatnonzero(train)
     rng = np.random.default_rng(derive_seed(seed, "probe-sample"))
@@ -161,4 +168,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
         label_fps=[ds.label_fingerprint(j) for j in range(len(ds.tasks))],
         seed=seed,
         ground_truth=ds.ground_truth,
+        x_mean=mu,
+        x_std=sd,
+        y_mean=y_mean,
     )

@@ -435,7 +435,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
          "task_kinds": {t["name"]: {"kind": t["kind"], "reason": t.get("reason", "")} for t in meta["tasks"]},
          "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
          "test_counts": _test_counts(store, run.dataset_key, meta) if "single_task" in jobs else {},
-         "models": models})
+         "models": models, "dataset_key": run.dataset_key})
     return summary
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
@@ -64,7 +65,8 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
     return summary
 
 
-def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str, Any]) -> str:
+def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str, Any],
+                       ready: Callable[[], None] | None = None) -> str:
     """Serve ``flow_obj`` on ``cron`` in this process until SIGINT or SIGTERM; return the signal's name.
 
     ``Flow.serve`` misses both when the process was started in the background (the shell
@@ -86,13 +88,22 @@ def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str
         received: asyncio.Queue[str] = asyncio.Queue()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, received.put_nowait, sig.name)
+        for _ in range(600):  # the runner is ready once it has registered and started polling
+            if runner.started or started.done() or not received.empty():
+                break
+            await asyncio.sleep(0.05)
+        if ready is not None and runner.started:
+            ready()
         waiter = asyncio.create_task(received.get())
         done, _ = await asyncio.wait({started, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if started in done:  # the runner stopped by itself: surface its error
             waiter.cancel()
             started.result()
             return "runner exit"
-        await runner.astop()
+        if runner.started:
+            await runner.astop()
+        else:
+            started.cancel()
         try:
             await asyncio.wait_for(started, timeout=30)
         except (TimeoutError, asyncio.CancelledError):

@@ -134,6 +134,20 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield dirpath, dirnames, filenames
 
 
+STORE_DIRS = ("datasets", "probes", "pairs", "affinity", "maps", "models", "groupings", "runs", "prefect")
+"""The top-level folders a store is made of (storage/store.py)."""
+
+
+def is_store(root: Path) -> bool:
+    """Whether ``root`` looks like a taskgrouping store.
+
+    A store has at least one of :data:`STORE_DIRS` and no top-level files besides
+    hidden ones (it keeps every file in its folders).
+    """
+    entries = [e for e in root.iterdir() if not e.name.startswith(".")]
+    return any(e.is_dir() and e.name in STORE_DIRS for e in entries) and not any(e.is_file() for e in entries)
+
+
 def verify_store(root: Path) -> tuple[int, list[tuple[Path, str]]]:
     """Check every store file and every sidecar in one walk: (files checked, [(path, problem)])."""
     damaged: list[tuple[Path, str]] = []

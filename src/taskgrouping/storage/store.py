@@ -245,6 +245,9 @@ class Store:
             "label_fps": data.label_fps,
             "seed": data.seed,
             "ground_truth": data.ground_truth,
+            "x_mean": None if data.x_mean is None else np.asarray(data.x_mean, np.float64).tolist(),
+            "x_std": None if data.x_std is None else np.asarray(data.x_std, np.float64).tolist(),
+            "y_mean": None if data.y_mean is None else np.asarray(data.y_mean, np.float64).tolist(),
         }
         return self.write_json(folder / "meta.json", meta)
 
@@ -277,6 +280,9 @@ class Store:
             feature_names=meta["feature_names"], y_scale=np.asarray(meta["y_scale"])[pos],
             features_fp=meta["features_fp"], label_fps=[meta["label_fps"][i] for i in pos],
             seed=meta["seed"], ground_truth=meta["ground_truth"],
+            x_mean=None if meta.get("x_mean") is None else np.asarray(meta["x_mean"]),
+            x_std=None if meta.get("x_std") is None else np.asarray(meta["x_std"]),
+            y_mean=None if meta.get("y_mean") is None else np.asarray(meta["y_mean"])[pos],
         )
 
     # --- probes ----------------------------------------------------------------
@@ -449,3 +455,50 @@ class Store:
     def write_run_file(self, run_id: str, name: str, data: bytes) -> Path:
         """Any other run output (report, heatmap, summary)."""
         return atomic_write_bytes(self.run_dir(run_id) / name, data)
+
+    # --- exports ---------------------------------------------------------------
+    def export_run(self, run_id: str, out: Path) -> list[Path]:
+        """Write one folder per group of run ``run_id`` under ``out`` (which must not exist); return them.
+
+        Each folder holds the group model's safetensors weights, ``model.json`` and a
+        README (:mod:`taskgrouping.models.export`). The whole export is written in a
+        temporary folder beside ``out`` and renamed into place, so ``out`` is complete or absent.
+        """
+        import shutil
+        import tempfile
+
+        from taskgrouping.errors import InputError
+        from taskgrouping.models.export import group_readme, group_spec
+
+        summary_path = self.run_dir(run_id) / "summary.json"
+        if not summary_path.is_file():
+            raise InputError(f"--run {run_id}: no such run in {self.root} (no runs/{run_id}/summary.json)")
+        summary = self.read_json(summary_path)
+        if not summary.get("models") or not summary.get("dataset_key"):
+            raise InputError(f"--run {run_id}: the run recorded no grouped models (made with --evaluate none, "
+                             "or by an older version); run it again with --evaluate grouped or all")
+        if out.exists():
+            raise InputError(f"--out {out}: already exists; name a new folder")
+        meta = self.read_prepared_meta(summary["dataset_key"])
+        about = {"run_id": run_id, "data": summary.get("data"), "method": summary.get("method"),
+                 "selector": summary.get("selector")}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            for gi, members in enumerate(summary["groups"]):
+                folder = summary["models"].get(str(gi))
+                if folder is None:
+                    continue  # a group that serves no task (helpers only) has no model of its own
+                info = self.read_json(Path(folder) / "info.json")
+                served = [t for t in members if summary["served"][t] == gi]
+                spec = group_spec(meta, list(info["members"]), served, summary["settings"]["train"], about)
+                target = tmp / f"group-{gi}"
+                target.mkdir()
+                shutil.copyfile(verified(Path(folder) / "model.safetensors"), target / "model.safetensors")
+                (target / "model.json").write_text(json.dumps(spec, indent=2))
+                (target / "README.md").write_text(group_readme(spec, gi))
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return sorted(out.iterdir())

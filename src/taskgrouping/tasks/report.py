@@ -77,6 +77,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "features": extra.get("features", []),
         "task_kinds": {t: k["kind"] for t, k in (extra.get("task_kinds") or {}).items()},
         "models": extra.get("models", {}),
+        "dataset_key": extra.get("dataset_key"),
         "probe_samples": extra.get("probe_samples"),
         "recommended": recommend(totals) if len(totals) > 1 else None,
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
