@@ -53,3 +53,22 @@ def test_report_without_baselines_or_models_says_so():
     none = render_report(summary, dist, [], {}, info)
     assert "No models were trained" in none and "## Per task" not in none and "| setting" not in none
     assert "| 0 | `a`, `b` |" in none  # the groups are still reported
+
+
+def test_heatmap_colour_range_ignores_the_diagonal_and_a_near_duplicate_pair():
+    import numpy as np
+
+    from taskgrouping.report import colour_limits
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(1.5, 2.0, (12, 12))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    d[0, 1] = d[1, 0] = 1e-6  # a complement twin
+    lo, hi = colour_limits(d, "distance")
+    off = d[~np.eye(12, dtype=bool)]
+    assert 1.5 <= lo < np.sort(off)[10] and hi == off.max()  # the twin and the zero diagonal saturate
+    lo_g, hi_g = colour_limits(-d, "gain")
+    assert lo_g == (-off).min() and hi_g < -1.5
+    assert colour_limits(np.zeros((1, 1)), "distance") == (None, None)
+    assert colour_limits(np.ones((3, 3)), "distance") == (0.5, 1.5)

@@ -20,6 +20,23 @@ CHANCE_Z = 1.645
 (one-sided 5%, Mann-Whitney's null variance) is flagged as at chance."""
 
 
+def colour_limits(m: np.ndarray, kind: str) -> tuple[float | None, float | None]:
+    """The heatmap's colour range for a square matrix ``m``: the bulk of its off-diagonal values.
+
+    5th percentile to the maximum for a distance, minimum to the 95th percentile for a
+    gain: the diagonal (0 for a distance) and a near-duplicate pair would otherwise
+    stretch the scale so far that every other cell looks alike; cells beyond it saturate.
+    ``(None, None)`` for a 1 x 1 matrix or no finite values.
+    """
+    n = m.shape[0]
+    off = m[~np.eye(n, dtype=bool)]
+    off = off[np.isfinite(off)]
+    if not off.size:
+        return None, None
+    lo, hi = np.percentile(off, [5, 100]) if kind == "distance" else np.percentile(off, [0, 95])
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
+
+
 def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[str, int] | None = None,
                 label: str | None = None) -> bytes:
     """A PNG heatmap of the affinity with tasks ordered by (serving) group and group borders drawn."""
@@ -37,12 +54,7 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     n = len(order)
     size = 4 + 0.28 * n if n <= 80 else 12.0  # past 80 tasks there are no labels to make room for
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    off = m[~np.eye(n, dtype=bool)] if n > 1 else m.reshape(-1)
-    off = off[np.isfinite(off)]
-    # the colour scale spans the off-diagonal values: a zero diagonal would otherwise saturate it
-    vmin, vmax = (float(off.min()), float(off.max())) if off.size else (None, None)
-    if vmin is not None and vmin == vmax:
-        vmin, vmax = vmin - 0.5, vmax + 0.5
+    vmin, vmax = colour_limits(m, affinity.kind)
     im = ax.imshow(m, cmap="viridis_r" if affinity.kind == "distance" else "viridis", vmin=vmin, vmax=vmax)
     if n <= 80:
         shown = [t if len(t) <= 40 else t[:39] + "…" for t in order]  # long names would squeeze the plot away
@@ -53,7 +65,10 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
         pos += len(g)
         ax.axhline(pos - 0.5, color="red", lw=1)
         ax.axvline(pos - 0.5, color="red", lw=1)
-    fig.colorbar(im, ax=ax, label=label or affinity.kind)
+    beyond = "neither" if vmin is None or vmax is None else \
+        {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (bool((m < vmin).any()), bool((m > vmax).any()))]
+    fig.colorbar(im, ax=ax, label=(label or affinity.kind) + " (off-diagonal scale)", extend=beyond)
     ax.set_title("Task affinity, ordered by group")
     buf = io.BytesIO()
     with warnings.catch_warnings():  # task names in scripts the bundled font lacks render as boxes
@@ -226,8 +241,8 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         flagged = ", ".join(f"`{t}` (AUROC {a:.2f})" for t, a in chance.items())
         lines += [f"**At chance**: {flagged}: trained alone, the model does not rank the test samples better than "
                   "chance (one-sided 5%). They stay in the groups the affinity chose (a task nothing predicts "
-                  "neither helps nor is helped much, and moving it would change the selection); leave them out "
-                  "with `--tasks 'y_*,!NAME'` if they are noise.", ""]
+                  "neither helps nor is helped much, and moving it would change the selection); if they are "
+                  "noise, leave them out with `--tasks '" + ",".join(f"!{t}" for t in chance) + "'`.", ""]
     if affinity.kind == "distance":
         lines += ["## Groups", "", "| group | tasks | cohesion (mean within D / mean D) |", "|---:|---|---:|"]
     else:
