@@ -42,6 +42,7 @@ from taskgrouping.hashing import derive_seed
 from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.losses import per_sample_loss
 from taskgrouping.models.trunk import build_trunk, resolve_device, trunk_linears
+from taskgrouping.models.trunks import resolve_trunk_name
 
 HeadMode = Literal["fitted", "shared"]
 Normalisation = Literal["none", "task", "sample"]
@@ -61,6 +62,13 @@ class SwolaSettings:
         head_cs: inverse L2 strengths tried by the cross-validated head fit.
         head_folds: cross-validation folds for the head fit.
         block: tasks per block in the pairwise step (bounds its memory).
+        trunk: ``auto``, ``mlp``, ``cnn``, ``resnet`` or a factory (:mod:`taskgrouping.models.trunks`);
+            the MLP keeps the exact factorised probe, any other trunk uses
+            :mod:`taskgrouping.methods.probe_engine`.
+        checkpoint: a trunk state dict (theta0), or None for the seeded initialisation.
+        trunk_fp: content hash of the factory source and checkpoint (part of every probe key).
+        sketch: ``auto`` (exact gradients while n x P fits, else a Cauchy sketch of width 128),
+            ``none`` (always exact) or an integer K (always a sketch of width K); other trunks only.
     """
 
     hidden: int = 64
@@ -72,6 +80,10 @@ class SwolaSettings:
     head_cs: tuple[float, ...] = (0.01, 0.05, 0.2, 1.0, 5.0)
     head_folds: int = 3
     block: int = 64
+    trunk: str = "auto"
+    checkpoint: str | None = None
+    trunk_fp: str = ""
+    sketch: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate option values."""
@@ -81,11 +93,17 @@ class SwolaSettings:
             raise ValueError(f"SWOLA normalise must be none|task|sample, got {self.normalise!r}")
         if self.trunks < 1 or self.hidden < 1 or self.layers < 1 or self.block < 1:
             raise ValueError("SWOLA trunks, hidden, layers and block must be positive")
+        if self.sketch not in ("auto", "none") and not (self.sketch.isdigit() and int(self.sketch) >= 1):
+            raise ValueError(f"--sketch must be auto, none or a positive integer K, got {self.sketch!r}")
 
     def probe_part(self) -> dict[str, object]:
         """The settings a probe depends on (normalisation and blocking do not)."""
-        return {"hidden": self.hidden, "layers": self.layers, "head": self.head,
-                "trunks": self.trunks, "head_cs": list(self.head_cs), "head_folds": self.head_folds}
+        part: dict[str, object] = {"hidden": self.hidden, "layers": self.layers, "head": self.head,
+                                   "trunks": self.trunks, "head_cs": list(self.head_cs),
+                                   "head_folds": self.head_folds}
+        if self.trunk not in ("auto", "mlp") or self.checkpoint is not None:  # MLP keys stay as they were
+            part |= {"trunk": self.trunk, "trunk_fp": self.trunk_fp, "sketch": self.sketch}
+        return part
 
 
 @dataclass
@@ -93,13 +111,19 @@ class Probe:
     """One task's probe.
 
     Attributes:
-        deltas: (trunks, n, sum of hidden widths) float32 backpropagated errors at each
-            linear layer's output, layers concatenated; zero rows for unlabelled samples.
+        deltas: (trunks, n, m) float32. ``kind="delta"`` (the MLP): backpropagated errors at
+            each linear layer's output, layers concatenated (m = sum of hidden widths);
+            ``kind="grad"``: exact per-sample trunk gradients (m = P); ``kind="sketch"``: their
+            Cauchy sketches (m = k). Zero rows for unlabelled samples.
         labelled: (n,) bool, which probe samples carry this task's label.
+        kind: ``delta``, ``grad`` or ``sketch`` (above).
+        norms: (trunks, n) exact per-sample gradient L1 norms (``grad`` and ``sketch``), else None.
     """
 
     deltas: np.ndarray
     labelled: np.ndarray
+    kind: str = "delta"
+    norms: np.ndarray | None = None
 
 
 def probe_trunks(in_dim: int, settings: SwolaSettings, seed: int) -> list[nn.Sequential]:
@@ -219,7 +243,7 @@ def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSett
 
 
 def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
-                device: str = "cpu") -> list[Probe]:
+                device: str = "cpu", input_shape: tuple[int, ...] | None = None) -> list[Probe]:
     """Probe several tasks: backpropagated errors of every probe sample at every trunk layer.
 
     Each task is probed independently of the others (the result for a task does not
@@ -236,10 +260,15 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
         settings: probe settings.
         seed: run seed (the trunk and shared head derive from it).
         device: ``cpu`` or ``cuda``.
+        input_shape: the shape of one input row (default ``(d,)``); with a trunk other than
+            the MLP, probes run on :func:`probe_tasks_any`.
 
     Returns:
         One :class:`Probe` per task, in order.
     """
+    shape = tuple(input_shape) if input_shape is not None else (x.shape[1],)
+    if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
+        return probe_tasks_any(x, y, tasks, settings, seed, device, shape)
     dev = resolve_device(device)
     labelled = ~np.isnan(y)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
@@ -270,6 +299,71 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
         out.append(torch.cat(grads, dim=2).detach().cpu().numpy())  # (B, n, sum H)
     deltas = np.stack(out, axis=1).astype(np.float32)  # (B, R, n, sum H)
     return [Probe(deltas=np.ascontiguousarray(deltas[b]), labelled=labelled[:, b]) for b in range(n_tasks)]
+
+
+def probe_trunk_any(settings: SwolaSettings, seed: int, input_shape: tuple[int, ...], x: torch.Tensor) -> nn.Module:
+    """The frozen trunk of a generic probe, the same in every process.
+
+    Built from the settings, BatchNorm calibrated on ``x`` (unless a checkpoint gives
+    the statistics), in ``eval()``.
+    """
+    from taskgrouping.models.trunks import build_any_trunk, calibrate_batchnorm
+
+    trunk = build_any_trunk(settings.trunk, input_shape, settings.hidden, settings.layers,
+                            derive_seed(seed, "swola-trunk", 0), settings.checkpoint).to(x.device)
+    if settings.checkpoint is None:
+        calibrate_batchnorm(trunk, x)
+    return trunk.eval()
+
+
+def probe_tasks_any(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+                    device: str, input_shape: tuple[int, ...], chunk: int | None = None,
+                    engine: str = "auto") -> list[Probe]:
+    """Probe tasks on any trunk: exact per-sample trunk gradients or their Cauchy sketch (probe_engine).
+
+    Per task: the head (fitted on the frozen features, or shared), ``delta = d l / d h``
+    for every labelled sample (0 elsewhere), then ``g = J^T delta`` per sample over the
+    trainable trunk parameters. ``chunk`` and ``engine`` only trade memory and speed.
+    """
+    from taskgrouping.methods import probe_engine as pe
+
+    if settings.trunks != 1:
+        raise ValueError("--trunks averages seeded MLP trunks; with another trunk use --trunks 1")
+    dev = resolve_device(device)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
+    trunk = probe_trunk_any(settings, seed, input_shape, xt)
+    labelled = ~np.isnan(y)
+    with torch.no_grad():
+        h = torch.cat([trunk(xt[i : i + 256]) for i in range(0, xt.shape[0], 256)])
+    n, width = h.shape
+    h_np = h.cpu().numpy()
+    heads = [shared_head(width, t, seed) if settings.head == "shared" else
+             fit_head(h_np[labelled[:, b]].astype(np.float64), y[labelled[:, b], b], t, settings, seed)
+             for b, t in enumerate(tasks)]
+    yt = torch.as_tensor(np.nan_to_num(y, nan=0.0), dtype=torch.float32, device=dev)
+    mask = torch.as_tensor(labelled, dtype=torch.float32, device=dev)
+    hb = h.unsqueeze(0).expand(len(tasks), n, width).clone().requires_grad_(True)
+    loss = hb.new_zeros(())
+    for b, (task, (w, bias)) in enumerate(zip(tasks, heads, strict=True)):
+        logits = hb[b] @ torch.as_tensor(w, device=dev).T + torch.as_tensor(bias, device=dev)
+        loss = loss + (per_sample_loss(logits, yt[:, b], task) * mask[:, b]).sum()
+    cot = torch.autograd.grad(loss, hb)[0].transpose(0, 1).contiguous()  # (n, B, F)
+    p_count = pe.n_params(trunk)
+    k = pe.sketch_width(settings.sketch, n, p_count)
+    rows = np.zeros((len(tasks), n, p_count if k is None else k), np.float32)
+    norms = np.zeros((len(tasks), n), np.float64)
+    for start, g in pe.per_sample_grads(trunk, xt, cot, chunk=chunk, engine=engine):
+        stop = start + g.shape[0]
+        norms[:, start:stop] = g.abs().sum(dim=2, dtype=torch.float64).T.cpu().numpy()
+        if k is None:
+            rows[:, start:stop] = g.transpose(0, 1).cpu().numpy()
+        else:
+            for i in range(g.shape[0]):
+                rows[:, start + i] = pe.cauchy_project(g[i], start + i, k, seed).cpu().numpy()
+    kind = "grad" if k is None else "sketch"
+    rows[~labelled.T] = 0.0
+    return [Probe(deltas=rows[b][None], labelled=labelled[:, b], kind=kind, norms=norms[b][None])
+            for b in range(len(tasks))]
 
 
 def unit_weights(x: np.ndarray, settings: SwolaSettings, seed: int) -> np.ndarray:
@@ -376,6 +470,8 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     Recomputes the shared per-sample layer weights (one forward pass per trunk), weights
     and normalises each probe, and returns :func:`swola_distances` for ``rows``.
     """
+    if probes and probes[0].kind != "delta":
+        return _distances_any(probes, settings, rows, device)
     weights = unit_weights(x, settings, seed)
     n, m = x.shape[0], settings.trunks * weights.shape[2]
     errors = np.empty((len(probes), n, m), np.float32)  # filled in place: no second copy of every probe
@@ -385,14 +481,36 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     return swola_distances(errors, masks, settings, rows=rows, device=device)
 
 
+def _distances_any(probes: list[Probe], settings: SwolaSettings, rows: list[int] | None,
+                   device: str) -> np.ndarray:
+    """Distances between generic probes: exact L1 of gradient rows, or the GM estimate from sketches."""
+    from taskgrouping.methods.probe_engine import masked_gm_cross, scaled_rows
+
+    kinds = {p.kind for p in probes}
+    if len(kinds) != 1:
+        raise ValueError(f"probes of different kinds cannot be compared: {sorted(kinds)}")
+    n, m = probes[0].deltas.shape[1], probes[0].deltas.shape[2]
+    errors = np.empty((len(probes), n, m), np.float32)
+    for i, p in enumerate(probes):
+        errors[i] = scaled_rows(p, settings.normalise)
+    masks = np.stack([p.labelled for p in probes])
+    if probes[0].kind == "grad":
+        return swola_distances(errors, masks, settings, rows=rows, device=device)
+    dev = resolve_device(device)
+    e, mk = torch.as_tensor(errors, device=dev), torch.as_tensor(masks, device=dev)
+    sel = list(range(len(probes))) if rows is None else list(rows)
+    d = masked_gm_cross(e[sel], mk[sel], e, mk)
+    return (d * settings.lr).cpu().numpy()
+
+
 def swola_affinity(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
-                   device: str = "cpu") -> AffinityMatrix:
+                   device: str = "cpu", input_shape: tuple[int, ...] | None = None) -> AffinityMatrix:
     """The whole SWOLA affinity in memory: probe every task of ``y`` (n, T) on ``x`` (n, d), then distances.
 
     The flow does the same in steps (one cached probe per task); this is for
     notebooks, benchmarks and tests.
     """
-    probes = probe_tasks(x, y, tasks, settings, seed, device)
+    probes = probe_tasks(x, y, tasks, settings, seed, device, input_shape)
     d = distances_from_probes(probes, x, settings, seed, device=device)
     return affinity_from_distances([t.name for t in tasks], d)
 
