@@ -47,6 +47,24 @@ def _groups(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"--groups must be an integer or 'auto', got {value!r}") from None
 
 
+def _absolute_factory(trunk: str) -> str:
+    """``PATH.py:FUNCTION`` with PATH made absolute (workers and schedules run elsewhere)."""
+    target, sep, func = trunk.rpartition(":")
+    if sep and target.endswith(".py"):
+        return f"{Path(target).expanduser().resolve()}:{func}"
+    return trunk
+
+
+def _shape(value: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape must be sizes like 3,32,32, got {value!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape sizes must be positive, got {value!r}")
+    return shape
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``serve`` share: what to group, how, and where to keep it (one definition)."""
     parser.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
@@ -74,6 +92,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate", default="all",
                         help="models trained after selection: the groups and the three baselines (all), "
                              "only the groups (grouped), or none")
+    parser.add_argument("--trunk", default="auto", metavar="NAME",
+                        help="the trunk every probe and model uses: auto (mlp for vectors, cnn for images), mlp, "
+                             "cnn, resnet, PATH.py:FUNCTION or package.module:FUNCTION (FUNCTION(input_shape) "
+                             "returns an nn.Module mapping (N, *input_shape) to (N, F))")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="trunk state dict (.safetensors, or a torch file read with weights_only=True): "
+                             "theta0 of every probe and the start of every trained model")
+    parser.add_argument("--sketch", default="auto", metavar="auto|none|K",
+                        help="SWOLA on a trunk other than mlp: exact per-sample gradients while they fit "
+                             "(auto), always exact (none), or a Cauchy sketch of width K")
+    parser.add_argument("--input-shape", default=None, type=_shape, metavar="C,H,W",
+                        help="the shape of one input: the feature values of a row, in order (e.g. a "
+                             "fixed-size list column of images)")
     parser.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
     parser.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
                         help="SWOLA gradient normalisation")
@@ -178,7 +209,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data = str(Path(data).expanduser().resolve())
     return RunConfig(
         data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
-        lineage=args.lineage, method=args.method, selector=args.selector,
+        lineage=args.lineage, method=args.method, selector=args.selector, input_shape=args.input_shape,
+        trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
+        sketch=args.sketch,
         groups=args.groups, samples=args.samples, seed=args.seed,
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,

@@ -40,6 +40,9 @@ class RunConfig:
     ``groups`` is ``None`` for automatic choice of the number of groups. ``task_kinds``
     are ``(pattern, kind)`` overrides of the inferred task kinds (``--task-kind``).
     ``lineage`` names the history of grouping versions (default: the data source).
+    ``trunk``, ``checkpoint`` and ``sketch`` choose the trunk every probe and model uses
+    (:mod:`taskgrouping.models.trunks`); they are copied, with the trunk's content hash,
+    into the SWOLA and training settings. ``input_shape`` shapes the feature rows.
     ``evaluate``
     says which models are trained after selection (:data:`EVALUATE`): with thousands of
     tasks the single-task baseline alone is thousands of trainings.
@@ -50,6 +53,10 @@ class RunConfig:
     features: str | None = None
     task_kinds: tuple[tuple[str, str], ...] = ()
     lineage: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    trunk: str = "auto"
+    checkpoint: str | None = None
+    sketch: str = "auto"
     method: str = "swola"
     selector: str = "spectral"
     groups: int | None = None
@@ -87,9 +94,38 @@ class RunConfig:
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         object.__setattr__(self, "task_kinds", parse_task_kinds([f"{p}={k}" for p, k in self.task_kinds]))
+        self._set_trunk()
         if self.lineage is not None and not self.lineage.strip():
             raise InputError("--lineage must not be empty")
         check_store(self.store)
+
+    def _set_trunk(self) -> None:
+        """Copy the trunk choice and its content hash into the SWOLA and training settings."""
+        from dataclasses import replace
+
+        from taskgrouping.models.trunks import trunk_fingerprint
+
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        try:
+            swola = replace(self.swola, trunk=self.trunk, checkpoint=self.checkpoint, sketch=self.sketch)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        custom = self.trunk not in ("auto", "mlp") or self.checkpoint is not None
+        fp = trunk_fingerprint(self.trunk, self.checkpoint) if custom else ""
+        if custom and self.method == "swola" and self.swola.trunks != 1:
+            raise InputError("--trunks averages seeded MLP trunks; with --trunk or --checkpoint use --trunks 1")
+        object.__setattr__(self, "swola", replace(swola, trunk_fp=fp))
+        object.__setattr__(self, "train", replace(self.train, trunk=self.trunk, checkpoint=self.checkpoint,
+                                                  trunk_fp=fp))
+
+    def check_trunk(self, input_shape: tuple[int, ...]) -> int:
+        """Build the trunk for ``input_shape`` and run it once (bad factories and checkpoints fail here); F."""
+        from taskgrouping.models.trunks import build_any_trunk, feature_width
+
+        trunk = build_any_trunk(self.trunk, input_shape, self.train.hidden, self.train.layers, self.seed,
+                                self.checkpoint)
+        return feature_width(trunk, input_shape, self.trunk)
 
     def check_device(self) -> None:
         """Refuse ``cuda`` where torch sees no CUDA device (before anything starts)."""
@@ -110,7 +146,9 @@ class RunConfig:
         from taskgrouping.methods.hoa import check_exhaustive
 
         self.check_device()
-        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds)
+        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds, self.input_shape)
+        shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
+        self.check_trunk(shape)
         n_tasks = len(ds.tasks)
         if self.groups is not None and not 1 <= self.groups <= n_tasks:
             raise InputError(f"--groups {self.groups} is outside 1..{n_tasks} (the number of tasks)")
@@ -120,9 +158,17 @@ class RunConfig:
         if self.hoa.exhaustive:
             check_exhaustive(n_tasks)
         if self.method == "swola":
+            from taskgrouping.methods.probe_engine import sketch_width
+            from taskgrouping.models.trunks import build_any_trunk, resolve_trunk_name
             from taskgrouping.resources import check_swola_fits
 
-            check_swola_fits(n_tasks, min(self.samples, ds.features.shape[0]), self.swola)
+            n = min(self.samples, ds.features.shape[0])
+            width = None
+            if resolve_trunk_name(self.trunk, shape) != "mlp" or self.checkpoint is not None:
+                p = sum(v.numel() for v in build_any_trunk(self.trunk, shape, self.train.hidden, self.train.layers,
+                                                           self.seed, self.checkpoint).parameters() if v.requires_grad)
+                width = sketch_width(self.sketch, n, p) or p
+            check_swola_fits(n_tasks, n, self.swola, width=width)
         return n_tasks
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +180,8 @@ class RunConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["task_kinds"] = tuple((str(p), str(k)) for p, k in d.get("task_kinds", ()))
+        if d.get("input_shape") is not None:
+            d["input_shape"] = tuple(int(s) for s in d["input_shape"])
         select = SelectSettings.from_dict(d.pop("select", {}))
         swola = dict(d.pop("swola", {}))
         if "head_cs" in swola:

@@ -22,9 +22,9 @@ from taskgrouping.data import dataset as data_dataset
 from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods import base as methods_base
-from taskgrouping.methods import datamaps, hoa, pairs, swola, tag
+from taskgrouping.methods import datamaps, hoa, pairs, probe_engine, swola, tag
 from taskgrouping.methods.swola import SwolaSettings
-from taskgrouping.models import losses, train, trunk
+from taskgrouping.models import losses, train, trunk, trunks
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import base as selectors_base
 from taskgrouping.selectors import gat, mip, network, spectral
@@ -44,12 +44,12 @@ def data_code() -> str:
 
 def probe_code() -> str:
     """Code a probe depends on."""
-    return code_version(data_dataset, swola, trunk, losses)
+    return code_version(data_dataset, swola, trunk, trunks, probe_engine, losses)
 
 
 def distance_code() -> str:
     """Code the pairwise step depends on."""
-    return code_version(swola, pairs, methods_base, trunk)
+    return code_version(swola, pairs, methods_base, trunk, probe_engine)
 
 
 def selection_code() -> str:
@@ -59,13 +59,13 @@ def selection_code() -> str:
 
 def training_code() -> str:
     """Code a group model depends on."""
-    return code_version(data_dataset, train, trunk, losses)
+    return code_version(data_dataset, train, trunk, trunks, losses)
 
 
 def joint_code(method: str) -> str:
     """Code a joint-training affinity (TAG, data maps) depends on."""
     module = {"tag": tag, "datamaps": datamaps}[method]
-    return code_version(module, methods_base, data_dataset, train, trunk, losses)
+    return code_version(module, methods_base, data_dataset, train, trunk, trunks, losses)
 
 
 def dataset_key(features_fp: str, label_fps: list[str], seed: int, samples: int) -> str:
@@ -117,9 +117,13 @@ def gains_key(group_keys: list[tuple[str, str]]) -> str:
 
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,
-               seed: int, samples: int, task_kinds: tuple[tuple[str, str], ...] = ()) -> str:
+               seed: int, samples: int, task_kinds: tuple[tuple[str, str], ...] = (),
+               input_shape: tuple[int, ...] | None = None) -> str:
     """The sampling step's input: the source's content hash and selection options."""
-    kinds = [list(k) for k in task_kinds] or None  # keys of runs without --task-kind stay as they were
-    return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples, *(
-        [kinds] if kinds else []))
+    extra: list[object] = []  # keys of runs without these options stay as they were
+    if task_kinds:
+        extra.append([list(k) for k in task_kinds])
+    if input_shape:
+        extra.append(["input_shape", list(input_shape)])
+    return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples, *extra)
 

@@ -1,4 +1,8 @@
-"""Built-in datasets: ``builtin:digits`` (real, bundled with scikit-learn) and ``builtin:synthetic``.
+"""Built-in datasets: digits (real), digits-images, synthetic and shapes.
+
+``builtin:digits`` is scikit-learn's bundled digits (``digits-images`` keeps the 1 x 8 x 8
+shape), ``builtin:synthetic`` has planted groups, ``builtin:shapes`` generated images
+with planted attribute families.
 
 Options follow the name after a colon: ``builtin:synthetic:tasks=16,groups=4,samples=2000,noise=0.3``.
 """
@@ -119,9 +123,89 @@ def synthetic(
     )
 
 
-BUILTINS: dict[str, Callable[..., Dataset]] = {"digits": digits, "synthetic": synthetic}
-_INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed"}
+def digits_images(seed: int = 0) -> Dataset:
+    """:func:`digits` with each input kept as the 1 x 8 x 8 image it is (for image trunks)."""
+    ds = digits(seed)
+    ds.input_shape = (1, 8, 8)
+    return ds
+
+
+SHAPE_KINDS = ("circle", "square", "triangle")
+
+
+def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
+    """(n,) hues in [0, 1) -> (n, 3) RGB in [0, 1]."""
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + h[:, None] * 6.0) % 6.0
+    return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def shapes(samples: int = 2000, size: int = 32, per: int = 4, noise: float = 0.05, seed: int = 0) -> Dataset:
+    """Generated RGB images of one object each, with attribute tasks driven by four hidden factors.
+
+    Every image (3 x ``size`` x ``size``, values in [0, 1], a dark noisy background) shows
+    one object whose hidden factors are drawn independently: its shape (circle, square,
+    triangle), its size (radius 12-30 % of the image), its horizontal position and its
+    colour (hue). Each factor drives a family of ``per`` binary attribute tasks (like
+    CelebA's attribute families): for shape, ``is_circle``, ``is_square``, ``is_triangle``
+    and ``has_corners``, then more thresholds of the shape code; for size, position and
+    colour, thresholds at quantiles spread over 25-75 %. Each label is flipped with
+    probability ``noise``. The planted groups (one per factor) are kept for the ARI.
+    """
+    if samples < 40 or size < 8 or per < 1:
+        raise InputError(f"builtin:shapes: need samples >= 40, size >= 8, per >= 1; got {samples}, {size}, {per}")
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 3, samples)
+    radius = rng.uniform(0.12, 0.30, samples) * size
+    cx = rng.uniform(0.3, 0.7, samples) * size
+    cy = rng.uniform(0.3, 0.7, samples) * size
+    hue = rng.uniform(0.0, 0.8, samples)
+    grid = np.arange(size) + 0.5
+    dx = grid[None, None, :] - cx[:, None, None]
+    dy = grid[None, :, None] - cy[:, None, None]
+    r = radius[:, None, None]
+    circle = dx**2 + dy**2 <= r**2
+    square = np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * r
+    triangle = (dy <= 0.8 * r) & (np.abs(dx) <= (dy + r) * 0.6)
+    mask = np.where(kind[:, None, None] == 0, circle, np.where(kind[:, None, None] == 1, square, triangle))
+    colour = _hsv_to_rgb(hue, 0.8, 0.9)  # (n, 3)
+    img = np.clip(0.1 + 0.05 * rng.standard_normal((samples, 3, size, size)), 0.0, 1.0)
+    img = np.where(mask[:, None], colour[:, :, None, None], img).astype(np.float32)
+
+    factors = {"shape": kind.astype(float), "size": radius, "position": cx, "colour": hue}
+    cols: dict[str, np.ndarray] = {}
+    truth: dict[str, int] = {}
+    for g, (factor, value) in enumerate(factors.items()):
+        if factor == "shape":
+            named = {"is_circle": kind == 0, "is_square": kind == 1, "is_triangle": kind == 2, "has_corners": kind != 0}
+            extra = [(f"shape_code_gt_{q}", kind > q) for q in (0, 1)]
+            chosen = (list(named.items()) + extra * per)[:per]
+        else:
+            quantiles = np.linspace(0.25, 0.75, per) if per > 1 else np.array([0.5])
+            chosen = [(f"{factor}_gt_q{int(round(100 * q))}", value > np.quantile(value, q)) for q in quantiles]
+        for name, y in chosen:
+            base, k = name, 2
+            while name in cols:
+                name, k = f"{base}_{k}", k + 1
+            flip = rng.random(samples) < noise
+            cols[name] = np.where(flip, ~y, y).astype(np.float32)
+            truth[name] = g
+    names = list(cols)
+    return Dataset(
+        features=img.reshape(samples, -1),
+        labels=np.stack([cols[n] for n in names], axis=1),
+        tasks=[_binary(n) for n in names],
+        feature_names=[f"px_{i}" for i in range(3 * size * size)],
+        source="builtin:shapes",
+        ground_truth=truth,
+        input_shape=(3, size, size),
+    )
+
+
+BUILTINS: dict[str, Callable[..., Dataset]] = {"digits": digits, "digits-images": digits_images,
+                                               "synthetic": synthetic, "shapes": shapes}
+_INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "size", "per"}
 _FLOAT_OPTS = {"noise", "jitter", "missing"}
+_ALLOWED = {"digits": {"seed"}, "digits-images": {"seed"}, "shapes": {"samples", "size", "per", "noise", "seed"}}
 
 
 def load_builtin(spec: str) -> Dataset:
@@ -131,7 +215,7 @@ def load_builtin(spec: str) -> Dataset:
     if name not in BUILTINS:
         raise InputError(f"unknown built-in dataset {name!r}; known: {', '.join(sorted(BUILTINS))}")
     kwargs: dict[str, int | float] = {}
-    allowed = {"seed"} if name == "digits" else _INT_OPTS | _FLOAT_OPTS
+    allowed = _ALLOWED.get(name, (_INT_OPTS | _FLOAT_OPTS) - {"size", "per"})
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, value = item.partition("=")
         if not eq or key not in allowed:

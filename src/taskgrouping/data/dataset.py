@@ -50,6 +50,8 @@ class Dataset:
         feature_names: one name per feature column.
         source: where it came from (a path or ``builtin:NAME``).
         ground_truth: planted group of each task, for synthetic data.
+        input_shape: the shape of one input, e.g. ``(3, 32, 32)`` for images; ``None`` for a
+            plain vector of ``n_features``. Rows are the inputs flattened in C order.
     """
 
     features: np.ndarray
@@ -58,6 +60,7 @@ class Dataset:
     feature_names: list[str]
     source: str
     ground_truth: dict[str, int] | None = None
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -66,7 +69,9 @@ class Dataset:
 
     def features_fingerprint(self) -> str:
         """Content hash of the feature matrix and its column names."""
-        return stable_hash("features", self.feature_names, self.features.astype(np.float32))
+        if self.input_shape is None:  # vector inputs keep the keys they always had
+            return stable_hash("features", self.feature_names, self.features.astype(np.float32))
+        return stable_hash("features", self.feature_names, list(self.input_shape), self.features.astype(np.float32))
 
     def label_fingerprint(self, j: int) -> str:
         """Content hash of task ``j``'s labels (missing labels included) and spec."""
@@ -99,6 +104,7 @@ class PreparedData:
     label_fps: list[str]
     seed: int
     ground_truth: dict[str, int] | None = field(default=None)
+    input_shape: tuple[int, ...] | None = field(default=None)
     x_mean: np.ndarray | None = field(default=None)
     x_std: np.ndarray | None = field(default=None)
     y_mean: np.ndarray | None = field(default=None)
@@ -107,6 +113,11 @@ class PreparedData:
     def task_names(self) -> list[str]:
         """The task ids in column order."""
         return [t.name for t in self.tasks]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one input (``(d,)`` for vectors)."""
+        return tuple(self.input_shape) if self.input_shape is not None else (int(self.x.shape[1]),)
 
     def data_key(self) -> str:
         """Identity of the rows a model sees: features, split and probe sample."""
@@ -128,16 +139,25 @@ def split_rows(n: int, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) 
 def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
     """Split, standardise and draw the probe sample (all seeded).
 
-    The probe sample is ``min(samples, n_train)`` training rows.
+    Vector features are standardised per column, images and other tensors per channel
+    (the first axis of ``input_shape``), with the training split's statistics. The probe
+    sample is ``min(samples, n_train)`` training rows.
     """
     n = ds.features.shape[0]
     split = split_rows(n, seed)
     train = split == 0
     x64 = ds.features.astype(np.float64)
-    mu = x64[train].mean(axis=0)
-    sd = x64[train].std(axis=0)
-    # constant relative to the column's own magnitude (a feature on a 1e-30 scale is not constant)
-    sd[~np.isfinite(sd) | (sd <= 1e-12 * np.abs(x64[train]).max(axis=0, initial=0.0))] = 1.0
+    if ds.input_shape is not None and len(ds.input_shape) >= 2:
+        c = ds.input_shape[0]
+        per = x64[train].reshape(int(train.sum()), c, -1)
+        cmu, csd = per.mean(axis=(0, 2)), per.std(axis=(0, 2))
+        csd[~np.isfinite(csd) | (csd <= 1e-12 * np.abs(per).max(axis=(0, 2), initial=0.0))] = 1.0
+        mu, sd = np.repeat(cmu, x64.shape[1] // c), np.repeat(csd, x64.shape[1] // c)
+    else:
+        mu = x64[train].mean(axis=0)
+        sd = x64[train].std(axis=0)
+        # constant relative to the column's own magnitude (a feature on a 1e-30 scale is not constant)
+        sd[~np.isfinite(sd) | (sd <= 1e-12 * np.abs(x64[train]).max(axis=0, initial=0.0))] = 1.0
     x = ((x64 - mu) / sd).astype(np.float32)
 
     y = ds.labels.astype(np.float32).copy()
@@ -168,6 +188,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
         label_fps=[ds.label_fingerprint(j) for j in range(len(ds.tasks))],
         seed=seed,
         ground_truth=ds.ground_truth,
+        input_shape=None if ds.input_shape is None else tuple(ds.input_shape),
         x_mean=mu,
         x_std=sd,
         y_mean=y_mean,

@@ -45,7 +45,7 @@ def _numeric_types() -> tuple[type[pl.DataType], ...]:
 
 
 def load_dataset(source: str, tasks: str | None = None, features: str | None = None,
-                 task_kinds: tuple[tuple[str, str], ...] = ()) -> Dataset:
+                 task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None) -> Dataset:
     """Load and validate a dataset.
 
     Args:
@@ -58,6 +58,10 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
             names it exactly (a glob never picks it).
         task_kinds: ``(pattern, kind)`` pairs overriding the inferred kind of the tasks
             the pattern (name or glob) matches; a later pair wins.
+        input_shape: the shape of one input (``--input-shape C,H,W``): the features, in
+            order, must hold exactly that many values. A Parquet column of the Arrow type
+            ``fixed_shape_tensor`` brings its own shape (and is then the only feature; with
+            no ``features`` given, the table's one tensor column is used).
 
     Returns:
         A validated :class:`Dataset`.
@@ -75,10 +79,46 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
         if features is not None:
             keep_f = _resolve(features, ds.feature_names, "--features", source)
             idx = [ds.feature_names.index(k) for k in keep_f]
-            ds = Dataset(ds.features[:, idx], ds.labels, ds.tasks, keep_f, ds.source, ds.ground_truth)
+            ds = Dataset(ds.features[:, idx], ds.labels, ds.tasks, keep_f, ds.source, ds.ground_truth,
+                         ds.input_shape if len(idx) == ds.features.shape[1] else None)
+        if input_shape is not None:
+            ds.input_shape = _check_shape(input_shape, ds.features.shape[1], source, None)
         return ds
     frame = read_table(source)
-    return dataset_from_frame(frame, source, tasks, features, task_kinds)
+    return dataset_from_frame(frame, source, tasks, features, task_kinds, input_shape, tensor_shapes(source))
+
+
+def tensor_shapes(source: str) -> dict[str, tuple[int, ...]]:
+    """``{column: shape}`` of the Parquet columns of Arrow type ``fixed_shape_tensor`` (none for CSV)."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return {}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: dict[str, tuple[int, ...]] = {}
+    for f in pq.read_schema(path):
+        if isinstance(f.type, pa.FixedShapeTensorType):
+            perm = f.type.permutation
+            if perm is not None and list(perm) != sorted(perm):
+                raise InputError(f"{source}: tensor column {f.name!r} has a non-default dimension order "
+                                 f"(permutation {list(perm)}); write it in C order")
+            out[f.name] = tuple(int(s) for s in f.type.shape)
+    return out
+
+
+def _check_shape(shape: tuple[int, ...], width: int, source: str, column: str | None) -> tuple[int, ...]:
+    """An input shape whose size matches ``width`` feature values (else one clear line)."""
+    if not shape or any(s < 1 for s in shape):
+        raise InputError(f"--input-shape {','.join(map(str, shape))}: every size must be a positive integer")
+    size = 1
+    for s in shape:
+        size *= s
+    if size != width:
+        what = f"column {column!r} holds" if column else "the features hold"
+        raise InputError(f"{source}: --input-shape {','.join(map(str, shape))} multiplies to {size}, but {what} "
+                         f"{width} values per row")
+    return tuple(shape)
 
 
 def read_table(source: str) -> pl.DataFrame:
@@ -93,7 +133,16 @@ def read_table(source: str) -> pl.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            frame = pl.read_parquet(path)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            for i, f in enumerate(table.schema):  # tensor columns as plain fixed-size lists (shape kept aside)
+                if isinstance(f.type, pa.FixedShapeTensorType):
+                    storage = pa.chunked_array([c.storage for c in table.column(i).chunks], type=f.type.storage_type)
+                    table = table.set_column(i, f.name, storage)
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
         elif suffix == ".csv":
             _check_csv_shape(path)
             frame = pl.read_csv(path, infer_schema_length=10000, null_values=["", "NA", "null"])
@@ -218,7 +267,9 @@ def _kind_overrides(task_cols: list[str], task_kinds: tuple[tuple[str, str], ...
 
 
 def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = None,
-                       features: str | None = None, task_kinds: tuple[tuple[str, str], ...] = ()) -> Dataset:
+                       features: str | None = None, task_kinds: tuple[tuple[str, str], ...] = (),
+                       input_shape: tuple[int, ...] | None = None,
+                       tensors: dict[str, tuple[int, ...]] | None = None) -> Dataset:
     """Select and validate tasks and features from a frame (see :func:`load_dataset`)."""
     if frame.height == 0:
         raise InputError(f"{source}: the table is empty (0 rows)")
@@ -235,7 +286,12 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
 
     others = [c for c in columns if c not in task_cols]
     labels = label_columns(columns, tasks)
-    if features is None:
+    tensors = {c: s for c, s in (tensors or {}).items() if c in others and c not in labels}
+    if features is None and len(tensors) > 1:
+        raise InputError(f"{source}: several tensor columns ({', '.join(tensors)}); name the input with --features")
+    if features is None and tensors:
+        feat_cols = list(tensors)  # an image/tensor input is the input
+    elif features is None:
         feat_cols = [c for c in others if c not in labels
                      and (_is_numeric(frame.schema[c]) or _is_numeric_list(frame.schema[c]))]
     else:
@@ -249,6 +305,19 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
                          "named by --tasks); name the features with --features")
 
     x, names = _feature_matrix(frame, feat_cols, source)
+    shape = input_shape
+    tensor_cols = [c for c in feat_cols if c in tensors]
+    if tensor_cols:
+        if len(feat_cols) > 1:
+            raise InputError(f"{source}: tensor column {tensor_cols[0]!r} must be the only feature (--features "
+                             f"{tensor_cols[0]})")
+        own = tensors[tensor_cols[0]]
+        if shape is not None and tuple(shape) != own:
+            raise InputError(f"{source}: --input-shape {','.join(map(str, shape))} does not match tensor column "
+                             f"{tensor_cols[0]!r} of shape {','.join(map(str, own))}")
+        shape = own
+    if shape is not None:
+        shape = _check_shape(tuple(shape), x.shape[1], source, feat_cols[0] if len(feat_cols) == 1 else None)
     kinds = _kind_overrides(task_cols, task_kinds, source)
     specs: list[TaskSpec] = []
     ys = np.empty((frame.height, len(task_cols)), dtype=np.float32)
@@ -256,7 +325,7 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         spec, y = _encode_labels(frame[c], source, kinds.get(c))
         specs.append(spec)
         ys[:, j] = y
-    return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source)
+    return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source, input_shape=shape)
 
 
 def _is_numeric(dt: pl.DataType) -> bool:

@@ -25,6 +25,8 @@ class TrainSettings:
         lr: Adam learning rate. batch: minibatch size.
         max_epochs: upper bound; patience: epochs without validation improvement before stopping.
         weight_decay: Adam's L2 term.
+        trunk, checkpoint, trunk_fp: the trunk (:mod:`taskgrouping.models.trunks`), its initial
+            weights (fine-tuning a checkpoint) and their content hash (part of every model key).
     """
 
     hidden: int = 64
@@ -34,18 +36,36 @@ class TrainSettings:
     max_epochs: int = 200
     patience: int = 10
     weight_decay: float = 0.0
+    trunk: str = "auto"
+    checkpoint: str | None = None
+    trunk_fp: str = ""
 
 
 class MultiTaskModel(nn.Module):
-    """Shared trunk plus one linear head per task (heads in member order)."""
+    """Shared trunk plus one linear head per task (heads in member order).
 
-    def __init__(self, in_dim: int, tasks: list[TaskSpec], hidden: int, layers: int, seed: int) -> None:
+    The trunk is the project's MLP (``trunk="auto"`` on vectors, or ``mlp``), or any trunk
+    of :mod:`taskgrouping.models.trunks` taking flat rows of ``input_shape``; it starts from
+    ``checkpoint`` when one is given.
+    """
+
+    def __init__(self, in_dim: int, tasks: list[TaskSpec], hidden: int, layers: int, seed: int,
+                 trunk: str = "auto", checkpoint: str | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         """Build the trunk and heads, all initialised from ``seed``."""
         super().__init__()
-        self.trunk = build_trunk(in_dim, hidden, layers, seed)
+        from taskgrouping.models.trunks import build_any_trunk, feature_width, resolve_trunk_name
+
+        shape = tuple(input_shape) if input_shape is not None else (in_dim,)
+        self.trunk: nn.Module
+        if resolve_trunk_name(trunk, shape) == "mlp" and checkpoint is None:
+            self.trunk, width = build_trunk(in_dim, hidden, layers, seed), hidden
+        else:
+            self.trunk = build_any_trunk(trunk, shape, hidden, layers, seed, checkpoint)
+            width = feature_width(self.trunk, shape, trunk)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "heads"))
-            self.heads = nn.ModuleList([nn.Linear(hidden, t.out_dim) for t in tasks])
+            self.heads = nn.ModuleList([nn.Linear(width, t.out_dim) for t in tasks])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head, (n, out_dim) each."""
@@ -108,7 +128,8 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     xtr, ytr, mtr = tensors(0)
     xva, yva, mva = tensors(1)
     xte, yte, mte = tensors(2)
-    model = MultiTaskModel(data.x.shape[1], tasks, settings.hidden, settings.layers, seed).to(dev)
+    model = MultiTaskModel(data.x.shape[1], tasks, settings.hidden, settings.layers, seed, settings.trunk,
+                           settings.checkpoint, data.input_shape).to(dev)
     w = torch.ones(len(members), device=dev) if weights is None else torch.as_tensor(
         weights, dtype=torch.float32, device=dev)
     if w.shape != (len(members),) or bool((w < 0).any()):

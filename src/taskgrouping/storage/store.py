@@ -245,6 +245,7 @@ class Store:
             "label_fps": data.label_fps,
             "seed": data.seed,
             "ground_truth": data.ground_truth,
+            "input_shape": None if data.input_shape is None else list(data.input_shape),
             "x_mean": None if data.x_mean is None else np.asarray(data.x_mean, np.float64).tolist(),
             "x_std": None if data.x_std is None else np.asarray(data.x_std, np.float64).tolist(),
             "y_mean": None if data.y_mean is None else np.asarray(data.y_mean, np.float64).tolist(),
@@ -280,6 +281,7 @@ class Store:
             feature_names=meta["feature_names"], y_scale=np.asarray(meta["y_scale"])[pos],
             features_fp=meta["features_fp"], label_fps=[meta["label_fps"][i] for i in pos],
             seed=meta["seed"], ground_truth=meta["ground_truth"],
+            input_shape=None if meta.get("input_shape") is None else tuple(meta["input_shape"]),
             x_mean=None if meta.get("x_mean") is None else np.asarray(meta["x_mean"]),
             x_std=None if meta.get("x_std") is None else np.asarray(meta["x_std"]),
             y_mean=None if meta.get("y_mean") is None else np.asarray(meta["y_mean"])[pos],
@@ -297,7 +299,10 @@ class Store:
         for k in range(r):
             cols[f"delta_{k}"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(probe.deltas[k].reshape(-1), pa.float32()), width)
-        table = pa.table(cols).replace_schema_metadata({"taskgrouping": json.dumps(meta)})
+        if probe.norms is not None:
+            for k in range(r):
+                cols[f"norm_{k}"] = pa.array(probe.norms[k], pa.float64())
+        table = pa.table(cols).replace_schema_metadata({"taskgrouping": json.dumps(meta | {"kind": probe.kind})})
         return atomic_write_table(self.probe_path(key), table)
 
     def read_probe(self, key: str) -> Probe:
@@ -310,8 +315,12 @@ class Store:
         for c in names:
             col = table.column(c).combine_chunks()
             deltas.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
+        meta = json.loads((table.schema.metadata or {}).get(b"taskgrouping", b"{}"))
+        norm_cols = sorted((c for c in table.column_names if c.startswith("norm_")), key=lambda c: int(c[5:]))
+        norms = np.stack([table.column(c).to_numpy() for c in norm_cols]) if norm_cols else None
         return Probe(deltas=np.stack(deltas).astype(np.float32),
-                     labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool))
+                     labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
+                     kind=str(meta.get("kind", "delta")), norms=norms)
 
     # --- data maps -------------------------------------------------------------
     def write_datamaps(self, key: str, tasks: list[str], vectors: np.ndarray) -> Path:

@@ -80,7 +80,7 @@ STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_resul
 @task(name="sample", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
 def sample_step(store: str, source: str, tasks: str | None, features: str | None, seed: int,
                 samples: int, cache_key: str, run_id: str,
-                task_kinds: list[list[str]] | None = None) -> dict[str, Any]:
+                task_kinds: list[list[str]] | None = None, input_shape: list[int] | None = None) -> dict[str, Any]:
     """Load and validate the data, split it, draw the probe sample and write it to the store.
 
     The prepared data is stored under its content fingerprint, so an edited file
@@ -88,7 +88,8 @@ def sample_step(store: str, source: str, tasks: str | None, features: str | None
     """
     st = Store(store)
     kinds = tuple((str(p), str(k)) for p, k in task_kinds or ())
-    data = prepare(load_dataset(source, tasks, features, kinds), seed, samples)
+    shape = tuple(int(s) for s in input_shape) if input_shape else None
+    data = prepare(load_dataset(source, tasks, features, kinds, shape), seed, samples)
     key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
     if not st.has_prepared(key):
         st.write_prepared(key, data)
@@ -107,14 +108,14 @@ def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: Sw
     rows = data.probe_idx
     x, y = data.x[rows], data.y[rows]
     try:
-        probes = probe_tasks(x, y, data.tasks, s, seed, device)
+        probes = probe_tasks(x, y, data.tasks, s, seed, device, data.shape)
     except Exception:
         if len(todo) == 1:
             with _naming(f"probe of ML task {todo[0][0]!r}"):
                 raise
         for b, (name, key) in enumerate(todo):
             with _naming(f"probe of ML task {name!r}"):
-                probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device)[0]
+                probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device, data.shape)[0]
             st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
             faults.reached(st.root, "probe")
         return
