@@ -65,6 +65,13 @@ def _shape(value: str) -> tuple[int, ...]:
     return shape
 
 
+def _size(value: str) -> tuple[int, int]:
+    shape = _shape(value.replace("x", ","))
+    if len(shape) != 2:
+        raise argparse.ArgumentTypeError(f"--image-size must be H,W, got {value!r}")
+    return (shape[0], shape[1])
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``serve`` share: what to group, how, and where to keep it (one definition)."""
     parser.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
@@ -105,6 +112,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", default=None, type=_shape, metavar="C,H,W",
                         help="the shape of one input: the feature values of a row, in order (e.g. a "
                              "fixed-size list column of images)")
+    parser.add_argument("--images", default=None, metavar="COLUMN",
+                        help="the column of the table naming image files: decoded with Pillow to RGB in [0, 1], "
+                             "the input of every probe and model (every other column is a task unless --tasks)")
+    parser.add_argument("--image-root", default=None, metavar="DIR",
+                        help="folder relative image paths resolve against (default: the table's folder)")
+    parser.add_argument("--image-size", default=None, type=_size, metavar="H,W",
+                        help="resize every image to H,W (default: the first image's size; others must match)")
     parser.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
     parser.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
                         help="SWOLA gradient normalisation")
@@ -211,7 +225,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
         lineage=args.lineage, method=args.method, selector=args.selector, input_shape=args.input_shape,
         trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
-        sketch=args.sketch,
+        sketch=args.sketch, images=args.images, image_size=args.image_size,
+        image_root=None if args.image_root is None else str(Path(args.image_root).expanduser().resolve()),
         groups=args.groups, samples=args.samples, seed=args.seed,
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,

@@ -43,6 +43,8 @@ class RunConfig:
     ``trunk``, ``checkpoint`` and ``sketch`` choose the trunk every probe and model uses
     (:mod:`taskgrouping.models.trunks`); they are copied, with the trunk's content hash,
     into the SWOLA and training settings. ``input_shape`` shapes the feature rows.
+    ``images`` names a column of image files (``image_root``, ``image_size``: see
+    :mod:`taskgrouping.data.images`).
     ``evaluate``
     says which models are trained after selection (:data:`EVALUATE`): with thousands of
     tasks the single-task baseline alone is thousands of trainings.
@@ -57,6 +59,9 @@ class RunConfig:
     trunk: str = "auto"
     checkpoint: str | None = None
     sketch: str = "auto"
+    images: str | None = None
+    image_root: str | None = None
+    image_size: tuple[int, int] | None = None
     method: str = "swola"
     selector: str = "spectral"
     groups: int | None = None
@@ -94,6 +99,10 @@ class RunConfig:
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         object.__setattr__(self, "task_kinds", parse_task_kinds([f"{p}={k}" for p, k in self.task_kinds]))
+        if self.images is None and (self.image_root is not None or self.image_size is not None):
+            raise InputError("--image-root and --image-size apply with --images COLUMN")
+        if self.images is not None and (self.features is not None or self.input_shape is not None):
+            raise InputError("--images is the input: leave out --features and --input-shape")
         self._set_trunk()
         if self.lineage is not None and not self.lineage.strip():
             raise InputError("--lineage must not be empty")
@@ -127,6 +136,15 @@ class RunConfig:
                                 self.checkpoint)
         return feature_width(trunk, input_shape, self.trunk)
 
+    def image_spec(self) -> Any:
+        """The :class:`~taskgrouping.data.images.ImageSpec` of ``--images``, or None."""
+        from taskgrouping.data.images import ImageSpec
+
+        if self.images is None:
+            return None
+        return ImageSpec(self.images, self.image_root,
+                         None if self.image_size is None else (int(self.image_size[0]), int(self.image_size[1])))
+
     def check_device(self) -> None:
         """Refuse ``cuda`` where torch sees no CUDA device (before anything starts)."""
         if self.device == "cuda":
@@ -146,7 +164,8 @@ class RunConfig:
         from taskgrouping.methods.hoa import check_exhaustive
 
         self.check_device()
-        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds, self.input_shape)
+        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds, self.input_shape,
+                          self.image_spec(), decode=False)
         shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
         self.check_trunk(shape)
         n_tasks = len(ds.tasks)
@@ -180,8 +199,9 @@ class RunConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["task_kinds"] = tuple((str(p), str(k)) for p, k in d.get("task_kinds", ()))
-        if d.get("input_shape") is not None:
-            d["input_shape"] = tuple(int(s) for s in d["input_shape"])
+        for key in ("input_shape", "image_size"):
+            if d.get(key) is not None:
+                d[key] = tuple(int(s) for s in d[key])
         select = SelectSettings.from_dict(d.pop("select", {}))
         swola = dict(d.pop("swola", {}))
         if "head_cs" in swola:

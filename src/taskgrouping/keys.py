@@ -68,6 +68,20 @@ def joint_code(method: str) -> str:
     return code_version(module, methods_base, data_dataset, train, trunk, trunks, losses)
 
 
+def _content(settings: object) -> dict[str, object]:
+    """A settings dataclass as it enters a key: by content, not by where its files lie.
+
+    The checkpoint path and a factory's file path are left out; ``trunk_fp`` (the hash
+    of the factory's source and the checkpoint's bytes) stands for both.
+    """
+    d: dict[str, object] = asdict(settings)  # type: ignore[call-overload]
+    d.pop("checkpoint", None)
+    trunk = d.get("trunk")
+    if isinstance(trunk, str) and ":" in trunk:
+        d["trunk"] = trunk.rpartition(":")[2]
+    return d
+
+
 def dataset_key(features_fp: str, label_fps: list[str], seed: int, samples: int) -> str:
     """The prepared dataset: features, every label column, split seed and probe sample size."""
     return stable_hash("dataset", data_code(), features_fp, label_fps, seed, samples)
@@ -80,12 +94,12 @@ def probe_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, 
 
 def pairs_key(settings: SwolaSettings, seed: int) -> str:
     """The pair cache shared by every run with these distance settings."""
-    return stable_hash("pairs", distance_code(), asdict(settings) | {"block": None}, seed)
+    return stable_hash("pairs", distance_code(), _content(settings) | {"block": None}, seed)
 
 
 def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, seed: int) -> str:
     """The affinity over a task set (order matters: it fixes row order)."""
-    return stable_hash("affinity", distance_code(), probe_keys, asdict(settings) | {"block": None}, seed)
+    return stable_hash("affinity", distance_code(), probe_keys, _content(settings) | {"block": None}, seed)
 
 
 def selection_key(affinity: str, selector: str, n_groups: int | None, seed: int,
@@ -99,16 +113,16 @@ def group_key(data_key: str, members: list[tuple[str, str]], settings: TrainSett
               weights: list[float] | None = None) -> str:
     """One group model: its members (name, label fingerprint), data rows, training settings, loss weights."""
     if weights is None:
-        return stable_hash("group", training_code(), data_key, sorted(members), asdict(settings), seed)
+        return stable_hash("group", training_code(), data_key, sorted(members), _content(settings), seed)
     weighted = sorted(zip(members, (round(float(w), 6) for w in weights), strict=True))
-    return stable_hash("group-weighted", training_code(), data_key, weighted, asdict(settings), seed)
+    return stable_hash("group-weighted", training_code(), data_key, weighted, _content(settings), seed)
 
 
 def joint_key(method: str, data_key: str, members: list[tuple[str, str]], method_settings: object,
               train_settings: TrainSettings, seed: int) -> str:
     """A joint-training affinity (TAG, data maps): the *whole* task set, so adding a task recomputes it."""
     return stable_hash("joint", method, joint_code(method), data_key, members, asdict(method_settings),  # type: ignore[call-overload]
-                       asdict(train_settings), seed)
+                       _content(train_settings), seed)
 
 
 def gains_key(group_keys: list[tuple[str, str]]) -> str:
@@ -118,12 +132,14 @@ def gains_key(group_keys: list[tuple[str, str]]) -> str:
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,
                seed: int, samples: int, task_kinds: tuple[tuple[str, str], ...] = (),
-               input_shape: tuple[int, ...] | None = None) -> str:
+               input_shape: tuple[int, ...] | None = None, images: object = None) -> str:
     """The sampling step's input: the source's content hash and selection options."""
     extra: list[object] = []  # keys of runs without these options stay as they were
     if task_kinds:
         extra.append([list(k) for k in task_kinds])
     if input_shape:
         extra.append(["input_shape", list(input_shape)])
+    if images is not None:  # the files' content is checked by the decode cache's own content key
+        extra.append(["images", asdict(images)])  # type: ignore[call-overload]
     return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples, *extra)
 

@@ -109,7 +109,7 @@ def test_builtin_synthetic_options_and_errors():
     assert len(ds.tasks) == 8 and ds.features.shape == (100, 32)
     assert sorted(set(ds.ground_truth[t] for t in ds.task_names[:6])) == [0, 1, 2]
     np.testing.assert_array_equal(ds.labels[:, 6], 1 - ds.labels[:, 0])
-    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, synthetic"):
+    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, digits-images, shapes, synthetic"):
         load_dataset("builtin:nope")
     with pytest.raises(InputError, match="unknown option 'colour=3'"):
         load_dataset("builtin:synthetic:colour=3")

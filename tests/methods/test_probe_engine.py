@@ -204,5 +204,5 @@ def test_builtin_image_trunks_map_images_to_features():
         trunk = build_any_trunk(name, (3, 16, 16), 24, 2, seed=0)
         assert feature_width(trunk, (3, 16, 16), name) == 24
         again = build_any_trunk(name, (3, 16, 16), 24, 2, seed=0)
-        assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(), again.state_dict().values()))
+        assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(), again.state_dict().values(), strict=True))
     assert isinstance(build_any_trunk("auto", (7,), 8, 2, 0).body, nn.Sequential)

@@ -16,6 +16,14 @@ import numpy as np
 
 from taskgrouping.data.builtins import load_builtin
 from taskgrouping.data.dataset import Dataset, TaskKind, TaskSpec
+from taskgrouping.data.images import (
+    ImageCache,
+    ImageSpec,
+    check_images,
+    content_key,
+    decode_images,
+    image_paths,
+)
 from taskgrouping.errors import InputError
 
 if TYPE_CHECKING:  # polars is imported where a table is read: built-in data never needs it
@@ -45,7 +53,9 @@ def _numeric_types() -> tuple[type[pl.DataType], ...]:
 
 
 def load_dataset(source: str, tasks: str | None = None, features: str | None = None,
-                 task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None) -> Dataset:
+                 task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None,
+                 images: ImageSpec | None = None, image_cache: ImageCache | None = None,
+                 decode: bool = True) -> Dataset:
     """Load and validate a dataset.
 
     Args:
@@ -62,11 +72,17 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
             order, must hold exactly that many values. A Parquet column of the Arrow type
             ``fixed_shape_tensor`` brings its own shape (and is then the only feature; with
             no ``features`` given, the table's one tensor column is used).
+        images: image files named in a column (:mod:`taskgrouping.data.images`): the input.
+        image_cache: where decoded images are kept by content key (the store); None decodes.
+        decode: False checks the images' headers only (features are then an empty (n, 0)
+            array): for validating a run before it starts.
 
     Returns:
         A validated :class:`Dataset`.
     """
     if source.startswith("builtin:"):
+        if images is not None:
+            raise InputError(f"--images names files in a table; {source} has no image column")
         ds = load_builtin(source)
         if task_kinds:
             raise InputError(f"--task-kind applies to files; the tasks of {source} have fixed kinds")
@@ -85,7 +101,37 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
             ds.input_shape = _check_shape(input_shape, ds.features.shape[1], source, None)
         return ds
     frame = read_table(source)
+    if images is not None:
+        return _image_dataset(frame, source, tasks, task_kinds, images, image_cache, decode)
     return dataset_from_frame(frame, source, tasks, features, task_kinds, input_shape, tensor_shapes(source))
+
+
+def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kinds: tuple[tuple[str, str], ...],
+                   spec: ImageSpec, cache: ImageCache | None, decode: bool) -> Dataset:
+    """A table whose input is the image files one column names; every other selected column is a task."""
+    if spec.column not in frame.columns:
+        raise InputError(f"{source}: --images names column {spec.column!r}, which is not in the table")
+    paths = image_paths(frame[spec.column].to_list(), spec, source)
+    shape = check_images(paths, spec)
+    labels_only = frame.drop(spec.column)
+    if tasks is None and not any(c.startswith("y_") for c in labels_only.columns):
+        tasks = ",".join(c for c in labels_only.columns)  # an attribute table: every other column is a task
+    base = dataset_from_frame(labels_only.with_columns(pl_zero()), source, tasks, "__tg_zero__", task_kinds)
+    if not decode:
+        x = np.zeros((frame.height, 0), np.float32)
+    elif cache is None:
+        x = decode_images(paths, shape)
+    else:
+        x = cache(content_key(paths, shape), lambda: decode_images(paths, shape))
+    return Dataset(features=x, labels=base.labels, tasks=base.tasks, feature_names=[spec.column], source=source,
+                   input_shape=shape)
+
+
+def pl_zero() -> pl.Expr:
+    """A constant feature column (labels are validated by the same code as for any table)."""
+    import polars as pl
+
+    return pl.lit(0.0).alias("__tg_zero__")
 
 
 def tensor_shapes(source: str) -> dict[str, tuple[int, ...]]:
@@ -318,6 +364,7 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         shape = own
     if shape is not None:
         shape = _check_shape(tuple(shape), x.shape[1], source, feat_cols[0] if len(feat_cols) == 1 else None)
+        names = list(feat_cols)  # a shaped input is named by its column(s), not by every value
     kinds = _kind_overrides(task_cols, task_kinds, source)
     specs: list[TaskSpec] = []
     ys = np.empty((frame.height, len(task_cols)), dtype=np.float32)
@@ -509,6 +556,10 @@ def _infer_numeric(name: str, y: np.ndarray, integer: bool) -> tuple[TaskSpec, n
     uniq = np.unique(y[~np.isnan(y)])
     if uniq.size and np.isin(uniq, [0.0, 1.0]).all():
         return TaskSpec(name, "binary", 2, ("0", "1"), "inferred: values 0 and 1"), y
+    if uniq.size == 2:  # e.g. CelebA's -1/1 attributes: the larger value is the positive class
+        coded = np.where(np.isnan(y), np.nan, (y == uniq[1]).astype(np.float64))
+        return TaskSpec(name, "binary", 2, (_number_text(uniq[0]), _number_text(uniq[1])),
+                        f"inferred: two values, {_number_text(uniq[1])} positive"), coded
     if integer and uniq.size <= MAX_INFERRED_CLASSES:
         index = {v: i for i, v in enumerate(uniq.tolist())}
         coded = np.array([np.nan if np.isnan(v) else index[v] for v in y], dtype=np.float64)

@@ -361,11 +361,12 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     # 1. sample
     t0 = time.perf_counter()
     source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples,
-                                 cfg.task_kinds, cfg.input_shape)
+                                 cfg.task_kinds, cfg.input_shape, cfg.image_spec())
     sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
     data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
                      cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None,
-                     input_shape=list(cfg.input_shape) if cfg.input_shape else None)
+                     input_shape=list(cfg.input_shape) if cfg.input_shape else None,
+                     images=None if cfg.images is None else asdict(cfg.image_spec()))
     prepared = store.read_prepared(data["dataset_key"], tasks=[])
     meta = store.read_prepared_meta(data["dataset_key"])
     names = [t["name"] for t in meta["tasks"]]

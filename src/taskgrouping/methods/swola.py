@@ -102,7 +102,7 @@ class SwolaSettings:
                                    "trunks": self.trunks, "head_cs": list(self.head_cs),
                                    "head_folds": self.head_folds}
         if self.trunk not in ("auto", "mlp") or self.checkpoint is not None:  # MLP keys stay as they were
-            part |= {"trunk": self.trunk, "trunk_fp": self.trunk_fp, "sketch": self.sketch}
+            part |= {"trunk": self.trunk.rpartition(":")[2], "trunk_fp": self.trunk_fp, "sketch": self.sketch}
         return part
 
 

@@ -48,8 +48,10 @@ class GroupPredictor(nn.Module):
                       for t in spec["tasks"]]
         self.classes = {t.name: list(t.classes) for t in self.tasks}
         trunk = spec["trunk"]
+        shape = tuple(trunk["input_shape"]) if trunk.get("input_shape") else None
         self.model = MultiTaskModel(int(trunk["in_dim"]), self.tasks, int(trunk["hidden"]), int(trunk["layers"]),
-                                    seed=0)
+                                    seed=0, trunk=trunk.get("name", "mlp"), input_shape=shape)
+        self.n_inputs = int(trunk["in_dim"])
         self.register_buffer("x_mean", torch.tensor(spec["x_mean"], dtype=torch.float32))
         self.register_buffer("x_std", torch.tensor(spec["x_std"], dtype=torch.float32))
         self.register_buffer("y_mean", torch.tensor([t["y_mean"] for t in spec["tasks"]], dtype=torch.float32))
@@ -57,8 +59,10 @@ class GroupPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions of every task of the group (see the class docstring)."""
-        if x.ndim != 2 or x.shape[1] != len(self.features):
-            raise ValueError(f"expected (N, {len(self.features)}) features ({', '.join(self.features[:5])}"
+        if x.ndim > 2:  # images or tensors: (N, *input_shape)
+            x = x.reshape(x.shape[0], -1)
+        if x.ndim != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(f"expected (N, {self.n_inputs}) inputs (features {', '.join(self.features[:5])}"
                              f"{' ...' if len(self.features) > 5 else ''}), got {tuple(x.shape)}")
         z = (x.to(self.x_mean.dtype) - self.x_mean) / self.x_std
         out: dict[str, torch.Tensor] = {}
@@ -112,8 +116,11 @@ def group_spec(meta: dict[str, Any], members: list[str], served: list[str], trai
         tasks.append({"name": m, "kind": t["kind"], "n_classes": t["n_classes"], "classes": t["classes"],
                       "y_mean": float(meta["y_mean"][i]), "y_scale": float(meta["y_scale"][i]),
                       "served": m in served})
+    shape = meta.get("input_shape")
+    in_dim = len(meta["x_mean"])
+    name = str(train.get("trunk", "auto"))
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "trunk": {"kind": "mlp", "activation": "relu", "in_dim": len(meta["feature_names"]),
+            "trunk": {"name": name, "input_shape": shape, "in_dim": in_dim,
                       "hidden": int(train["hidden"]), "layers": int(train["layers"])},
             "features": list(meta["feature_names"]), "x_mean": [float(v) for v in meta["x_mean"]],
             "x_std": [float(v) for v in meta["x_std"]], "tasks": tasks} | about
@@ -140,6 +147,8 @@ def group_readme(spec: dict[str, Any], index: int) -> str:
     for t in spec["tasks"]:
         extra = f" (classes {', '.join(map(str, t['classes']))})" if t["kind"] != "regression" else ""
         lines.append(f"| `{t['name']}` | {t['kind']} | {what[t['kind']]}{extra} |")
-    lines += ["", f"Architecture: a {spec['trunk']['layers']}-layer ReLU MLP of width {spec['trunk']['hidden']}, "
-              "one linear head per task (`model.json`); weights in `model.safetensors`."]
+    trunk = spec["trunk"]
+    lines += ["", f"Trunk `{trunk['name']}` (hidden {trunk['hidden']}, layers {trunk['layers']}, input shape "
+              f"{trunk.get('input_shape') or [trunk['in_dim']]}), one linear head per task (`model.json`); weights in "
+              "`model.safetensors`. A factory trunk (`PATH.py:FUNCTION`) must be importable where the model is loaded."]
     return "\n".join(lines) + "\n"

@@ -465,6 +465,21 @@ class Store:
         """Any other run output (report, heatmap, summary)."""
         return atomic_write_bytes(self.run_dir(run_id) / name, data)
 
+    # --- decoded images --------------------------------------------------------
+    def image_cache(self, key: str, decode: Any) -> np.ndarray:
+        """Decoded images stored under their content ``key`` (``images/<key>.parquet``); decoded once.
+
+        ``decode()`` returns (n, d) float32 and runs only when no intact file is stored.
+        """
+        path = self.root / "images" / f"{key}.parquet"
+        if intact(path):
+            col = pq.read_table(verified(path)).column("x").combine_chunks()
+            return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).astype(np.float32)
+        x = np.asarray(decode(), np.float32)
+        atomic_write_table(path, pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)),
+                                                                                  x.shape[1])}))
+        return x
+
     # --- exports ---------------------------------------------------------------
     def export_run(self, run_id: str, out: Path) -> list[Path]:
         """Write one folder per group of run ``run_id`` under ``out`` (which must not exist); return them.

@@ -21,6 +21,7 @@ from prefect import task
 
 from taskgrouping import faults, keys
 from taskgrouping.data.dataset import prepare
+from taskgrouping.data.images import ImageSpec
 from taskgrouping.data.load import load_dataset
 from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity, memberships
 from taskgrouping.methods.hoa import hoa_gains, subset_scores
@@ -80,7 +81,8 @@ STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_resul
 @task(name="sample", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
 def sample_step(store: str, source: str, tasks: str | None, features: str | None, seed: int,
                 samples: int, cache_key: str, run_id: str,
-                task_kinds: list[list[str]] | None = None, input_shape: list[int] | None = None) -> dict[str, Any]:
+                task_kinds: list[list[str]] | None = None, input_shape: list[int] | None = None,
+                images: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load and validate the data, split it, draw the probe sample and write it to the store.
 
     The prepared data is stored under its content fingerprint, so an edited file
@@ -89,7 +91,9 @@ def sample_step(store: str, source: str, tasks: str | None, features: str | None
     st = Store(store)
     kinds = tuple((str(p), str(k)) for p, k in task_kinds or ())
     shape = tuple(int(s) for s in input_shape) if input_shape else None
-    data = prepare(load_dataset(source, tasks, features, kinds, shape), seed, samples)
+    spec = None if images is None else ImageSpec(images["column"], images.get("root"),
+                                                 tuple(images["size"]) if images.get("size") else None)  # type: ignore[arg-type]
+    data = prepare(load_dataset(source, tasks, features, kinds, shape, spec, st.image_cache), seed, samples)
     key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
     if not st.has_prepared(key):
         st.write_prepared(key, data)
