@@ -167,3 +167,20 @@ def test_images_are_decoded_to_rgb_in_unit_range_and_cached_by_content(tmp_path)
     assert len(calls) == 2 and not again.features[5].any()  # changed bytes, new content key
     small = load_dataset(table, images=ImageSpec("image_id", size=(4, 6)))
     assert small.input_shape == (3, 4, 6) and small.features.shape == (24, 72)
+
+
+def test_tasks_labelled_on_disjoint_rows_are_refused_naming_the_pair(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 200
+    a = np.where(np.arange(n) < 100, rng.integers(0, 2, n), np.nan)  # two datasets stacked in one table
+    b = np.where(np.arange(n) >= 100, rng.integers(0, 2, n), np.nan)
+    path = tmp_path / "stacked.csv"
+    pl.DataFrame({"f": rng.standard_normal(n), "y_a": a, "y_b": b, "y_c": rng.integers(0, 2, n)}).fill_nan(
+        None).write_csv(path)
+    _rejected(tmp_path, capsys, ["--data", str(path)],
+              "tasks 'y_a' and 'y_b' share 0 labelled probe samples (1 pairs share fewer than 5); SWOLA's distance "
+              "needs samples labelled for both")
+    store = tmp_path / "tag-store"
+    from taskgrouping.config import RunConfig
+
+    assert RunConfig(data=str(path), method="tag", store=str(store)).check_data() == 3  # joint training is fine

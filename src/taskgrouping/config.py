@@ -179,7 +179,9 @@ class RunConfig:
         if self.method == "swola":
             from taskgrouping.methods.probe_engine import sketch_width
             from taskgrouping.models.trunks import build_any_trunk, resolve_trunk_name
-            from taskgrouping.resources import check_swola_fits
+            from taskgrouping.resources import check_shared_samples, check_swola_fits
+
+            check_shared_samples(ds, self.seed, self.samples)
 
             n = min(self.samples, ds.features.shape[0])
             width = None

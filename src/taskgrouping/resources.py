@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
+from taskgrouping.data.dataset import Dataset
 from taskgrouping.errors import InputError
 from taskgrouping.methods.swola import SwolaSettings
 
@@ -29,6 +32,32 @@ def swola_memory(n_tasks: int, n_samples: int, settings: SwolaSettings, width: i
         "pair matrices": 8 * n_tasks * n_tasks * 8,
         "affinity table": n_tasks * n_tasks * 64,
     }
+
+
+MIN_SHARED = 5
+"""SWOLA's distance between two tasks averages over the probe samples labelled for both: at least this many."""
+
+
+def check_shared_samples(ds: Dataset, seed: int, samples: int) -> None:
+    """Refuse a SWOLA run in which two tasks share fewer than :data:`MIN_SHARED` labelled probe samples.
+
+    D[a, b] is a mean over the probe samples labelled for both tasks; tasks labelled on
+    (nearly) disjoint rows (tables stacked from different datasets) have no such mean.
+    The message names the pair with the fewest and the count, so the user can see it.
+    """
+    from taskgrouping.data.dataset import prepare
+
+    data = prepare(ds, seed, samples)
+    lab = (~np.isnan(data.y[data.probe_idx])).astype(np.float64)
+    shared = lab.T @ lab
+    np.fill_diagonal(shared, np.inf)
+    i, j = np.unravel_index(int(np.argmin(shared)), shared.shape)
+    if len(ds.tasks) > 1 and shared[i, j] < MIN_SHARED:
+        few = int((shared < MIN_SHARED).sum() // 2)
+        raise InputError(
+            f"tasks {ds.tasks[i].name!r} and {ds.tasks[j].name!r} share {int(shared[i, j])} labelled probe samples "
+            f"({few} pairs share fewer than {MIN_SHARED}); SWOLA's distance needs samples labelled for both: use "
+            "a method that trains jointly (--method tag or datamaps), more --samples, or regroup them separately")
 
 
 def available_bytes() -> int:
