@@ -135,8 +135,8 @@ def test_store_that_is_a_file(tmp_path, capsys):
 
 def test_abbreviated_options_are_not_guessed(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--trunk", "3"])
-    assert exc.value.code == 2 and "unrecognized arguments: --trunk 3" in capsys.readouterr().err
+        main(["run", "--hid", "8"])  # not --hidden: a typo must not become another option
+    assert exc.value.code == 2 and "unrecognized arguments: --hid 8" in capsys.readouterr().err
 
 
 # --- 9. verify on a folder that is not a store -------------------------------------------------------
