@@ -2,7 +2,6 @@
 residual block, a checkpoint, a fixed_shape_tensor Parquet, and a folder of PNGs named in a CSV."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,24 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from taskgrouping.cli import main
-
-FACTORY = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    class Residual(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn = nn.BatchNorm2d(c)
-
-        def forward(self, x):
-            return torch.relu(x + self.bn(self.conv(x)))
-
-    def make(shape):
-        return nn.Sequential(nn.Conv2d(shape[0], 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), Residual(6),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 8), nn.ReLU())
-''')
 
 FAST = ["--samples", "64", "--max-epochs", "3", "--workers", "1", "--groups", "2"]
 
@@ -41,7 +22,7 @@ def _run(capsys, *args):
     return json.loads(out.out)
 
 
-def test_factory_checkpoint_tensor_parquet_and_export(prefect_api, tmp_path, capsys):
+def test_factory_checkpoint_tensor_parquet_and_export(prefect_api, tmp_path, capsys, residual_factory):
     from safetensors.torch import save_file
 
     from taskgrouping import load_group_model
@@ -54,8 +35,7 @@ def test_factory_checkpoint_tensor_parquet_and_export(prefect_api, tmp_path, cap
                      | {f"y_{t}": pa.array(ds.labels[:, j].astype(int)) for j, t in enumerate(ds.task_names)})
     data = tmp_path / "shapes.parquet"
     pq.write_table(table, data)
-    factory = tmp_path / "my_cnn.py"
-    factory.write_text(FACTORY)
+    factory = residual_factory  # conv, BatchNorm, a residual block
     trunk = build_any_trunk(f"{factory}:make", (3, 8, 8), 8, 2, seed=5)  # "pretrained": another seed's weights
     ckpt = tmp_path / "pretrained.safetensors"
     save_file({k: v.contiguous() for k, v in trunk.body.state_dict().items()}, str(ckpt))

@@ -23,33 +23,9 @@ from taskgrouping.models.losses import per_sample_loss
 
 SHAPE = (3, 8, 8)
 
-FACTORY = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn = nn.BatchNorm2d(c)
-
-        def forward(self, x):
-            return torch.relu(x + self.bn(self.conv(x)))
-
-    def make(shape):
-        return nn.Sequential(nn.Conv2d(shape[0], 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                             Block(6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 12), nn.Tanh())
-
-    def make_mlp(shape):
-        return nn.Sequential(nn.Linear(shape[0], 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
-''')
-
-
 @pytest.fixture
-def factory(tmp_path):
-    path = tmp_path / "my_trunks.py"
-    path.write_text(FACTORY)
-    return str(path)
+def factory(residual_factory):
+    return residual_factory
 
 
 def _problem(n=96, t=6, seed=0):
