@@ -182,3 +182,23 @@ def test_builtin_image_trunks_map_images_to_features():
         again = build_any_trunk(name, (3, 16, 16), 24, 2, seed=0)
         assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(), again.state_dict().values(), strict=True))
     assert isinstance(build_any_trunk("auto", (7,), 8, 2, 0).body, nn.Sequential)
+
+
+def test_joint_training_methods_use_the_chosen_trunk():
+    """TAG, data maps and grouped training run on an image trunk (here the resnet) end to end."""
+    from taskgrouping.data.builtins import shapes
+    from taskgrouping.data.dataset import prepare
+    from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity
+    from taskgrouping.methods.tag import TagSettings, tag_affinity
+    from taskgrouping.models.train import MultiTaskModel, TrainSettings, train_group
+
+    data = prepare(shapes(samples=120, size=8, per=1), 0, 32)
+    train = TrainSettings(trunk="resnet", hidden=8, max_epochs=2, batch=32)
+    tag, info = tag_affinity(data, TagSettings(every=2), train, 0)
+    maps, _, _ = datamap_affinity(data, DatamapSettings(), train, 0)
+    for aff in (tag, maps):
+        assert aff.values.shape == (4, 4) and np.isfinite(aff.values).all()
+    state, results, _ = train_group(data, [0, 1], train, 0)
+    assert any(k.startswith("trunk.body.blocks") for k in state) and len(results) == 2
+    model = MultiTaskModel(192, data.tasks[:2], 8, 2, 0, "resnet", None, (3, 8, 8))
+    model.load_state_dict(state)  # the saved state is the resnet's, loadable as it was built
