@@ -494,8 +494,11 @@ def _distances_any(probes: list[Probe], settings: SwolaSettings, rows: list[int]
     for i, p in enumerate(probes):
         errors[i] = scaled_rows(p, settings.normalise)
     masks = np.stack([p.labelled for p in probes])
-    if probes[0].kind == "grad":
-        return swola_distances(errors, masks, settings, rows=rows, device=device)
+    if probes[0].kind == "grad":  # wide rows (n x P): blocks sized to about 512 MiB of float64 each
+        from dataclasses import replace
+
+        block = max(1, min(settings.block, (512 << 20) // max(1, n * m * 8)))
+        return swola_distances(errors, masks, replace(settings, block=block), rows=rows, device=device)
     dev = resolve_device(device)
     e, mk = torch.as_tensor(errors, device=dev), torch.as_tensor(masks, device=dev)
     sel = list(range(len(probes))) if rows is None else list(rows)
