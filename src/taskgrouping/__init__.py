@@ -10,15 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_group_model", "GroupPredictor", "InputError"]
+__all__ = ["__version__", "TaskGrouper", "RunSummary", "run", "select", "load_group_model", "GroupPredictor",
+           "InputError"]
 
 if TYPE_CHECKING:
+    from taskgrouping.api import RunSummary, TaskGrouper, run, select
     from taskgrouping.errors import InputError
     from taskgrouping.models.export import GroupPredictor, load_group_model
 
 
 def __getattr__(name: str) -> Any:
     """Import torch-backed names on first use, so ``import taskgrouping`` stays light."""
+    if name in ("TaskGrouper", "RunSummary", "run", "select"):
+        from taskgrouping import api
+
+        return getattr(api, name)
     if name in ("load_group_model", "GroupPredictor"):
         from taskgrouping.models import export
 

@@ -269,10 +269,19 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``taskgrouping run``."""
-    cfg = config_from_args(args)
+    """``taskgrouping run``: :func:`run_config` and the report (or ``--json``) on stdout."""
+    summary = run_config(config_from_args(args), args.verbose)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(Path(summary["artifacts"]["report"]).read_text())
+    return 0
+
+
+def run_config(cfg: Any, verbose: bool = False) -> dict[str, Any]:
+    """Check the data, then run the ``regroup`` flow under a Prefect API; the run summary (CLI and API)."""
     n_tasks = preflight(cfg)
-    _quiet_logs(args.verbose)
+    _quiet_logs(verbose)
     log = logging.getLogger("taskgrouping")
     log.info("data %s: %d tasks; store %s", cfg.data, n_tasks, cfg.store)
     from taskgrouping.flows.server import drain_prefect_queues, prefect_api
@@ -290,12 +299,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 summary = run_regroup(cfg, run_id)
             finally:
                 drain_prefect_queues()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(Path(summary["artifacts"]["report"]).read_text())
     log.info("done in %.1f s; report %s", time.perf_counter() - t0, summary["artifacts"]["report"])
-    return 0
+    return summary
 
 
 def _task_costs(path: str | None, tasks: list[str] | None) -> tuple[tuple[str, float], ...]:
@@ -322,7 +327,7 @@ def _task_costs(path: str | None, tasks: list[str] | None) -> tuple[tuple[str, f
 def cmd_select(args: argparse.Namespace) -> int:
     """``taskgrouping select``: groups from a given matrix."""
     from taskgrouping.data.affinity_file import load_affinity_file
-    from taskgrouping.selectors import SelectSettings, get_selector
+    from taskgrouping.selectors import SelectSettings, get_selector, select_groups
 
     get_selector(args.selector)  # an unknown name fails before the file is read
     affinity = load_affinity_file(args.affinity, args.kind)
@@ -332,23 +337,20 @@ def cmd_select(args: argparse.Namespace) -> int:
     settings = SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size,
                               max_group_cost=args.max_group_cost,
                               task_costs=_task_costs(args.task_costs, affinity.tasks))
-    t0 = time.perf_counter()
-    grouping = get_selector(args.selector, settings)(affinity, args.groups, args.seed)
-    seconds = time.perf_counter() - t0
+    chosen: dict[str, Any] = select_groups(affinity, args.groups, args.selector, settings, args.seed)
     if args.json:
-        print(json.dumps({"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
-                          "selector": args.selector, "kind": affinity.kind,
-                          "exact": grouping.info.get("exact"), "seconds": round(seconds, 4)}))
+        print(json.dumps(chosen))
         return 0
-    print(f"{len(grouping.groups)} groups of {t} tasks ({args.selector}, {affinity.kind}, {seconds:.2f} s)")
-    for gi, members in enumerate(grouping.groups):
-        shown = [m if grouping.served[m] == gi else f"({m})" for m in members]
+    groups, served = chosen["groups"], chosen["served"]
+    print(f"{len(groups)} groups of {t} tasks ({args.selector}, {affinity.kind}, {chosen['seconds']:.2f} s)")
+    for gi, members in enumerate(groups):
+        shown = [m if served[m] == gi else f"({m})" for m in members]
         print(f"  group {gi}: {', '.join(shown)}")
-    if any(grouping.served[m] != gi for gi, g in enumerate(grouping.groups) for m in g):
+    if any(served[m] != gi for gi, g in enumerate(groups) for m in g):
         print("  (a task in parentheses helps that group but is served by another)")
-    if grouping.objective is not None:
-        exact = "" if grouping.info.get("exact", True) else " (approximate: candidates from clustering + local search)"
-        print(f"objective (sum of served scores): {grouping.objective:.6g}{exact}")
+    if chosen["objective"] is not None:
+        exact = "" if chosen["exact"] in (True, None) else " (approximate: candidates from clustering + local search)"
+        print(f"objective (sum of served scores): {chosen['objective']:.6g}{exact}")
     return 0
 
 

@@ -37,6 +37,20 @@ def colour_limits(m: np.ndarray, kind: str) -> tuple[float | None, float | None]
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
 
 
+def serving_order(affinity: AffinityMatrix, groups: list[list[str]],
+                  served: dict[str, int] | None = None) -> tuple[list[str], list[int]]:
+    """Tasks ordered by (serving) group, and the positions where one group ends and the next begins."""
+    if served is not None:  # with helpers a task sits in several groups: place it by the one serving it
+        groups = [[t for t in g if served.get(t) == gi] for gi, g in enumerate(groups)]
+    order = [t for g in groups for t in g]
+    order += [t for t in affinity.tasks if t not in order]
+    bounds, pos = [], 0
+    for g in groups[:-1]:
+        pos += len(g)
+        bounds.append(pos)
+    return order, bounds
+
+
 def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[str, int] | None = None,
                 label: str | None = None) -> bytes:
     """A PNG heatmap of the affinity with tasks ordered by (serving) group and group borders drawn."""
@@ -45,10 +59,7 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if served is not None:  # with helpers a task sits in several groups: place it by the one serving it
-        groups = [[t for t in g if served.get(t) == gi] for gi, g in enumerate(groups)]
-    order = [t for g in groups for t in g]
-    order += [t for t in affinity.tasks if t not in order]
+    order, bounds = serving_order(affinity, groups, served)
     idx = [affinity.tasks.index(t) for t in order]
     m = affinity.values[np.ix_(idx, idx)]
     n = len(order)
@@ -60,9 +71,7 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
         shown = [t if len(t) <= 40 else t[:39] + "…" for t in order]  # long names would squeeze the plot away
         ax.set_xticks(range(n), labels=shown, rotation=90, fontsize=7)
         ax.set_yticks(range(n), labels=shown, fontsize=7)
-    pos = 0
-    for g in groups[:-1]:
-        pos += len(g)
+    for pos in bounds:
         ax.axhline(pos - 0.5, color="red", lw=1)
         ax.axvline(pos - 0.5, color="red", lw=1)
     beyond = "neither" if vmin is None or vmax is None else \

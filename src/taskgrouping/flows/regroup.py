@@ -94,6 +94,8 @@ class _Run:
     data_key: str
     names: list[str]
     label_fps: dict[str, str]
+    inline: bool = False
+    """Run step bodies in this process without Prefect (``TaskGrouper.fit``): same code, same keys."""
 
     def group_key(self, members: Sequence[str], weights: Sequence[float] | None = None) -> str:
         return keys.group_key(self.data_key, [(m, self.label_fps[m]) for m in members], self.cfg.train,
@@ -176,12 +178,17 @@ def _job_model(run: _Run, job: GroupJob) -> tuple[str, list[str], list[float] | 
 
 
 def _run_step(step: Any, results: Path, present: Callable[[dict[str, Any]], bool], *args: Any,
-              name: str | None = None, submit: bool = False, **kwargs: Any) -> dict[str, Any]:
+              name: str | None = None, submit: bool = False, inline: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Run one cached step; if its cached record names store files that are gone, run it again fresh.
 
     ``present`` says whether a result's files are in the store. ``submit`` sends the
-    step to the task runner (a Dask worker) instead of running it in the flow process.
+    step to the task runner (a Dask worker) instead of running it in the flow process;
+    ``inline`` runs the step's body here with no Prefect at all (its outputs are in the
+    store under the same content keys, so nothing is lost but the step record).
     """
+    if inline:
+        out: dict[str, Any] = step.fn(*args, **kwargs)
+        return out
     for refresh in (False, True):
         options: dict[str, Any] = {"result_storage": results, "refresh_cache": refresh}
         if name is not None:
@@ -248,15 +255,17 @@ def _swola_affinity(run: _Run) -> _Affinity:
     def kwargs(batch: list[str]) -> dict[str, Any]:
         return {"cache_key": stable_hash("probe-batch", [probe_keys[t] for t in batch]), "run_id": run.run_id}
 
-    if len(todo) <= INLINE_PROBES and not cfg.dask_address:
+    if run.inline:  # one batch in this process, no Prefect
+        done: Iterable[dict[str, Any]] = [probe_step.fn(*args(todo), **kwargs(todo))] if todo else []
+    elif len(todo) <= INLINE_PROBES and not cfg.dask_address:
         # a task or two: probing takes less than a worker's first task costs, so do it here
-        done: Iterable[dict[str, Any]] = [step(b)(*args(b), **kwargs(b)) for b in batches]
+        done = [step(b)(*args(b), **kwargs(b)) for b in batches]
     else:
         with _gpu_annotation(cfg):
             futures = [step(b).submit(*args(b), **kwargs(b)) for b in batches]
         done = (f.result() for f in as_completed(futures))
     computed = 0
-    progress = _Progress("probe", len(todo), "ML tasks probed") if todo else None
+    progress = _Progress("probe", len(todo), "ML tasks probed") if todo and not run.inline else None
     for res in done:
         if res["run_id"] == run.run_id:
             computed += len(res["computed"])
@@ -274,7 +283,7 @@ def _swola_affinity(run: _Run) -> _Affinity:
     aff_args = (cfg.store, run.dataset_key, ordered, swola_settings, cfg.seed, cfg.device,
                 keys.pairs_key(cfg.swola, cfg.seed))
     aff = _run_step(affinity_step, run.results, lambda r: intact(Path(r["path"])), *aff_args,
-                    cache_key=aff_key, run_id=run.run_id)
+                    cache_key=aff_key, run_id=run.run_id, inline=run.inline)
     pairs_total = len(run.names) * (len(run.names) - 1) // 2
     probe_bytes = [store.probe_path(probe_keys[t]).stat().st_size for t in run.names]
     return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
@@ -300,7 +309,7 @@ def _joint_affinity(run: _Run) -> _Affinity:
 
     with _gpu_annotation(cfg):  # submitted, so it runs on a (GPU) Dask worker
         res = _run_step(joint_step, run.results, present, *args, cache_key=key, run_id=run.run_id,
-                        name=f"{cfg.method} joint training", submit=True)
+                        name=f"{cfg.method} joint training", submit=True, inline=run.inline)
     t = len(run.names)
     computed = _computed(run, res)
     log.info("%s: joint training over %d tasks %s", cfg.method, t, "computed" if computed else "reused")
@@ -360,19 +369,7 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     # 1. sample
     t0 = time.perf_counter()
-    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples,
-                                 cfg.task_kinds, cfg.input_shape, cfg.image_spec())
-    sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
-    data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
-                     cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None,
-                     input_shape=list(cfg.input_shape) if cfg.input_shape else None,
-                     images=None if cfg.images is None else asdict(cfg.image_spec()))
-    prepared = store.read_prepared(data["dataset_key"], tasks=[])
-    meta = store.read_prepared_meta(data["dataset_key"])
-    names = [t["name"] for t in meta["tasks"]]
-    run = _Run(cfg=cfg, run_id=run_id, store=store, results=results, dataset_key=data["dataset_key"],
-               data_key=prepared.data_key(), names=names,
-               label_fps=dict(zip(names, meta["label_fps"], strict=True)))
+    run, prepared, meta, names = _sample(cfg, run_id, store, results)
     seconds["sample"] = time.perf_counter() - t0
     log.info("sample: %d tasks, %d probe samples (%.1f s)", len(names), len(prepared.probe_idx), seconds["sample"])
 
@@ -384,18 +381,58 @@ def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     # 4. select groups
     t0 = time.perf_counter()
+    sel = select_stage(run, aff)
+    seconds["select"] = time.perf_counter() - t0
+    log.info("select: %d groups", len(sel["groups"]))
+    return _train_and_report(run, prepared, meta, aff, sel, seconds, t_start)
+
+
+def make_run(cfg: RunConfig, run_id: str, store: Store, results: Path, dataset_key: str,
+             inline: bool = False) -> tuple[_Run, Any, dict[str, Any]]:
+    """The run's references once its prepared data is in the store: (run, prepared data without labels, meta)."""
+    prepared = store.read_prepared(dataset_key, tasks=[])
+    meta = store.read_prepared_meta(dataset_key)
+    names = [t["name"] for t in meta["tasks"]]
+    run = _Run(cfg=cfg, run_id=run_id, store=store, results=results, dataset_key=dataset_key,
+               data_key=prepared.data_key(), names=names,
+               label_fps=dict(zip(names, meta["label_fps"], strict=True)), inline=inline)
+    return run, prepared, meta
+
+
+def select_stage(run: _Run, aff: _Affinity) -> dict[str, Any]:
+    """Groups from the affinity (HOA's exhaustive oracle on its measured subsets when asked)."""
+    cfg = run.cfg
+    step: Any
+    args: tuple[Any, ...]
     if cfg.hoa.exhaustive:
         sel_key = keys.selection_key(aff.key, "hoa-oracle", cfg.groups, cfg.seed, cfg.select)
         overlap = cfg.select.overlap is not False
-        sel = oracle_step.with_options(result_storage=results)(
-            cfg.store, names, aff.extra["subset_models"], cfg.groups, overlap, cache_key=sel_key, run_id=run_id)
+        step, args = oracle_step, (cfg.store, run.names, aff.extra["subset_models"], cfg.groups, overlap)
     else:
-        sel = select_step.with_options(result_storage=results)(
-            cfg.store, aff.path, cfg.selector, cfg.groups, cfg.seed, asdict(cfg.select),
-            cache_key=keys.selection_key(aff.key, cfg.selector, cfg.groups, cfg.seed, cfg.select), run_id=run_id)
-    seconds["select"] = time.perf_counter() - t0
-    log.info("select: %d groups", len(sel["groups"]))
+        sel_key = keys.selection_key(aff.key, cfg.selector, cfg.groups, cfg.seed, cfg.select)
+        step, args = select_step, (cfg.store, aff.path, cfg.selector, cfg.groups, cfg.seed, asdict(cfg.select))
+    bound: Any = step.fn if run.inline else step.with_options(result_storage=run.results)
+    res: dict[str, Any] = bound(*args, cache_key=sel_key, run_id=run.run_id)
+    return res
 
+
+def _sample(cfg: RunConfig, run_id: str, store: Store, results: Path) -> tuple[_Run, Any, dict[str, Any], list[str]]:
+    """The sample stage of the flow: load, split and store the data (a cached step)."""
+    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples,
+                                 cfg.task_kinds, cfg.input_shape, cfg.image_spec())
+    sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
+    data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
+                     cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None,
+                     input_shape=list(cfg.input_shape) if cfg.input_shape else None,
+                     images=None if cfg.images is None else asdict(cfg.image_spec()))
+    run, prepared, meta = make_run(cfg, run_id, store, results, data["dataset_key"])
+    return run, prepared, meta, run.names
+
+
+def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affinity, sel: dict[str, Any],
+                      seconds: dict[str, float], t_start: float) -> dict[str, Any]:
+    """Stages 5 and 6 of the flow: train one model per distinct group (and the baselines), then report."""
+    cfg, store, results, run_id, names = run.cfg, run.store, run.results, run.run_id, run.names
     # 5. train one model per distinct group (grouped and the three baselines)
     t0 = time.perf_counter()
     weights = None

@@ -97,6 +97,9 @@ def _factory_source(name: str) -> bytes:
     if target.endswith(".py"):
         return Path(target).expanduser().resolve().read_bytes()
     module = importlib.import_module(target)
+    own = getattr(module, "__tg_source__", None)  # a callable given to the Python API
+    if isinstance(own, bytes):
+        return own
     try:
         return Path(inspect.getfile(module)).read_bytes()
     except (TypeError, OSError):

@@ -44,5 +44,20 @@ def get_selector(name: str, settings: SelectSettings | None = None) -> Selector:
     return functools.partial(selector, settings=settings)  # type: ignore[call-arg,return-value]
 
 
+def select_groups(affinity: AffinityMatrix, n_groups: int | None, selector: str, settings: SelectSettings,
+                  seed: int) -> dict[str, object]:
+    """Groups from a matrix as ``taskgrouping select --json`` gives them (the CLI and the API call this).
+
+    Returns ``groups``, ``served``, ``objective``, ``selector``, ``kind``, ``exact`` and ``seconds``.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    grouping = get_selector(selector, settings)(affinity, n_groups, seed)
+    return {"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
+            "selector": selector, "kind": affinity.kind, "exact": grouping.info.get("exact"),
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
 __all__ = ["CONSTRAINED", "KNOWN_SELECTORS", "SELECTORS", "Grouping", "SelectSettings", "Selector",
-           "get_selector"]
+           "get_selector", "select_groups"]

@@ -94,11 +94,16 @@ def sample_step(store: str, source: str, tasks: str | None, features: str | None
     spec = None if images is None else ImageSpec(images["column"], images.get("root"),
                                                  tuple(images["size"]) if images.get("size") else None)  # type: ignore[arg-type]
     data = prepare(load_dataset(source, tasks, features, kinds, shape, spec, st.image_cache), seed, samples)
-    key = keys.dataset_key(data.features_fp, data.label_fps, seed, samples)
+    return {"dataset_key": store_prepared(st, data, samples), "run_id": run_id}
+
+
+def store_prepared(st: Store, data: Any, samples: int) -> str:
+    """Write prepared data under its content key unless it is there; return the key (sample step and API)."""
+    key = keys.dataset_key(data.features_fp, data.label_fps, data.seed, samples)
     if not st.has_prepared(key):
         st.write_prepared(key, data)
-        faults.reached(store, "sample")
-    return {"dataset_key": key, "run_id": run_id}
+        faults.reached(st.root, "sample")
+    return key
 
 
 def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: SwolaSettings, seed: int,
