@@ -116,3 +116,15 @@ def test_select_on_arrays_and_frames_matches_the_cli_fields():
         select(gains, 2)
     with pytest.raises(InputError, match="unknown --selector 'nope'"):
         select(gains, 2, tasks=names, selector="nope")
+
+
+def test_swola_affinity_alone_equals_the_estimators_matrix():
+    from taskgrouping import swola_affinity
+
+    ds, y = _data()
+    tasks, d = swola_affinity(ds.features, y, **FAST)
+    tg = TaskGrouper(**FAST).fit(ds.features, y)
+    assert tasks == tg.tasks_
+    np.testing.assert_allclose(d, tg.affinity_, rtol=1e-6)
+    with pytest.raises(InputError, match="--sketch must be auto, none or a positive integer K, got 'x'"):
+        swola_affinity(ds.features, y, sketch="x")

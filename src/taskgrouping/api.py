@@ -399,6 +399,51 @@ def _matrix(matrix: Any, tasks: Sequence[str] | None) -> tuple[list[str], np.nda
     return names, values
 
 
+def swola_affinity(X: Any, Y: Any, trunk: Any = None, checkpoint: str | None = None, n_samples: int = 512,
+                   sketch: str = "auto", random_state: int = 0, device: str = "cpu",
+                   normalise: str = "task", head: str = "fitted", hidden: int = 64) -> tuple[list[str], np.ndarray]:
+    """SWOLA's distance matrix on its own (no store, no selection): for a matrix inside a training loop.
+
+    Parameters
+    ----------
+    X, Y : as for :meth:`TaskGrouper.fit`.
+    trunk, checkpoint, sketch, head, normalise, hidden : as for :class:`TaskGrouper`.
+
+    Returns
+    -------
+    tasks : list of str
+    distances : ndarray (T, T), symmetric, zero diagonal, in ``tasks`` order
+
+    Examples
+    --------
+    >>> from taskgrouping import swola_affinity
+    >>> from taskgrouping.data.builtins import synthetic
+    >>> ds = synthetic(tasks=4, groups=2, samples=300, seed=0)
+    >>> tasks, d = swola_affinity(ds.features, {t: ds.labels[:, j] for j, t in enumerate(ds.task_names)},
+    ...                           n_samples=128, hidden=16)
+    >>> d.shape
+    (4, 4)
+    """
+    from taskgrouping.data.dataset import prepare
+    from taskgrouping.methods.swola import SwolaSettings
+    from taskgrouping.methods.swola import swola_affinity as affinity
+    from taskgrouping.resources import check_shared_samples
+
+    try:
+        settings = SwolaSettings(trunk=_trunk_name(trunk), checkpoint=checkpoint, sketch=sketch, head=head,  # type: ignore[arg-type]
+                                 normalise=normalise, hidden=hidden)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if n_samples < 1:
+        raise InputError(f"--samples must be a positive integer, got {n_samples}")
+    ds = dataset_from_arrays(X, Y)
+    check_shared_samples(ds, random_state, n_samples)
+    data = prepare(ds, random_state, n_samples)
+    rows = data.probe_idx
+    aff = affinity(data.x[rows], data.y[rows], data.tasks, settings, random_state, device, data.shape)
+    return list(aff.tasks), aff.values
+
+
 @dataclass
 class RunSummary:
     """The summary of one ``regroup`` run (:func:`run`); attributes are the keys of ``taskgrouping run --json``.
