@@ -128,3 +128,11 @@ def test_swola_affinity_alone_equals_the_estimators_matrix():
     np.testing.assert_allclose(d, tg.affinity_, rtol=1e-6)
     with pytest.raises(InputError, match="--sketch must be auto, none or a positive integer K, got 'x'"):
         swola_affinity(ds.features, y, sketch="x")
+
+
+def test_joint_training_methods_run_in_process():
+    ds, y = _data(tasks=6)
+    tg = TaskGrouper(method="datamaps", n_groups=2, n_samples=64, hidden=8).fit(ds.features, y)
+    assert tg.affinity_kind_ == "distance" and tg.affinity_.shape == (6, 6) and len(tg.groups_) == 2
+    with pytest.raises(InputError, match="method 'hoa' trains T \\+ T\\(T-1\\)/2 models: use taskgrouping.run"):
+        TaskGrouper(method="hoa").fit(ds.features, y)
