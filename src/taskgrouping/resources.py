@@ -45,10 +45,10 @@ def check_shared_samples(ds: Dataset, seed: int, samples: int) -> None:
     (nearly) disjoint rows (tables stacked from different datasets) have no such mean.
     The message names the pair with the fewest and the count, so the user can see it.
     """
-    from taskgrouping.data.dataset import prepare
+    from taskgrouping.data.dataset import probe_rows, split_rows
 
-    data = prepare(ds, seed, samples)
-    lab = (~np.isnan(data.y[data.probe_idx])).astype(np.float64)
+    rows = probe_rows(split_rows(ds.labels.shape[0], seed), seed, samples)
+    lab = (~np.isnan(ds.labels[rows])).astype(np.float64)
     shared = lab.T @ lab
     np.fill_diagonal(shared, np.inf)
     i, j = np.unravel_index(int(np.argmin(shared)), shared.shape)

@@ -136,6 +136,13 @@ def split_rows(n: int, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) 
     return split
 
 
+def probe_rows(split: np.ndarray, seed: int, samples: int) -> np.ndarray:
+    """The seeded probe sample: ``min(samples, n_train)`` training rows, sorted."""
+    train_rows = np.flatnonzero(split == 0)
+    rng = np.random.default_rng(derive_seed(seed, "probe-sample"))
+    return np.sort(rng.permutation(train_rows)[: min(samples, train_rows.size)])
+
+
 def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
     """Split, standardise and draw the probe sample (all seeded).
 
@@ -173,9 +180,7 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
             y_scale[j] = s
             y_mean[j] = m
 
-    train_rows = np.flatnonzero(train)
-    rng = np.random.default_rng(derive_seed(seed, "probe-sample"))
-    probe_idx = np.sort(rng.permutation(train_rows)[: min(samples, train_rows.size)])
+    probe_idx = probe_rows(split, seed, samples)
     return PreparedData(
         x=x,
         y=y,
