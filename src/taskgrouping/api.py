@@ -54,7 +54,7 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
     kinds inferred exactly as for a file.
     """
     from taskgrouping.data.dataset import Dataset
-    from taskgrouping.data.load import dataset_from_frame
+    from taskgrouping.data.load import labels_dataset
 
     if type(X).__module__.startswith("torch"):
         X = X.detach().cpu().numpy()
@@ -69,11 +69,7 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
     if not np.isfinite(x).all():
         col = int(np.flatnonzero((~np.isfinite(x.reshape(len(x), -1))).any(axis=0))[0])
         raise InputError(f"X has NaN or inf values (first at flat feature {col})")
-    tasks = ",".join(frame.columns)
-    import polars as pl
-
-    base = dataset_from_frame(frame.with_columns(pl.lit(0.0).alias("__tg_zero__")), source, tasks, "__tg_zero__",
-                              task_kinds)
+    base = labels_dataset(frame, source, ",".join(frame.columns), task_kinds)
     flat = x.reshape(x.shape[0], -1)
     shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
     names = ["x"] if shape is not None else [f"x_{i}" for i in range(flat.shape[1])]

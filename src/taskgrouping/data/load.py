@@ -116,7 +116,7 @@ def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kin
     labels_only = frame.drop(spec.column)
     if tasks is None and not any(c.startswith("y_") for c in labels_only.columns):
         tasks = ",".join(c for c in labels_only.columns)  # an attribute table: every other column is a task
-    base = dataset_from_frame(labels_only.with_columns(pl_zero()), source, tasks, "__tg_zero__", task_kinds)
+    base = labels_dataset(labels_only, source, tasks, task_kinds)
     if not decode:
         x = np.zeros((frame.height, 0), np.float32)
     elif cache is None:
@@ -127,11 +127,17 @@ def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kin
                    input_shape=shape)
 
 
-def pl_zero() -> pl.Expr:
-    """A constant feature column (labels are validated by the same code as for any table)."""
+def labels_dataset(frame: pl.DataFrame, source: str, tasks: str | None,
+                   task_kinds: tuple[tuple[str, str], ...]) -> Dataset:
+    """The label columns of ``frame``, validated and encoded exactly as for a table.
+
+    For an input that comes from elsewhere (image files, arrays): the returned features
+    are a placeholder the caller replaces.
+    """
     import polars as pl
 
-    return pl.lit(0.0).alias("__tg_zero__")
+    return dataset_from_frame(frame.with_columns(pl.lit(0.0).alias("__tg_zero__")), source, tasks, "__tg_zero__",
+                              task_kinds)
 
 
 def tensor_shapes(source: str) -> dict[str, tuple[int, ...]]:
