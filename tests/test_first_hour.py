@@ -154,15 +154,23 @@ def test_verify_refuses_a_folder_that_is_not_a_store(tmp_path, capsys):
 # --- 2. the random control is never recommended ------------------------------------------------------
 
 def test_random_control_is_never_recommended():
-    from taskgrouping.models.evaluate import recommend
+    from taskgrouping.models.verdict import Cost, Estimate, decide
     from taskgrouping.report import settings_table
 
-    totals = {"grouped": {"val_loss": 1.2, "test_loss": 1.2}, "all_together": {"val_loss": 1.3, "test_loss": 1.3},
-              "single_task": {"val_loss": 1.1, "test_loss": 1.4}, "random": {"val_loss": 0.9, "test_loss": 1.0}}
-    assert recommend(totals) == "single_task"
-    table = settings_table(totals)
+    def est(m: float, half: float = 0.01) -> Estimate:
+        return Estimate(m, m - half, m + half, half / 2, 100.0)
+
+    sel = {"grouped": est(1.2), "all_together": est(1.3), "single_task": est(1.1), "random": est(0.9)}
+    pairwise = {(a, b): est(sel[a].mean - sel[b].mean) for a in sel for b in sel if a != b}
+    costs = {s: Cost(m, 10 * m, 100 * m) for s, m in {"grouped": 3, "all_together": 1, "single_task": 8,
+                                                        "random": 3}.items()}
+    verdict = decide(sel, pairwise, costs)
+    assert verdict["setting"] == "single_task" and verdict["pays"] == "no"
+    totals = {s: {"val_loss": e.mean, "sel_loss": e.mean, "test_loss": e.mean} for s, e in sel.items()}
+    table = settings_table({"verdict": verdict, "costs": {s: c.to_dict() for s, c in costs.items()}}, totals)
     assert "| random (control) |" in table and "| single_task **(recommended)** |" in table
-    assert recommend({"random": {"val_loss": 1.0, "test_loss": 1.0}}) is None
+    only = decide({"random": est(1.0)}, {}, {"random": costs["random"]})
+    assert only["setting"] is None
 
 
 # --- 8. lineage --------------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ def test_overlapping_groups_are_evaluated_once_per_task_and_shown_as_helpers():
     assert weighted["grouped"][1].weights == (0.1, 0.2, 0.9, 1.0)
 
     gain = AffinityMatrix(tasks, np.arange(16.0).reshape(4, 4) - 8, "gain")
-    rows = [{"setting": s, "task": t, "val_loss": 1.0, "test_loss": 1.0, "metric_name": "auroc", "metric": 0.5}
-            for s in ("grouped", "all_together", "single_task", "random") for t in tasks]
-    totals = {s: {"val_loss": 4.0, "test_loss": 4.0} for s in ("grouped", "all_together", "single_task", "random")}
+    rows = [{"setting": s, "task": t, "val_loss": 1.0, "sel_loss": 1.0, "test_loss": 1.0, "metric_name": "auroc",
+             "metric": 0.5} for s in ("grouped", "all_together", "single_task", "random") for t in tasks]
+    totals = {s: {"val_loss": 4.0, "sel_loss": 4.0, "test_loss": 4.0}
+              for s in ("grouped", "all_together", "single_task", "random")}
     summary = {"run_id": "r", "tasks": tasks, "groups": groups, "served": served, "method": "hoa",
                "selector": "network", "objective": 1.5, "counts": {k: 0 for k in (
                    "probes_computed", "probes_reused", "pairs_computed", "pairs_reused", "groups_trained",
@@ -45,11 +46,12 @@ def test_report_without_baselines_or_models_says_so():
                    "probes_computed", "probes_reused", "pairs_computed", "pairs_reused", "groups_trained",
                    "groups_reused")}, "seconds": {"total": 1.0}}
     info = {"data": "x", "seed": 0, "samples": 8}
-    rows = [{"setting": "grouped", "task": t, "val_loss": 1.0, "test_loss": 2.0, "metric_name": "auroc",
-             "metric": 0.5} for t in tasks]
-    grouped = render_report(summary, dist, rows, {"grouped": {"val_loss": 3.0, "test_loss": 6.0}}, info)
-    assert "no baseline to recommend against" in grouped and "(recommended)" not in grouped
-    assert "| grouped | 3.0000 | 6.0000 |" in grouped and "## Per task (test)" in grouped
+    rows = [{"setting": "grouped", "task": t, "val_loss": 1.0, "sel_loss": 1.5, "test_loss": 2.0,
+             "metric_name": "auroc", "metric": 0.5} for t in tasks]
+    grouped = render_report(summary, dist, rows, {"grouped": {"val_loss": 3.0, "sel_loss": 4.5, "test_loss": 6.0}},
+                            info)
+    assert "there is no baseline to compare with" in grouped and "(recommended)" not in grouped
+    assert "| grouped |  |  |  | 4.5000 | 6.0000 | – |" in grouped and "## Per task (test)" in grouped
     none = render_report(summary, dist, [], {}, info)
     assert "No models were trained" in none and "## Per task" not in none and "| setting" not in none
     assert "| 0 | `a`, `b` |" in none  # the groups are still reported

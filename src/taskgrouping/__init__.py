@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "TaskGrouper", "RunSummary", "run", "select", "swola_affinity", "load_group_model", "GroupPredictor",
-           "InputError"]
+__all__ = ["__version__", "TaskGrouper", "RunSummary", "run", "evaluate", "select", "swola_affinity", "load_group_model",
+           "GroupPredictor", "InputError"]
 
 if TYPE_CHECKING:
-    from taskgrouping.api import RunSummary, TaskGrouper, run, select, swola_affinity
+    from taskgrouping.api import RunSummary, TaskGrouper, evaluate, run, select, swola_affinity
     from taskgrouping.errors import InputError
     from taskgrouping.models.export import GroupPredictor, load_group_model
 
 
 def __getattr__(name: str) -> Any:
     """Import torch-backed names on first use, so ``import taskgrouping`` stays light."""
-    if name in ("TaskGrouper", "RunSummary", "run", "select", "swola_affinity"):
+    if name in ("TaskGrouper", "RunSummary", "run", "evaluate", "select", "swola_affinity"):
         from taskgrouping import api
 
         return getattr(api, name)

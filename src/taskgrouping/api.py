@@ -491,15 +491,37 @@ def run(**options: Any) -> RunSummary:
     """The ``regroup`` flow as ``taskgrouping run`` runs it (Prefect, Dask, training, report).
 
     Options are the CLI's long options with underscores (``data``, ``tasks``, ``method``,
-    ``groups``, ``samples``, ``store``, ``evaluate``, ``trunk``, ...); ``groups`` takes an
-    int or ``"auto"``. Bad input raises :class:`InputError` with the CLI's message.
+    ``groups``, ``samples``, ``store``, ``evaluate``, ``repeats``, ``trunk``, ...);
+    ``groups`` takes an int or ``"auto"``. Bad input raises :class:`InputError` with the
+    CLI's message.
     """
+    return _command("run", options)
+
+
+def evaluate(groups: Sequence[Sequence[str]], **options: Any) -> RunSummary:
+    """``taskgrouping evaluate``: train and judge a grouping you already have beside the baselines.
+
+    ``groups`` is a list of lists of task names; every other option is ``run``'s
+    (``data``, ``repeats``, ``overlap``, ``store``, ...), without the selector ones.
+    """
+    import json
+
+    if isinstance(groups, str) or not all(isinstance(g, list | tuple) for g in groups):
+        raise InputError("evaluate: groups must be a list of lists of task names")
+    with tempfile.TemporaryDirectory(prefix="taskgrouping-groups-") as tmp:
+        path = Path(tmp) / "groups.json"
+        path.write_text(json.dumps([[str(t) for t in g] for g in groups]))
+        return _command("evaluate", options | {"groups_file": str(path)})
+
+
+def _command(command: str, options: dict[str, Any]) -> RunSummary:
+    """Parse ``options`` as the CLI's ``command`` would, run the flow, return its summary."""
     from taskgrouping.cli import build_parser, config_from_args, run_config
 
     parser = build_parser()
-    argv = ["run"]
+    argv = [command]
     for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+        flag = "--groups" if key == "groups_file" else "--" + key.replace("_", "-")
         if value is None or value is False:
             continue
         if value is True:
@@ -512,15 +534,15 @@ def run(**options: Any) -> RunSummary:
         else:
             argv += [flag, str(value)]
     sub: Any = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
-    known = {a.dest for a in sub.choices["run"]._actions}
+    known = {a.dest for a in sub.choices[command]._actions}
     unknown = [k for k in options if k not in known]
     if unknown:
-        raise InputError(f"run: unknown option {unknown[0]!r}")
+        raise InputError(f"{command}: unknown option {unknown[0]!r}")
     import argparse
 
     try:
         args = parser.parse_args(argv)
     except SystemExit:
-        raise InputError(f"run: invalid options {options}") from None
+        raise InputError(f"{command}: invalid options {options}") from None
     assert isinstance(args, argparse.Namespace)
     return RunSummary.from_dict(run_config(config_from_args(args), verbose=False))

@@ -72,8 +72,21 @@ def _size(value: str) -> tuple[int, int]:
     return (shape[0], shape[1])
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``run`` and ``serve`` share: what to group, how, and where to keep it (one definition)."""
+def _repeats(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return n
+
+
+def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> None:
+    """The options ``run``, ``serve`` and ``evaluate`` share: what to group, how, and where to keep it.
+
+    With ``given`` (``evaluate``) the grouping comes from ``--groups FILE``: no selector options.
+    """
     parser.add_argument("--data", default="builtin:digits", help="Parquet/CSV file or builtin:NAME")
     parser.add_argument("--tasks", default=None,
                         help="comma list or globs of label columns, !NAME or !GLOB leaves some out "
@@ -86,8 +99,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="binary, multiclass or regression for the tasks NAME (a name or glob) matches, "
                              "instead of the inferred kind; repeatable")
     parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
-    parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
-    parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
+    if given:
+        parser.add_argument("--groups", required=True, metavar="FILE", dest="groups_file",
+                            help="the grouping to evaluate: JSON list of lists of task names, or CSV with columns "
+                                 "task, group")
+        parser.add_argument("--overlap", action="store_true",
+                            help="allow a task in several groups (served by the first, a helper in the others)")
+    else:
+        parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
+        parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
     parser.add_argument("--samples", type=int, default=512, help="probe samples")
     parser.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
     parser.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
@@ -99,6 +119,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate", default="all",
                         help="models trained after selection: the groups and the three baselines (all), "
                              "only the groups (grouped), or none")
+    parser.add_argument("--repeats", type=_repeats, default=1, metavar="R",
+                        help="train every evaluated setting R times (derived seeds, the grouping fixed): "
+                             "means and 95%% intervals, and the verdict from them")
     parser.add_argument("--trunk", default="auto", metavar="NAME",
                         help="the trunk every probe and model uses: auto (mlp for vectors, cnn for images), mlp, "
                              "cnn, resnet, PATH.py:FUNCTION or package.module:FUNCTION (FUNCTION(input_shape) "
@@ -125,17 +148,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
     parser.add_argument("--hidden", type=int, default=64, help="trunk width (probe and models)")
     parser.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
-    parser.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
-    parser.add_argument("--max-group-size", type=int, default=None, metavar="S",
-                        help="network/mip: at most S tasks per group")
-    parser.add_argument("--max-group-cost", type=float, default=None, metavar="C",
-                        help="mip/network: per-group cost budget (a group costs the sum of its tasks' costs)")
-    parser.add_argument("--task-costs", default=None, metavar="FILE", help="CSV with columns task, cost (default 1 each)")
+    if not given:
+        parser.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
+        parser.add_argument("--max-group-size", type=int, default=None, metavar="S",
+                            help="network/mip: at most S tasks per group")
+        parser.add_argument("--max-group-cost", type=float, default=None, metavar="C",
+                            help="mip/network: per-group cost budget (a group costs the sum of its tasks' costs)")
+        parser.add_argument("--task-costs", default=None, metavar="FILE",
+                            help="CSV with columns task, cost (default 1 each)")
     parser.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
     parser.add_argument("--membership-weighted", action="store_true",
                         help="datamaps: train each group on every task, losses weighted by fuzzy membership")
-    parser.add_argument("--exhaustive", action="store_true",
-                        help="hoa: train every subset (at most 6 tasks) and select exactly on measured losses")
+    if not given:
+        parser.add_argument("--exhaustive", action="store_true",
+                            help="hoa: train every subset (at most 6 tasks) and select exactly on measured losses")
     parser.add_argument("--verbose", action="store_true", help="show Prefect and Dask logs")
 
 
@@ -159,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--cron", default="0 3 * * 1", help="when to run (cron, UTC)")
     srv.add_argument("--name", default="taskgrouping-serve", help="the deployment's name")
     _add_run_options(srv)
+    ev = sub.add_parser("evaluate", help="train and report a grouping you already have beside the baselines",
+                        description="Evaluate a given grouping: the same splits, repeats, baselines (one model for "
+                                    "all tasks, one per task, random groups of the same sizes) and verdict as "
+                                    "`run`, with the groups read from --groups FILE instead of selected. The "
+                                    "affinity (--method) is still measured, for the report's heatmap.",
+                        formatter_class=_Help)
+    _add_run_options(ev, given=True)
+    ev.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     sel = sub.add_parser("select", help="groups from a given affinity matrix, no training",
                          description="Choose groups from an affinity or pair-gain matrix measured elsewhere. "
                                      "FILE: Parquet long form (task_a, task_b, value[, kind]) or a CSV square "
@@ -218,24 +252,33 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from taskgrouping.data.load import parse_task_kinds
 
     check_store(args.store)  # named as the user wrote it
+    given = None
+    if getattr(args, "groups_file", None) is not None:
+        from taskgrouping.selectors.given import read_groups_file
+
+        given = read_groups_file(args.groups_file)
     data = args.data
     if not data.startswith("builtin:"):
         data = str(Path(data).expanduser().resolve())
     return RunConfig(
         data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
-        lineage=args.lineage, method=args.method, selector=args.selector, input_shape=args.input_shape,
+        lineage=args.lineage, method=args.method, selector=getattr(args, "selector", "spectral"),
+        input_shape=args.input_shape, given_groups=None if given is None else tuple(tuple(g) for g in given),
         trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
         sketch=args.sketch, images=args.images, image_size=args.image_size,
         image_root=None if args.image_root is None else str(Path(args.image_root).expanduser().resolve()),
-        groups=args.groups, samples=args.samples, seed=args.seed,
+        groups=getattr(args, "groups", None), samples=args.samples, seed=args.seed, repeats=args.repeats,
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
         tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
-        hoa=HoaSettings(exhaustive=args.exhaustive),
-        select=SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size,
-                              max_group_cost=args.max_group_cost, task_costs=_task_costs(args.task_costs, None)),
+        hoa=HoaSettings(exhaustive=getattr(args, "exhaustive", False)),
+        select=SelectSettings(overlap=True if getattr(args, "overlap", False) else
+                              False if getattr(args, "no_overlap", False) else None,
+                              max_group_size=getattr(args, "max_group_size", None),
+                              max_group_cost=getattr(args, "max_group_cost", None),
+                              task_costs=_task_costs(getattr(args, "task_costs", None), None)),
     )
 
 
@@ -427,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "evaluate"):
             return cmd_run(args)
         if args.command == "select":
             return cmd_select(args)

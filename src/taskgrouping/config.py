@@ -47,7 +47,10 @@ class RunConfig:
     :mod:`taskgrouping.data.images`).
     ``evaluate``
     says which models are trained after selection (:data:`EVALUATE`): with thousands of
-    tasks the single-task baseline alone is thousands of trainings.
+    tasks the single-task baseline alone is thousands of trainings. ``repeats`` trains every
+    evaluated setting that many times with derived seeds (intervals and the verdict).
+    ``given_groups`` replaces selection with a grouping the user already has
+    (``taskgrouping evaluate``; the selector is then ``given``).
     """
 
     data: str = "builtin:digits"
@@ -72,6 +75,8 @@ class RunConfig:
     dask_address: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     evaluate: Literal["all", "grouped", "none"] = "all"
+    repeats: int = 1
+    given_groups: tuple[tuple[str, ...], ...] | None = None
     swola: SwolaSettings = field(default_factory=SwolaSettings)
     tag: TagSettings = field(default_factory=TagSettings)
     datamaps: DatamapSettings = field(default_factory=DatamapSettings)
@@ -82,7 +87,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Check what can be checked without the data."""
         check_method(self.method)
-        get_selector(self.selector, self.select)
+        if self.given_groups is not None:
+            object.__setattr__(self, "given_groups", tuple(tuple(str(t) for t in g) for g in self.given_groups))
+            object.__setattr__(self, "selector", "given")
+        else:
+            get_selector(self.selector, self.select)
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise InputError(f"--repeats must be a positive integer, got {self.repeats!r}")
         if self.hoa.exhaustive and (self.method != "hoa" or self.selector != "network"):
             raise InputError("--exhaustive trains every subset and selects exactly on the measured losses: "
                              "use it with --method hoa --selector network")
@@ -169,6 +180,10 @@ class RunConfig:
         shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
         self.check_trunk(shape)
         n_tasks = len(ds.tasks)
+        if self.given_groups is not None:
+            from taskgrouping.selectors.given import check_given
+
+            check_given(self.given_groups, ds.task_names, overlap=self.select.overlap is True)
         if self.groups is not None and not 1 <= self.groups <= n_tasks:
             raise InputError(f"--groups {self.groups} is outside 1..{n_tasks} (the number of tasks)")
         unknown = [t for t, _ in self.select.task_costs if t not in ds.task_names]

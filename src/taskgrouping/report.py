@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from taskgrouping.methods.base import AffinityMatrix
-from taskgrouping.models.evaluate import CONTROLS, SETTINGS, recommend
+from taskgrouping.models.evaluate import CONTROLS, SETTINGS
 
 WEAK_SILHOUETTE = 0.25
 """Below this silhouette the groups are reported as no clear structure (Kaufman and Rousseeuw's
@@ -128,7 +128,8 @@ def chance_tasks(rows: list[dict[str, Any]], counts: dict[str, list[int]]) -> di
     """
     out: dict[str, float] = {}
     for r in rows:
-        if r["setting"] != "single_task" or r.get("metric_name") != "auroc" or r["task"] not in counts:
+        if r["setting"] != "single_task" or r.get("metric_name") != "auroc" or r["task"] not in counts \
+                or int(r.get("repeat", 0)) != 0:
             continue
         n1, n0 = counts[r["task"]]
         if n1 < 1 or n0 < 1:
@@ -166,19 +167,87 @@ def _short(v: Any) -> Any:
     return float(f"{v:.3g}") if isinstance(v, float) else v
 
 
-def settings_table(totals: dict[str, dict[str, float]]) -> str:
-    """The four-setting markdown table, with the recommendation marked (never a control)."""
-    best = recommend(totals) if len(totals) > 1 else None
-    lines = ["| setting | total val loss | total test loss | vs best other (test) |",
-             "|---|---:|---:|---:|"]
+def _count(n: float) -> str:
+    """A large count for people: 1,234 / 12.3k / 4.56M / 7.89G."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= 10 * div:
+            return f"{n / div:.3g}{unit}"
+    return f"{int(n):,}"
+
+
+def settings_table(summary: dict[str, Any], totals: dict[str, dict[str, float]]) -> str:
+    """The four-setting markdown table: cost, selection and test loss with 95% intervals, the verdict marked."""
+    best = (summary.get("verdict") or {}).get("setting")
+    sel_ci, test_ci, costs = (summary.get(k) or {} for k in ("selection_ci", "metrics_ci", "costs"))
+    lines = ["| setting | models | parameters | FLOPs / sample | selection loss (95% CI) | test loss (95% CI) "
+             "| test vs best other |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(v: float, ci: list[float] | None) -> str:
+        return f"{v:.4f}" if not ci else f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
     for s in SETTINGS:
         if s not in totals:
             continue
         others = [totals[o]["test_loss"] for o in totals if o != s]
-        rel = (totals[s]["test_loss"] / min(others) - 1.0) * 100 if others else 0.0
-        mark = " **(recommended)**" if s == best else " (control)" if s in CONTROLS else ""
-        lines.append(f"| {s}{mark} | {totals[s]['val_loss']:.4f} | {totals[s]['test_loss']:.4f} | {rel:+.1f}% |")
+        rel = f"{(totals[s]['test_loss'] / min(others) - 1.0) * 100:+.1f}%" if others else "–"
+        mark = " **(recommended)**" if s == best and len(totals) > 1 else " (control)" if s in CONTROLS else ""
+        c = costs.get(s, {})
+        lines.append(f"| {s}{mark} | {c.get('models', '')} | {_count(c['parameters']) if c else ''} | "
+                     f"{_count(c['flops']) if c else ''} | {cell(totals[s]['sel_loss'], sel_ci.get(s))} | "
+                     f"{cell(totals[s]['test_loss'], test_ci.get(s))} | {rel} |")
     return "\n".join(lines)
+
+
+def comparisons_table(summary: dict[str, Any]) -> list[str]:
+    """Paired differences grouped - baseline on the selection and test parts, with their intervals."""
+    comp = summary.get("comparisons") or {}
+    if not comp:
+        return []
+    lines = ["| groups minus | on selection (95% CI) | on test (95% CI) | on test |", "|---|---:|---:|---|"]
+    for b in SETTINGS:
+        if b not in comp:
+            continue
+        sel, test = comp[b]["selection"], comp[b]["test"]
+        word = ("groups better" if test["ci"][1] < 0 else "groups worse" if test["ci"][0] > 0
+                else "no difference beyond the noise")
+        lines.append(f"| {b}{' (control)' if b in CONTROLS else ''} | {sel['difference']:+.4f} "
+                     f"[{sel['ci'][0]:+.4f}, {sel['ci'][1]:+.4f}] | {test['difference']:+.4f} "
+                     f"[{test['ci'][0]:+.4f}, {test['ci'][1]:+.4f}] | {word} |")
+    return lines
+
+
+def what_to_do(summary: dict[str, Any], totals: dict[str, dict[str, float]]) -> str:
+    """One paragraph a manager can act on: what to train, whether grouping pays, how sure we are."""
+    v = summary.get("verdict") or {}
+    n, k = len(summary["tasks"]), len(summary["groups"])
+    repeats = int(summary.get("repeats") or 1)
+    if not totals:
+        return (f"**What to do:** the {n} tasks fall into {k} groups by their affinity. No models were trained "
+                "(`--evaluate none`), so nothing says whether training in groups beats one model or one per task: "
+                "run with `--evaluate all` before acting on the groups.")
+    if len(totals) == 1 or v.get("setting") is None:
+        return (f"**What to do:** only the groups' models were trained ({k} models for {n} tasks), so there is "
+                "no baseline to compare with; run with `--evaluate all` to know whether grouping pays.")
+    noise = (f"{repeats} trainings per setting" if repeats > 1 else
+             "one training per setting (the intervals cover the evaluation sample, not training noise: "
+             "use `--repeats 3` or more before a decision that matters)")
+    setting, models = v["setting"], v["models"]
+    if v["pays"] == "yes":
+        head = (f"**What to do:** train the {n} tasks as the {k} groups below ({models} models). Grouping pays: "
+                "the groups beat one model for all tasks and random groups of the same sizes beyond the noise, "
+                "and nothing beats the groups.")
+    elif v["pays"] == "no" and setting == "grouped":
+        head = (f"**What to do:** train {models} models, as the groups below if you like, but the grouping itself "
+                f"does not pay: {v['reason']}.")
+    elif v["pays"] == "no":
+        plan = {"all_together": f"one model for all {n} tasks",
+                "single_task": f"one model per task ({n} models)"}.get(setting, setting)
+        head = f"**What to do:** train {plan}. Grouping does not pay here: {v['reason']}."
+    else:
+        head = (f"**What to do:** the groups below ({models} models) are the cheapest setting as good as the best, "
+                f"but it is not settled that they beat one model for all tasks: {v['reason']}. Train them if "
+                "fewer models matter; more repeats (`--repeats`) would settle it.")
+    return head + f" Based on {noise}; chosen on the selection split, which no model early-stopped on."
 
 
 def _probe_samples(info: dict[str, Any]) -> str:
@@ -187,7 +256,7 @@ def _probe_samples(info: dict[str, Any]) -> str:
     if used is None:
         return f"{asked} probe samples"
     if used < asked:
-        return (f"{used} probe samples (all {train} training rows: the split keeps 70% of the rows for training; "
+        return (f"{used} probe samples (all {train} training rows: the split keeps 60% of the rows for training; "
                 f"--samples asked for {asked})")
     return f"{used} probe samples (of {train} training rows)"
 
@@ -210,7 +279,7 @@ def _kinds_section(kinds: dict[str, dict[str, str]]) -> list[str]:
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
                   totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
     """The markdown report of one run."""
-    lines = [f"# taskgrouping run {summary['run_id']}", ""]
+    lines = [f"# taskgrouping run {summary['run_id']}", "", what_to_do(summary, totals), ""]
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
                  f"selector `{summary['selector']}`, seed {info['seed']}, {_probe_samples(info)}.")
     lines.append("")
@@ -220,26 +289,28 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
                                                                if len(features) > 20 else "")
         lines += [f"Features ({len(features)}): {feats}. Label columns (`y_*` or named by `--tasks`) are never "
                   "features unless `--features` names them.", ""]
-    if not totals:
-        lines += ["## Recommendation", "", "No models were trained (`--evaluate none`): the groups below "
-                  "come from the affinity alone, unchecked against the baselines.", ""]
-    elif set(totals) == {"grouped"}:
-        lines += ["## Recommendation", "", "Only the groups' models were trained (`--evaluate grouped`), so "
-                  "there is no baseline to recommend against.", "", settings_table(totals), ""]
-    else:
-        best = recommend(totals)
-        if best is None:
-            verdict = "Only controls were evaluated: nothing to recommend."
-        elif best == "grouped":
-            verdict = "Training the tasks in the groups below has the lowest total validation loss."
-        else:
-            verdict = (f"Grouping does not pay here: `{best}` has the lowest total validation loss, "
-                       "so train that way rather than in the groups below.")
-        lines += ["## Recommendation", "", verdict, "", settings_table(totals), ""]
     if totals:
-        lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: "
-                  "squared error on standardised targets). The recommendation uses validation loss only; "
-                  "`random` (random groups of the same sizes) is a control and never recommended.", ""]
+        v = summary.get("verdict") or {}
+        lines += ["## Recommendation", ""]
+        if v.get("setting") is not None and len(totals) > 1:
+            lines += [f"Recommended: **{v['setting']}** ({v['models']} model{'s' if v['models'] != 1 else ''}, "
+                      f"{_count(v['parameters'])} parameters); "
+                      f"grouping pays: **{v['pays']}**. {v['reason'][0].upper() + v['reason'][1:]}.", ""]
+        lines += [settings_table(summary, totals), ""]
+        comp = comparisons_table(summary)
+        if comp:
+            lines += ["Paired differences (the same rows and repeats; negative = the groups have lower loss):", "",
+                      *comp, ""]
+        repeats = int(summary.get("repeats") or 1)
+        lines += ["Losses are summed over tasks (binary: BCE, multi-class: cross-entropy, regression: squared "
+                  "error on standardised targets) and averaged over " + (f"{repeats} trainings" if repeats > 1 else
+                  "one training") + ". Every task trains on the same 60% of rows; each task's other labelled rows "
+                  "are divided into validation (early stopping, 10%), selection (the verdict, 15%) and test "
+                  "(reported only, 15%), by class for classification tasks. The rule: among settings whose "
+                  "selection loss cannot be told from the best (the 95% interval of the difference reaches 0), "
+                  "recommend the one with the fewest models; `random` (random groups of the same sizes, a new "
+                  "partition per repeat) is a control and never recommended. Intervals combine training noise "
+                  "(between repeats) and the evaluation sample (between rows).", ""]
     sil = (info.get("selection") or {}).get("silhouette")
     if isinstance(sil, float) and np.isfinite(sil) and sil < WEAK_SILHOUETTE and len(summary["groups"]) > 1:
         lines += [f"**No clear group structure**: the groups' silhouette is {sil:.2f} (below "
@@ -280,13 +351,17 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
             diag["objective"] = _short(float(summary["objective"]))
         lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
     lines += ["![affinity heatmap](heatmap.png)", ""]
-    by = {(r["setting"], r["task"]): r for r in rows}
+    by = {(r["setting"], r["task"]): r for r in rows if int(r.get("repeat", 0)) == 0}
     kinds = info.get("task_kinds") or {}
     if rows:
-        lines += ["## Per task (test)", "", "| task | kind | " + " | ".join(SETTINGS) + " | metric (grouped) |",
+        lines += ["## Per task (test)", "", "Mean test loss ± the half-width of its 95% interval; the metric is "
+                  "the first training's.", "",
+                  "| task | kind | " + " | ".join(SETTINGS) + " | metric (grouped) |",
                   "|---|---|" + "---:|" * (len(SETTINGS) + 1)]
+    ci = info.get("per_task_ci") or {}
     for t in summary["tasks"] if rows else []:
-        cells = [f"{by[(s, t)]['test_loss']:.4f}" if (s, t) in by else "" for s in SETTINGS]
+        cells = [(f"{ci[(s, t)][0]:.4f} ± {ci[(s, t)][1]:.4f}" if (s, t) in ci else f"{by[(s, t)]['test_loss']:.4f}")
+                 if (s, t) in by else "" for s in SETTINGS]
         g = by.get(("grouped", t))
         metric = f"{g['metric_name']} {g['metric']:.3f}" if g and g["metric"] is not None else ""
         lines.append(f"| `{t}` | {kinds.get(t, {}).get('kind', '')} | " + " | ".join(cells) + f" | {metric} |")

@@ -65,7 +65,7 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
     # 7. the report says how many probe samples were used and why; features, kinds and the chance flag
     report = Path(s["artifacts"]["report"]).read_text()
     assert s["probe_samples"] == 128
-    assert "128 probe samples (of 280 training rows)" in report
+    assert "128 probe samples (of 240 training rows)" in report
     assert "Features (4): `f_0`, `f_1`, `f_2`, `f_3`." in report
     assert "| `y_count` | regression | inferred: integers with 51 distinct values (more than 10) |" in report
     assert "**At chance**: `y_coin`" in report
@@ -86,11 +86,12 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
     from sklearn.metrics import roc_auc_score
 
     from taskgrouping import load_group_model
-    from taskgrouping.data.dataset import split_rows
+    from taskgrouping.storage import Store
 
     frame = pl.read_csv(data)
-    test = split_rows(frame.height, 0) == 2
-    x = frame.select([f"f_{i}" for i in range(4)]).to_numpy()[test]
+    prepared = Store(store).read_prepared(s["dataset_key"])  # each task's own test rows
+    tests = {t: prepared.parts(j) == 3 for j, t in enumerate(prepared.task_names)}
+    x = frame.select([f"f_{i}" for i in range(4)]).to_numpy()
     rows = [r for r in pq.read_table(s["artifacts"]["metrics"]).to_pylist() if r["setting"] == "grouped"]
     checked = 0
     for gi, members in enumerate(s["groups"]):
@@ -102,11 +103,12 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
         for r in rows:
             if r["task"] not in members or s["served"][r["task"]] != gi:
                 continue
+            test = tests[r["task"]]
             y = frame[r["task"]].to_numpy()[test]
             if r["metric_name"] == "auroc":
-                assert roc_auc_score(y, pred[r["task"]]) == pytest.approx(r["metric"], abs=1e-6)
+                assert roc_auc_score(y, pred[r["task"]][test]) == pytest.approx(r["metric"], abs=1e-6)
             else:
-                rmse = float(np.sqrt(np.mean((pred[r["task"]] - y) ** 2)))
+                rmse = float(np.sqrt(np.mean((pred[r["task"]][test] - y) ** 2)))
                 assert rmse == pytest.approx(r["metric"], rel=1e-4)
             checked += 1
     assert checked == 4

@@ -3,7 +3,7 @@ import torch
 
 from taskgrouping.data.builtins import synthetic
 from taskgrouping.data.dataset import prepare
-from taskgrouping.models.evaluate import evaluation_groupings, recommend, setting_totals
+from taskgrouping.models.evaluate import evaluation_groupings, evaluation_jobs, setting_totals
 from taskgrouping.models.train import MultiTaskModel, TrainSettings, train_group
 
 FAST = TrainSettings(hidden=16, max_epochs=30, patience=5)
@@ -35,7 +35,7 @@ def test_model_heads_match_tasks():
     assert [o.shape for o in outs] == [(5, 1)] * 3
 
 
-def test_evaluation_groupings_and_recommendation():
+def test_evaluation_groupings_and_totals():
     tasks = [f"t{i}" for i in range(7)]
     grouped = [["t0", "t1", "t2"], ["t3", "t4"], ["t5", "t6"]]
     g = evaluation_groupings(tasks, grouped, seed=1)
@@ -43,7 +43,22 @@ def test_evaluation_groupings_and_recommendation():
     assert sorted(sum(g["random"], [])) == tasks
     assert g["random"] == evaluation_groupings(tasks, grouped, seed=1)["random"]
     assert g["all_together"] == [tasks] and g["single_task"] == [[t] for t in tasks]
-    rows = [{"setting": "grouped", "val_loss": 1.0, "test_loss": 2.0},
-            {"setting": "single_task", "val_loss": 0.5, "test_loss": 3.0}]
-    totals = setting_totals(rows)
-    assert recommend(totals) == "single_task"  # chosen on validation, never on test
+    rows = [{"setting": "grouped", "val_loss": 1.0, "sel_loss": 1.5, "test_loss": 2.0, "repeat": 0},
+            {"setting": "grouped", "val_loss": 3.0, "sel_loss": 2.5, "test_loss": 4.0, "repeat": 1},
+            {"setting": "single_task", "val_loss": 0.5, "sel_loss": 0.7, "test_loss": 3.0, "repeat": 0}]
+    totals = setting_totals(rows)  # summed over tasks, averaged over repeats
+    assert totals["grouped"] == {"val_loss": 2.0, "sel_loss": 2.0, "test_loss": 3.0}
+    assert totals["single_task"]["sel_loss"] == 0.7
+
+
+def test_repeats_keep_the_grouping_and_draw_new_random_partitions():
+    tasks = [f"t{i}" for i in range(8)]
+    grouped = [["t0", "t1", "t2"], ["t3", "t4", "t5"], ["t6", "t7"]]
+    served = {t: gi for gi, g in enumerate(grouped) for t in g}
+    first, second = (evaluation_jobs(tasks, grouped, served, 0, repeat=r) for r in (0, 1))
+    assert [j.members for j in first["grouped"]] == [j.members for j in second["grouped"]]
+    assert all(j.repeat == 1 for js in second.values() for j in js)
+    assert [len(j.members) for j in second["random"]] == [3, 3, 2]
+    assert [j.members for j in first["random"]] != [j.members for j in second["random"]]
+    # repeat 0 is what a single run always trained
+    assert [j.members for j in first["random"]] == [tuple(g) for g in evaluation_groupings(tasks, grouped, 0)["random"]]

@@ -53,9 +53,14 @@ def test_schema_checked_on_write_and_read(tmp_path):
 def test_model_saved_as_safetensors(tmp_path):
     st = Store(tmp_path)
     state = {"w": torch.arange(6.0).reshape(2, 3)}
-    st.write_model("g", state, [{"task": "t", "kind": "binary", "val_loss": 0.1, "test_loss": 0.2,
-                                 "metric_name": "auroc", "metric": 0.9}], {"epochs": 3})
+    heldout = {"t": {"selection": (np.array([4, 9]), np.array([0.5, 0.25], np.float32)),
+                     "test": (np.array([1]), np.array([2.0], np.float32))}}
+    st.write_model("g", state, [{"task": "t", "kind": "binary", "val_loss": 0.1, "sel_loss": 0.15, "test_loss": 0.2,
+                                 "metric_name": "auroc", "metric": 0.9}], {"epochs": 3, "heldout": heldout})
     assert st.has_model("g")
+    back = st.read_model_heldout("g")["t"]
+    assert back["selection"][0].tolist() == [4, 9] and back["selection"][1].tolist() == [0.5, 0.25]
+    assert back["test"][0].tolist() == [1] and st.read_model_info("g") == {"epochs": 3}
     assert torch.equal(st.read_model_state("g")["w"], state["w"])
     assert st.read_model_results("g")[0]["metric"] == 0.9
 

@@ -86,7 +86,9 @@ class PreparedData:
     Attributes:
         x: (n, d) float32 standardised with the training split's mean and std.
         y: (n, T) float32; regression targets standardised with the training split.
-        split: (n,) int8; 0 = train, 1 = validation, 2 = test.
+        split: (n,) int8; 0 = train (every task), 1 = held out. Each task divides the held-out
+            rows it has labels for into its own validation, selection and test parts
+            (:meth:`parts`, :func:`task_parts`).
         probe_idx: (n_probe,) int64 rows of the training split used by probes.
         y_scale: (T,) the standard deviation used to standardise each task (1 if not regression).
         x_mean, x_std: (d,) the training split's feature mean and scale (raw = x * x_std + x_mean).
@@ -119,21 +121,74 @@ class PreparedData:
         """The shape of one input (``(d,)`` for vectors)."""
         return tuple(self.input_shape) if self.input_shape is not None else (int(self.x.shape[1]),)
 
+    def parts(self, j: int) -> np.ndarray:
+        """Task ``j``'s part of every row (:func:`task_parts`)."""
+        t = self.tasks[j]
+        return task_parts(self.y[:, j], self.split, t.kind, self.seed, t.name)
+
     def data_key(self) -> str:
         """Identity of the rows a model sees: features, split and probe sample."""
         return stable_hash("data", self.features_fp, self.split, self.probe_idx)
 
 
-def split_rows(n: int, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> np.ndarray:
-    """Seeded train/validation/test assignment: 0, 1, 2 per row (70/15/15 by default)."""
+TRAIN_FRACTION = 0.6
+"""Rows every task trains on (and probes draw from); the rest are held out."""
+
+PARTS = ("train", "validation", "selection", "test")
+"""A row's part for one task: 0 trains, 1 early-stops, 2 chooses the verdict, 3 is only reported."""
+
+HELD_OUT_FRACTIONS = (0.25, 0.375, 0.375)
+"""How a task's labelled held-out rows divide into validation, selection and test: 10 / 15 / 15 % of
+all rows (with :data:`TRAIN_FRACTION` 60 % training)."""
+
+
+def split_rows(n: int, seed: int, train_fraction: float = TRAIN_FRACTION) -> np.ndarray:
+    """Seeded shared split: 0 = train, 1 = held out, per row (60 / 40 by default).
+
+    It depends on the row count and seed only, never on labels, so adding a task leaves
+    every probe and every other task's evaluation rows as they were.
+    """
     rng = np.random.default_rng(derive_seed(seed, "split"))
     order = rng.permutation(n)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    split = np.full(n, 2, dtype=np.int8)
-    split[order[:n_train]] = 0
-    split[order[n_train : n_train + n_val]] = 1
+    split = np.ones(n, dtype=np.int8)
+    split[order[: int(round(train_fraction * n))]] = 0
     return split
+
+
+def _interleaved(n: int, fractions: tuple[float, ...]) -> np.ndarray:
+    """``n`` part indices in proportion to ``fractions``, interleaved so every prefix is in proportion.
+
+    Item ``j`` of part ``k`` ideally sits at ``(j + 0.5) / f_k``; the sequence is all items
+    sorted by that position, so any run of consecutive positions holds each part within
+    one of its share.
+    """
+    f = np.asarray(fractions, dtype=np.float64) / float(sum(fractions))
+    pos = np.concatenate([(np.arange(int(np.ceil(n * fk)) + 1) + 0.5) / fk for fk in f])
+    part = np.concatenate([np.full(int(np.ceil(n * fk)) + 1, k) for k, fk in enumerate(f)])
+    return part[np.argsort(pos, kind="stable")][:n]
+
+
+def task_parts(y: np.ndarray, split: np.ndarray, kind: str, seed: int, name: str) -> np.ndarray:
+    """One task's part of every row: 0 train, 1 validation, 2 selection, 3 test, -1 unlabelled.
+
+    Training rows are the shared ones (``split == 0``). The task's labelled held-out rows
+    are divided by :data:`HELD_OUT_FRACTIONS`; for a classification task within each
+    class (stratified: the classes are laid end to end, each shuffled, and dealt an
+    interleaved sequence of parts), so a rare class lands in every part in proportion.
+    Seeded by ``seed`` and the task's name only: other tasks never move a task's rows.
+    """
+    labelled = ~np.isnan(y)
+    parts = np.where(labelled & (split == 0), 0, -1).astype(np.int8)
+    held = np.flatnonzero(labelled & (split != 0))
+    rng = np.random.default_rng(derive_seed(seed, "parts", name))
+    if kind == "regression":
+        order = held[rng.permutation(held.size)]
+    else:
+        classes = np.unique(y[held])
+        strata = [held[y[held] == c] for c in classes[rng.permutation(classes.size)]]
+        order = np.concatenate([r[rng.permutation(r.size)] for r in strata]) if strata else held
+    parts[order] = 1 + _interleaved(order.size, HELD_OUT_FRACTIONS).astype(np.int8)
+    return parts
 
 
 def probe_rows(split: np.ndarray, seed: int, samples: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from prefect.futures import as_completed
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
 from taskgrouping.hashing import stable_hash
-from taskgrouping.models.evaluate import GroupJob, evaluation_jobs
+from taskgrouping.models.evaluate import GroupJob, evaluation_jobs, repeat_seed
 from taskgrouping.storage import Store
 from taskgrouping.storage.integrity import intact
 from taskgrouping.tasks.report import report_step
@@ -97,9 +97,9 @@ class _Run:
     inline: bool = False
     """Run step bodies in this process without Prefect (``TaskGrouper.fit``): same code, same keys."""
 
-    def group_key(self, members: Sequence[str], weights: Sequence[float] | None = None) -> str:
+    def group_key(self, members: Sequence[str], weights: Sequence[float] | None = None, seed: int | None = None) -> str:
         return keys.group_key(self.data_key, [(m, self.label_fps[m]) for m in members], self.cfg.train,
-                              self.cfg.seed, list(weights) if weights is not None else None)
+                              self.cfg.seed if seed is None else seed, list(weights) if weights is not None else None)
 
 
 @dataclass
@@ -144,7 +144,11 @@ def _train_name(members: list[str]) -> str:
     return f"train [{shown}]"
 
 
-def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None]], label: str) -> dict[str, dict[str, Any]]:
+ModelJob = tuple[list[str], list[float] | None, int]
+"""A model to train: member tasks (in task order), loss weights or None, training seed."""
+
+
+def _train_models(run: _Run, jobs: dict[str, ModelJob], label: str) -> dict[str, dict[str, Any]]:
     """Train (or reuse) one model per key, mapped on the Dask workers; retrain any whose files vanished."""
     cfg = run.cfg
     train_settings = asdict(cfg.train)
@@ -153,7 +157,7 @@ def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None
         with _gpu_annotation(cfg):
             return [train_step.with_options(result_storage=run.results, refresh_cache=refresh,
                                             task_run_name=_train_name(jobs[k][0])).submit(
-                cfg.store, run.dataset_key, jobs[k][0], train_settings, cfg.seed, cfg.device,
+                cfg.store, run.dataset_key, jobs[k][0], train_settings, jobs[k][2], cfg.device,
                 cache_key=k, run_id=run.run_id, weights=jobs[k][1]) for k in group_keys]
 
     futures = submit(list(jobs))
@@ -170,11 +174,12 @@ def _train_models(run: _Run, jobs: dict[str, tuple[list[str], list[float] | None
     return trained
 
 
-def _job_model(run: _Run, job: GroupJob) -> tuple[str, list[str], list[float] | None]:
-    """The model a job needs: its key, members in task order and their loss weights (if any)."""
+def _job_model(run: _Run, job: GroupJob) -> tuple[str, ModelJob]:
+    """The model a job needs: its key, and its members in task order, loss weights (if any) and seed."""
     members = sorted(job.members, key=run.names.index)
     weights = None if job.weights is None else [job.weights[job.members.index(m)] for m in members]
-    return run.group_key(members, weights), members, weights
+    seed = repeat_seed(run.cfg.seed, job.repeat)
+    return run.group_key(members, weights, seed), (members, weights, seed)
 
 
 def _run_step(step: Any, results: Path, present: Callable[[dict[str, Any]], bool], *args: Any,
@@ -333,7 +338,7 @@ def _hoa_affinity(run: _Run) -> _Affinity:
     singles = [[t] for t in run.names]
     pairs = pair_subsets(run.names)
     subsets = all_task_subsets(run.names) if cfg.hoa.exhaustive else singles + pairs
-    jobs: dict[str, tuple[list[str], list[float] | None]] = {run.group_key(s): (s, None) for s in subsets}
+    jobs: dict[str, ModelJob] = {run.group_key(s): (s, None, cfg.seed) for s in subsets}
     trained = _train_models(run, jobs, "hoa")
     probe_seconds = time.perf_counter() - t0
 
@@ -404,6 +409,11 @@ def select_stage(run: _Run, aff: _Affinity) -> dict[str, Any]:
     cfg = run.cfg
     step: Any
     args: tuple[Any, ...]
+    if cfg.given_groups is not None:  # taskgrouping evaluate: the user's own grouping
+        from taskgrouping.selectors.given import given_grouping
+        from taskgrouping.tasks.steps import selection_result
+
+        return selection_result(given_grouping(cfg.given_groups, run.names), run.run_id)
     if cfg.hoa.exhaustive:
         sel_key = keys.selection_key(aff.key, "hoa-oracle", cfg.groups, cfg.seed, cfg.select)
         overlap = cfg.select.overlap is not False
@@ -443,13 +453,18 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
         order = [mem["tasks"].index(t) for t in names]
         weights = [[row[i] for i in order] for row in mem["weights"]]
         store.write_memberships(run_id, names, np.array(weights).T)
-    jobs = evaluation_jobs(names, sel["groups"], sel["served"], cfg.seed, weights)
-    jobs = {s: j for s, j in jobs.items() if cfg.evaluate == "all" or (cfg.evaluate == "grouped" and s == "grouped")}
-    unique: dict[str, tuple[list[str], list[float] | None]] = {}
+    wanted = {"all": None, "grouped": {"grouped"}, "none": set()}[cfg.evaluate]
+    jobs: dict[str, list[GroupJob]] = {}
+    for r in range(cfg.repeats):  # the grouping stays fixed; each repeat trains every setting with its own seed
+        for setting, setting_jobs in evaluation_jobs(names, sel["groups"], sel["served"], cfg.seed, weights,
+                                                     repeat=r).items():
+            if wanted is None or setting in wanted:
+                jobs.setdefault(setting, []).extend(setting_jobs)
+    unique: dict[str, ModelJob] = {}
     for setting_jobs in jobs.values():
         for job in setting_jobs:
-            key, members, w = _job_model(run, job)
-            unique.setdefault(key, (members, w))
+            key, model = _job_model(run, job)
+            unique.setdefault(key, model)
     trained = _train_models(run, unique, "train") if unique else {}
     groups_trained = sum(1 for k, r in trained.items() if _computed(run, r) and k not in aff.trained_keys)
     seconds["train"] = time.perf_counter() - t0
@@ -461,12 +476,14 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
               "groups_trained": groups_trained, "groups_reused": len(unique) - groups_trained}
 
     def job_results(job: GroupJob) -> dict[str, Any]:
-        rows = trained[_job_model(run, job)[0]]["results"]
-        return {"members": list(job.members), "results": [r for r in rows if r["task"] in job.serves]}
+        key = _job_model(run, job)[0]
+        rows = trained[key]["results"]
+        return {"members": list(job.members), "serves": list(job.serves), "repeat": job.repeat, "key": key,
+                "cost": trained[key]["cost"], "results": [r for r in rows if r["task"] in job.serves]}
 
     group_results = {setting: [job_results(j) for j in setting_jobs] for setting, setting_jobs in jobs.items()}
     models = {str(sel["served"][j.serves[0]]): str(store.model_dir(_job_model(run, j)[0]))
-              for j in jobs.get("grouped", [])}
+              for j in jobs.get("grouped", []) if j.repeat == 0}
     summary: dict[str, Any] = report_step(
         cfg.to_dict(), run_id, names, sel, aff.path, group_results, counts, seconds,
         {"probe_bytes_mean": aff.extra.get("probe_bytes_mean"), "ground_truth": meta.get("ground_truth"),
@@ -484,8 +501,11 @@ def _test_counts(store: Store, dataset_key: str, meta: dict[str, Any]) -> dict[s
     if not binary:
         return {}
     data = store.read_prepared(dataset_key, tasks=binary)
-    y = data.y[data.split == 2]
-    return {t: [int(np.sum(y[:, j] == 1)), int(np.sum(y[:, j] == 0))] for j, t in enumerate(binary)}
+    out = {}
+    for j, t in enumerate(binary):
+        y = data.y[data.parts(j) == 3, j]
+        out[t] = [int(np.sum(y == 1)), int(np.sum(y == 0))]
+    return out
 
 
 def run_regroup(cfg: RunConfig, run_id: str) -> dict[str, Any]:

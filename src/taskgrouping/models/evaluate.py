@@ -23,26 +23,33 @@ class GroupJob:
     members: tuple[str, ...]
     serves: tuple[str, ...]
     weights: tuple[float, ...] | None = None
+    repeat: int = 0
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The training seed of repeat ``repeat`` (the run's own seed for the first, so one repeat is as before)."""
+    return seed if repeat == 0 else derive_seed(seed, "repeat", repeat)
 
 
 def evaluation_jobs(tasks: list[str], grouped: list[list[str]], served: dict[str, int], seed: int,
-                    weights: list[list[float]] | None = None) -> dict[str, list[GroupJob]]:
-    """The models to train for each setting; every task is served by exactly one job per setting.
+                    weights: list[list[float]] | None = None, repeat: int = 0) -> dict[str, list[GroupJob]]:
+    """The models to train for each setting in one repeat; every task is served by exactly one job per setting.
 
     ``grouped`` jobs serve the tasks ``served`` maps to them (helpers train but are not
     counted). ``weights`` (one row per group, aligned with ``tasks``) turns each
     grouped job into a model on every task with those loss weights. ``random``
-    partitions the tasks at random with the sizes of the served sets.
+    partitions the tasks at random with the sizes of the served sets, a new partition
+    per ``repeat`` (the control stands for random groupings, not for one of them).
     """
     serves = [[t for t in tasks if served[t] == gi] for gi in range(len(grouped))]
     if weights is None:
-        grouped_jobs = [GroupJob(tuple(g), tuple(s)) for g, s in zip(grouped, serves, strict=True)]
+        grouped_jobs = [GroupJob(tuple(g), tuple(s), repeat=repeat) for g, s in zip(grouped, serves, strict=True)]
     else:
-        grouped_jobs = [GroupJob(tuple(tasks), tuple(s), tuple(round(float(w), 6) for w in row))
+        grouped_jobs = [GroupJob(tuple(tasks), tuple(s), tuple(round(float(w), 6) for w in row), repeat)
                         for s, row in zip(serves, weights, strict=True)]
-    groupings = evaluation_groupings(tasks, serves, seed)
+    groupings = evaluation_groupings(tasks, serves, seed if repeat == 0 else derive_seed(seed, "random", repeat))
     return {"grouped": [j for j in grouped_jobs if j.serves]} | {
-        setting: [GroupJob(tuple(g), tuple(g)) for g in groups]
+        setting: [GroupJob(tuple(g), tuple(g), repeat=repeat) for g in groups]
         for setting, groups in groupings.items() if setting != "grouped"}
 
 
@@ -67,23 +74,16 @@ def evaluation_groupings(tasks: list[str], grouped: list[list[str]], seed: int) 
 
 
 def setting_totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Total validation and test loss per setting (summed over tasks)."""
+    """Total early-stopping validation, selection and test loss per setting (summed over tasks, mean over repeats)."""
     out: dict[str, dict[str, float]] = {}
+    repeats: dict[str, set[int]] = {}
     for r in rows:
-        tot = out.setdefault(r["setting"], {"val_loss": 0.0, "test_loss": 0.0})
-        tot["val_loss"] += r["val_loss"]
-        tot["test_loss"] += r["test_loss"]
-    return out
+        tot = out.setdefault(r["setting"], {"val_loss": 0.0, "sel_loss": 0.0, "test_loss": 0.0})
+        repeats.setdefault(r["setting"], set()).add(int(r.get("repeat", 0)))
+        for k in tot:
+            tot[k] += r[k]
+    return {s: {k: v / len(repeats[s]) for k, v in tot.items()} for s, tot in out.items()}
 
 
 CONTROLS = ("random",)
 """Settings that are controls: reported beside the others, never recommended."""
-
-
-def recommend(totals: dict[str, dict[str, float]]) -> str | None:
-    """The setting with the lowest total validation loss (never chosen on test loss, never a control).
-
-    ``None`` when only controls were evaluated.
-    """
-    candidates = [s for s in totals if s not in CONTROLS]
-    return min(candidates, key=lambda s: totals[s]["val_loss"]) if candidates else None

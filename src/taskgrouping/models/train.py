@@ -99,35 +99,55 @@ def masked_losses(outs: list[torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
     return torch.stack(vals)
 
 
+def _cost(model: MultiTaskModel, x: torch.Tensor) -> tuple[int, int]:
+    """(parameters, inference FLOPs per sample) of ``model``; FLOPs counted by torch on one sample.
+
+    ``torch.utils.flop_counter`` counts matrix products and convolutions (two per
+    multiply-add); elementwise work is left out, as the field's FLOP figures do.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(int(p.numel()) for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x[:1])
+    return params, int(counter.get_total_flops())
+
+
 def train_group(data: PreparedData, members: list[int], settings: TrainSettings, seed: int,
                 device: str = "cpu", weights: list[float] | None = None,
                 hooks: TrainHooks | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
     """Train one model on the tasks ``members`` (indices into ``data.tasks``) and evaluate it.
 
-    Early stopping on the summed (``weights``-weighted, when given) validation loss;
-    the best state is restored. ``weights`` scale each member's loss (STG-MTL's
-    membership-weighted training); reported per-task losses are unweighted.
+    Every member trains on the shared training rows; each is early-stopped on, chosen on
+    and tested on its own held-out parts (:meth:`PreparedData.parts`). Early stopping on
+    the summed (``weights``-weighted, when given) validation loss; the best state is
+    restored. ``weights`` scale each member's loss (STG-MTL's membership-weighted
+    training); reported per-task losses are unweighted.
 
     Returns:
-        (state_dict on CPU, one result dict per member task with ``task, kind,
-        val_loss, test_loss, metric_name, metric``, training info with epochs and best
-        validation loss).
+        (state_dict on CPU, one result dict per member task with ``task, kind, val_loss,
+        sel_loss, test_loss, metric_name, metric`` (the metric on test), training info
+        with epochs, best validation loss, ``parameters``, ``flops`` (inference, per
+        sample) and ``heldout``: per member, the rows and per-sample losses of its
+        selection and test parts, ``{task: {"selection": (rows, losses), "test": ...}}``).
     """
     dev = resolve_device(device)
     tasks = [data.tasks[j] for j in members]
     y_all = data.y[:, members]
-    mask_all = ~np.isnan(y_all)
+    parts = np.stack([data.parts(j) for j in members], axis=1) if members else np.zeros((len(data.y), 0), np.int8)
     y_all = np.nan_to_num(y_all, nan=0.0)
 
-    def tensors(part: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = data.split == part
+    def tensors(part: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        rows = np.flatnonzero((parts == part).any(axis=1))
         return (torch.as_tensor(data.x[rows], device=dev),
                 torch.as_tensor(y_all[rows], device=dev),
-                torch.as_tensor(mask_all[rows], dtype=torch.float32, device=dev))
+                torch.as_tensor(parts[rows] == part, dtype=torch.float32, device=dev), rows)
 
-    xtr, ytr, mtr = tensors(0)
-    xva, yva, mva = tensors(1)
-    xte, yte, mte = tensors(2)
+    xtr, ytr, mtr, _ = tensors(0)
+    xva, yva, mva, _ = tensors(1)
+    xse, yse, mse, rows_se = tensors(2)
+    xte, yte, mte, rows_te = tensors(3)
     model = MultiTaskModel(data.x.shape[1], tasks, settings.hidden, settings.layers, seed, settings.trunk,
                            settings.checkpoint, data.input_shape).to(dev)
     w = torch.ones(len(members), device=dev) if weights is None else torch.as_tensor(
@@ -169,15 +189,27 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     model.load_state_dict(best_state)
     model.eval()
     results = []
+    heldout: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     with torch.no_grad():
         val_losses = masked_losses(model(xva), yva, mva, tasks).cpu().numpy()
-        test_outs = model(xte)
+        sel_outs, test_outs = model(xse), model(xte)
+        sel_losses = masked_losses(sel_outs, yse, mse, tasks).cpu().numpy()
         test_losses = masked_losses(test_outs, yte, mte, tasks).cpu().numpy()
+        for j, task in enumerate(tasks):
+            heldout[task.name] = {}
+            for part, outs, y, m, rows in (("selection", sel_outs, yse, mse, rows_se),
+                                           ("test", test_outs, yte, mte, rows_te)):
+                keep = m[:, j].bool()
+                per = per_sample_loss(outs[j][keep], y[keep, j], task).cpu().numpy().astype(np.float32)
+                heldout[task.name][part] = (rows[keep.cpu().numpy()].astype(np.int64), per)
     for j, task in enumerate(tasks):
         lab = mte[:, j].bool().cpu().numpy()
         name, value = task_metric(test_outs[j].cpu().numpy()[lab], yte[:, j].cpu().numpy()[lab], task,
                                   float(data.y_scale[members[j]]))
         results.append({"task": task.name, "kind": task.kind, "val_loss": float(val_losses[j]),
-                        "test_loss": float(test_losses[j]), "metric_name": name, "metric": value})
+                        "sel_loss": float(sel_losses[j]), "test_loss": float(test_losses[j]),
+                        "metric_name": name, "metric": value})
+    params, flops = _cost(model, xtr if xtr.shape[0] else torch.as_tensor(data.x[:1], device=dev))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return state, results, {"epochs": epochs_run, "best_val_loss": best, "steps": step}
+    return state, results, {"epochs": epochs_run, "best_val_loss": best, "steps": step, "parameters": params,
+                            "flops": flops, "heldout": heldout}

@@ -71,12 +71,29 @@ METRICS_SCHEMA = pa.schema(
         pa.field("task", pa.string(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),
         pa.field("val_loss", pa.float64(), nullable=False),
+        pa.field("sel_loss", pa.float64(), nullable=False),
         pa.field("test_loss", pa.float64(), nullable=False),
         pa.field("metric_name", pa.string(), nullable=False),
         pa.field("metric", pa.float64(), nullable=True),
+        pa.field("repeat", pa.int32(), nullable=False),
     ]
 )
-"""Per-task results of one trained model, per evaluation setting."""
+"""Per-task results of one trained model, per evaluation setting and repeat: the early-stopping
+(``val_loss``), selection (``sel_loss``) and test losses, and the test metric."""
+
+MODEL_FIELDS = ("task", "kind", "val_loss", "sel_loss", "test_loss", "metric_name", "metric")
+"""The fields of :data:`METRICS_SCHEMA` a stored model keeps (no setting, group or repeat)."""
+
+HELDOUT_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("part", pa.int8(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("loss", pa.float32(), nullable=False),
+    ]
+)
+"""Per-sample held-out losses of one trained model: ``part`` 2 = selection, 3 = test (the
+intervals of the verdict are computed from these)."""
 
 MEMBERSHIP_SCHEMA = pa.schema(
     [
@@ -413,19 +430,58 @@ class Store:
     def has_model(self, key: str) -> bool:
         """Whether a group model is complete and intact (its metrics file is written last)."""
         folder = self.model_dir(key)
-        return all(intact(folder / name) for name in ("metrics.parquet", "model.safetensors", "info.json"))
+        return all(intact(folder / name) for name in ("metrics.parquet", "model.safetensors", "info.json",
+                                                         "heldout.parquet"))
 
     def write_model(self, key: str, state: dict[str, torch.Tensor], results: list[dict[str, Any]],
                     info: dict[str, Any]) -> Path:
-        """Save the state dict as safetensors, then info, then per-task results (the completion mark)."""
+        """Save the state dict as safetensors, then info and held-out losses, then per-task results (the completion mark).
+
+        ``info["heldout"]`` (``{task: {"selection": (rows, losses), "test": ...}}``) goes to
+        ``heldout.parquet``, the rest of ``info`` to ``info.json``.
+        """
         from safetensors.torch import save
 
         folder = self.model_dir(key)
+        info = dict(info)
+        heldout = info.pop("heldout", {})
         atomic_write_bytes(folder / "model.safetensors", save(state))
         self.write_json(folder / "info.json", info)
-        table = pa.Table.from_pylist(results, schema=pa.schema(
-            [f for f in METRICS_SCHEMA if f.name not in ("setting", "group")]))
-        return atomic_write_table(folder / "metrics.parquet", table)
+        cols: dict[str, list[Any]] = {"task": [], "part": [], "row": [], "loss": []}
+        for task, per in heldout.items():
+            for part, code in (("selection", 2), ("test", 3)):
+                rows, losses = per[part]
+                cols["task"].append(np.full(len(rows), task, dtype=object))
+                cols["part"].append(np.full(len(rows), code, dtype=np.int8))
+                cols["row"].append(np.asarray(rows, dtype=np.int64))
+                cols["loss"].append(np.asarray(losses, dtype=np.float32))
+        table = pa.table({k: pa.array(np.concatenate(v) if v else [], type=HELDOUT_SCHEMA.field(k).type)
+                          for k, v in cols.items()}, schema=HELDOUT_SCHEMA)
+        atomic_write_table(folder / "heldout.parquet", table, HELDOUT_SCHEMA)
+        model_schema = pa.schema([METRICS_SCHEMA.field(f) for f in MODEL_FIELDS])
+        return atomic_write_table(folder / "metrics.parquet", pa.Table.from_pylist(results, schema=model_schema))
+
+    def read_model_info(self, key: str) -> dict[str, Any]:
+        """A trained model's training info (epochs, seed, parameters, FLOPs, ...)."""
+        out: dict[str, Any] = json.loads(verified(self.model_dir(key) / "info.json").read_text())
+        return out
+
+    def read_model_heldout(self, key: str) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """A model's per-sample held-out losses: ``{task: {"selection": (rows, losses), "test": ...}}``."""
+        t = read_table_checked(self.model_dir(key) / "heldout.parquet", HELDOUT_SCHEMA)
+        task = t.column("task").to_numpy(zero_copy_only=False)
+        part, row = t.column("part").to_numpy(), t.column("row").to_numpy()
+        loss = t.column("loss").to_numpy()
+        names, inverse = np.unique(task, return_inverse=True)
+        order = np.lexsort((row, part, inverse))  # by task, then part, then row
+        bounds = np.searchsorted(inverse[order] * 4 + part[order], np.arange(len(names) * 4 + 1))
+        out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for i, name in enumerate(names.tolist()):
+            out[name] = {}
+            for p, code in (("selection", 2), ("test", 3)):
+                idx = order[bounds[i * 4 + code] : bounds[i * 4 + code + 1]]
+                out[name][p] = (row[idx], loss[idx])
+        return out
 
     def read_model_results(self, key: str) -> list[dict[str, Any]]:
         """Per-task results of a trained group model."""

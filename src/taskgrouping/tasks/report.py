@@ -11,7 +11,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from taskgrouping.methods.base import AffinityMatrix
-from taskgrouping.models.evaluate import SETTINGS, recommend, setting_totals
+from taskgrouping.models.evaluate import CONTROLS, SETTINGS, setting_totals
+from taskgrouping.models.verdict import analyse
 from taskgrouping.report import chance_tasks, changes_markdown, heatmap_png, render_report
 from taskgrouping.selectors.base import Grouping
 from taskgrouping.storage import Store
@@ -33,10 +34,14 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
                         objective=selection.get("objective"))
     rows: list[dict[str, Any]] = []
     for setting, groups in group_results.items():
-        for gi, g in enumerate(groups):
+        index: dict[int, int] = {}
+        for g in groups:
+            repeat = int(g.get("repeat", 0))
+            gi = index[repeat] = index.get(repeat, -1) + 1
             for r in g["results"]:
-                rows.append({"setting": setting, "group": gi, **r})
+                rows.append({"setting": setting, "group": gi, "repeat": repeat, **r})
     totals = setting_totals(rows)
+    analysis = analyse(group_results, st.read_model_heldout, CONTROLS) if group_results else None
     ari = None
     truth = extra.get("ground_truth")
     if truth and all(t in truth for t in tasks):
@@ -66,6 +71,10 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "metrics": {s: totals[s]["test_loss"] if s in totals else None for s in SETTINGS},
         "val_metrics": {s: totals[s]["val_loss"] for s in totals},
+        "metrics_ci": {}, "selection_metrics": {}, "selection_ci": {}, "comparisons": {}, "costs": {},
+        "verdict": {"setting": None, "models": None, "parameters": None, "pays": "undecided",
+                    "reason": "no models were trained (--evaluate none)"},
+        "repeats": config.get("repeats", 1),
         "ground_truth_ari": ari,
         "selection": selection["info"],
         "probe_bytes_per_task": extra.get("probe_bytes_mean"),
@@ -79,9 +88,11 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "models": extra.get("models", {}),
         "dataset_key": extra.get("dataset_key"),
         "probe_samples": extra.get("probe_samples"),
-        "recommended": recommend(totals) if len(totals) > 1 else None,
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
     }
+    if analysis is not None:
+        summary |= analysis.summary()
+    summary["recommended"] = summary["verdict"]["setting"] if len(totals) > 1 else None
     # a new grouping version when the grouping (or the task set) changed since the last one
     lineage = lineage_key(config["data"], config["method"], config["selector"], config.get("lineage"))
     previous = st.latest_version(lineage)
@@ -103,7 +114,8 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
     info = {"data": config["data"], "seed": config["seed"], "samples": config["samples"], "ari": ari,
             "selection": selection["info"], "probe_samples": extra.get("probe_samples"),
             "train_rows": extra.get("train_rows"), "task_kinds": extra.get("task_kinds"),
-            "chance": chance_tasks(rows, extra.get("test_counts") or {})}
+            "chance": chance_tasks(rows, extra.get("test_counts") or {}),
+            "per_task_ci": {} if analysis is None else {k: (e.mean, (e.hi - e.lo) / 2) for k, e in analysis.per_task.items()}}
     text = render_report(summary, affinity, rows, totals, info)
     st.write_run_file(run_id, "report.md", text.encode())
     st.write_run_file(run_id, "summary.json", json.dumps(summary, indent=2).encode())
@@ -121,11 +133,15 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
         table=[{"group": gi, "tasks": ", ".join(g)} for gi, g in enumerate(summary["groups"])],
         description=f"Task groups of run {summary['run_id']}",
     )
+    ci, costs = summary.get("metrics_ci") or {}, summary.get("costs") or {}
     create_table_artifact(
         key="taskgrouping-settings",
-        table=[{"setting": s, "total_val_loss": round(v["val_loss"], 5), "total_test_loss": round(v["test_loss"], 5)}
+        table=[{"setting": s, "models": costs.get(s, {}).get("models"),
+                "total_selection_loss": round(v["sel_loss"], 5), "total_test_loss": round(v["test_loss"], 5),
+                "test_ci_low": round(ci[s][0], 5) if s in ci else None,
+                "test_ci_high": round(ci[s][1], 5) if s in ci else None}
                for s, v in totals.items()],
-        description="Total loss per evaluation setting (summed over tasks)",
+        description="Total loss per evaluation setting (summed over tasks, mean over repeats; 95% intervals)",
     )
     if len(affinity.tasks) <= AFFINITY_TABLE_MAX:
         create_table_artifact(

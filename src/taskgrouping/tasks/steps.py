@@ -220,7 +220,7 @@ def select_step(store: str, affinity_path: str, selector: str, n_groups: int | N
     settings = SelectSettings.from_dict(select_settings)
     grouping = get_selector(selector, settings)(affinity, n_groups, seed)
     faults.reached(store, "select")
-    return _selection(grouping, run_id)
+    return selection_result(grouping, run_id)
 
 
 @task(name="hoa-oracle", retries=0, **STEP_OPTIONS)
@@ -231,7 +231,7 @@ def oracle_step(store: str, tasks: list[str], models: list[list[Any]], n_groups:
     losses = _validation_losses(st, models)
     members, scores = subset_scores(tasks, losses)
     budget = len(tasks) if n_groups is None else n_groups
-    return _selection(select_measured(tasks, members, scores, budget, overlap), run_id)
+    return selection_result(select_measured(tasks, members, scores, budget, overlap), run_id)
 
 
 def _validation_losses(st: Store, models: list[list[Any]]) -> dict[frozenset[str], dict[str, float]]:
@@ -240,7 +240,8 @@ def _validation_losses(st: Store, models: list[list[Any]]) -> dict[frozenset[str
             for members, key in models}
 
 
-def _selection(grouping: Grouping, run_id: str) -> dict[str, Any]:
+def selection_result(grouping: Grouping, run_id: str) -> dict[str, Any]:
+    """A grouping as a step result (JSON-able diagnostics only)."""
     info = {k: v for k, v in grouping.info.items() if isinstance(v, int | float | str | dict) or v is None}
     return {"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
             "info": info, "run_id": run_id}
@@ -272,6 +273,8 @@ def train_step(store: str, dataset_key: str, members: list[str], settings: dict[
                                                           "seconds": time.perf_counter() - t0})
         faults.reached(store, "train")
         computed = True
+    info = st.read_model_info(cache_key)
     return {"key": cache_key, "members": members, "results": st.read_model_results(cache_key),
+            "cost": {"parameters": int(info.get("parameters", 0)), "flops": int(info.get("flops", 0))},
             "computed": computed, "run_id": run_id}
 
