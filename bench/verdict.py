@@ -132,7 +132,8 @@ def one_case(spec: str, hidden: int, seed: int, repeats: int, workers: int) -> d
     def judged(choice: str) -> dict[str, Any]:
         d = difference(test_losses(choice)[0], best_losses, test_rows)
         return {"choice": choice, "agree": choice == test_best, "acceptable": choice == test_best or d.lo <= 0,
-                "regret": 100.0 * (full.test[choice].mean / full.test[test_best].mean - 1.0)}
+                "regret": 100.0 * (full.test[choice].mean / full.test[test_best].mean - 1.0),
+                "models": full.costs[choice].models, "best_models": full.costs[test_best].models}
 
     return {"groups": len(tg.groups_), "ari": _ari(ds, tg), "test_best": test_best,
             "test": {s: full.test[s].mean for s in full.test},
@@ -186,12 +187,14 @@ def main() -> None:
                    f"{sum(out['seconds'].values()):.0f} |")
             print(row, flush=True)
             lines.append(row)
-    lines += ["", "| rule | agree | ok | mean regret | worst regret |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "| rule | agree | ok | mean regret | worst regret | models chosen / the test-best's |",
+              "|---|---:|---:|---:|---:|---:|"]
     for k, label in (("before", "before (early-stopping validation, 1 training)"),
                      ("after1", "after, R=1 (selection split)"), ("afterR", f"after, R={repeats}")):
         js = tally[k]
         lines.append(f"| {label} | {sum(j['agree'] for j in js)}/{len(js)} | {sum(j['acceptable'] for j in js)}/{len(js)} "
-                     f"| {np.mean([j['regret'] for j in js]):+.2f}% | {max(j['regret'] for j in js):+.2f}% |")
+                     f"| {np.mean([j['regret'] for j in js]):+.2f}% | {max(j['regret'] for j in js):+.2f}% "
+                     f"| {sum(j['models'] for j in js) / sum(j['best_models'] for j in js):.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     print(write_result("verdict.md", text))
