@@ -74,3 +74,16 @@ def test_heatmap_colour_range_ignores_the_diagonal_and_a_near_duplicate_pair():
     assert lo_g == (-off).min() and hi_g < -1.5
     assert colour_limits(np.zeros((1, 1)), "distance") == (None, None)
     assert colour_limits(np.ones((3, 3)), "distance") == (0.5, 1.5)
+
+
+def test_run_line_names_the_verdict():
+    from taskgrouping.report import run_line
+
+    summary = {"run_id": "r1", "version": 2, "previous_version": 1, "tasks": ["a", "b", "c"],
+               "groups": [["a", "b"], ["c"]], "artifacts": {"report": "/s/runs/r1/report.md"},
+               "changes": {"changed": True, "tasks_added": ["c"], "tasks_removed": [], "moved": []},
+               "recommended": "grouped", "verdict": {"setting": "grouped", "pays": "yes"}}
+    line = run_line(summary)
+    assert line == ("run r1: version 2 (previous 1: 1 tasks added, 0 moved); 3 tasks in 2 groups; "
+                    "recommended: grouped (grouping pays: yes); report /s/runs/r1/report.md")
+    assert "pays" not in run_line(summary | {"recommended": None})

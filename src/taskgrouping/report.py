@@ -157,8 +157,10 @@ def run_line(summary: dict[str, Any]) -> str:
         parts.append(f"{len(c['moved'])} moved")
         what = f"previous {summary['previous_version']}: " + ", ".join(parts)
     verdict = summary.get("recommended")
+    pays = (summary.get("verdict") or {}).get("pays")
     return (f"run {summary['run_id']}: {version} ({what}); {len(summary['tasks'])} tasks in "
             f"{len(summary['groups'])} groups" + (f"; recommended: {verdict}" if verdict else "")
+            + (f" (grouping pays: {pays})" if verdict and pays else "")
             + f"; report {summary['artifacts']['report']}")
 
 
