@@ -330,18 +330,38 @@ def run_config(cfg: Any, verbose: bool = False) -> dict[str, Any]:
     from taskgrouping.flows.server import drain_prefect_queues, prefect_api
 
     t0 = time.perf_counter()
-    with prefect_api(Path(cfg.store) / "prefect" / "home") as url:
-        log.info("Prefect API %s (%.1f s)", url, time.perf_counter() - t0)
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    clusters: list[Any] = []
 
-        from taskgrouping.flows.regroup import run_regroup
+    def while_server_starts(url: str) -> None:
+        # a store's first run has probes and models to compute: start the workers (and their
+        # torch import) now, in parallel with the server; later runs start them only if a step
+        # needs one (an identical rerun starts none)
+        if ahead:
+            from taskgrouping.flows.regroup import start_cluster
 
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            try:
-                summary = run_regroup(cfg, run_id)
-            finally:
-                drain_prefect_queues()
+            t1 = time.perf_counter()
+            clusters.append(start_cluster(cfg))
+            log.info("Dask workers started while the server starts (%.1f s)", time.perf_counter() - t1)
+
+    ahead = cfg.dask_address is None and not any((Path(cfg.store) / "runs").glob("*"))
+    try:
+        with prefect_api(Path(cfg.store) / "prefect" / "home", while_starting=while_server_starts) as url:
+            log.info("Prefect API %s (%.1f s)", url, time.perf_counter() - t0)
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from taskgrouping.flows.regroup import run_regroup
+
+            run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                try:
+                    summary = run_regroup(cfg, run_id, clusters[0].scheduler_address if clusters else None)
+                finally:
+                    drain_prefect_queues()
+                    while clusters:  # before the server stops, so no worker reports to a dead API
+                        clusters.pop().close()
+    finally:
+        while clusters:
+            clusters.pop().close()
     log.info("done in %.1f s; report %s", time.perf_counter() - t0, summary["artifacts"]["report"])
     return summary
 

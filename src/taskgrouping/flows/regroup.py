@@ -52,17 +52,42 @@ def file_hash(source: str) -> str | None:
     return h.hexdigest()
 
 
-def make_task_runner(cfg: RunConfig) -> Any:
-    """A DaskTaskRunner: an existing scheduler, or a local cluster of ``workers`` x 1 thread."""
-    from prefect_dask import DaskTaskRunner
+WORKER_PRELOAD = "taskgrouping.tasks.steps"
+"""Imported by every worker of a cluster started ahead (:func:`start_cluster`): torch and the steps."""
 
-    if cfg.dask_address:
-        return DaskTaskRunner(address=cfg.dask_address)
+
+def cluster_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The local cluster of a run: ``workers`` processes x 1 thread (GPU resources on CUDA)."""
     kwargs: dict[str, Any] = {"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
                               "dashboard_address": None, "silence_logs": logging.WARNING}
     if cfg.device == "cuda":
         kwargs["resources"] = {"GPU": 1}
-    return DaskTaskRunner(cluster_kwargs=kwargs)
+    return kwargs
+
+
+def make_task_runner(cfg: RunConfig, address: str | None = None) -> Any:
+    """A DaskTaskRunner: an existing scheduler (``--dask-address`` or ``address``), or a local cluster.
+
+    The local cluster starts when the first step is submitted, so a run that submits
+    nothing (everything in the store) starts no worker.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address or address:
+        return DaskTaskRunner(address=cfg.dask_address or address)
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs(cfg))
+
+
+def start_cluster(cfg: RunConfig) -> Any:
+    """Start the run's local cluster ahead, its workers importing torch and the steps as they start.
+
+    The CLI calls this while the Prefect server boots (a first run on a store has probes
+    and models to compute): the workers' start and imports then cost no wall time.
+    The environment (``PREFECT_API_URL``) must already name the run's server.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(**cluster_kwargs(cfg), preload=[WORKER_PRELOAD])
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
@@ -149,7 +174,15 @@ ModelJob = tuple[list[str], list[float] | None, int]
 
 
 def _train_models(run: _Run, jobs: dict[str, ModelJob], label: str) -> dict[str, dict[str, Any]]:
-    """Train (or reuse) one model per key, mapped on the Dask workers; retrain any whose files vanished."""
+    """Train the models the store lacks, mapped on the Dask workers; read the others from the store.
+
+    A model's files exist only once complete (written atomically, its metrics last) under
+    its content key, so the store says what is done: a stored model costs a file read,
+    not a step (and a run that trains nothing starts no worker). Models whose step
+    finished but whose files are gone (removed behind the cache's back) are retrained.
+    """
+    from taskgrouping.tasks.steps import model_record
+
     cfg = run.cfg
     train_settings = asdict(cfg.train)
 
@@ -160,17 +193,29 @@ def _train_models(run: _Run, jobs: dict[str, ModelJob], label: str) -> dict[str,
                 cfg.store, run.dataset_key, jobs[k][0], train_settings, jobs[k][2], cfg.device,
                 cache_key=k, run_id=run.run_id, weights=jobs[k][1]) for k in group_keys]
 
-    futures = submit(list(jobs))
     trained: dict[str, dict[str, Any]] = {}
-    progress = _Progress(label, len(futures), "models trained or reused")
+    todo = []
+    for k in jobs:
+        if run.store.has_model(k):
+            trained[k] = model_record(run.store, k, jobs[k][0], False, run.run_id)
+        else:
+            todo.append(k)
+    if run.inline:
+        for k in todo:
+            trained[k] = train_step.fn(cfg.store, run.dataset_key, jobs[k][0], train_settings, jobs[k][2],
+                                       cfg.device, cache_key=k, run_id=run.run_id, weights=jobs[k][1])
+        return trained
+    if not todo:
+        log.info("%s: all %d models are in the store", label, len(jobs))
+        return trained
+    # a step record may exist for a model whose files were removed: always run the step (its body
+    # still skips a model that a concurrent run has written meanwhile)
+    futures = submit(todo, refresh=True)
+    progress = _Progress(label, len(futures), f"models trained ({len(jobs) - len(todo)} reused from the store)")
     for fut in as_completed(futures):
         res = fut.result()
         trained[res["key"]] = res
         progress.step()
-    gone = [k for k in jobs if not run.store.has_model(k)]
-    if gone:  # cached records whose model files were removed: train them again
-        log.info("%s: %d models missing from the store, retraining", label, len(gone))
-        trained.update({r["key"]: r for r in (f.result() for f in submit(gone, refresh=True))})
     return trained
 
 
@@ -508,7 +553,10 @@ def _test_counts(store: Store, dataset_key: str, meta: dict[str, Any]) -> dict[s
     return out
 
 
-def run_regroup(cfg: RunConfig, run_id: str) -> dict[str, Any]:
-    """Run the flow with the configured Dask task runner (the caller provides the Prefect API)."""
+def run_regroup(cfg: RunConfig, run_id: str, address: str | None = None) -> dict[str, Any]:
+    """Run the flow with the configured Dask task runner (the caller provides the Prefect API).
+
+    ``address``: a scheduler already started for this run (:func:`start_cluster`).
+    """
     Path(cfg.store).mkdir(parents=True, exist_ok=True)
-    return regroup.with_options(task_runner=make_task_runner(cfg))(cfg.to_dict(), run_id)
+    return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -112,13 +112,16 @@ def reap_stale_servers(home: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def local_server(home: Path, ui: bool = False) -> Iterator[str]:
+def local_server(home: Path, ui: bool = False,
+                 while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
     """Run ``prefect server start`` on a free loopback port (database under ``home``); yield its API URL.
 
     The server runs in its own process group and is stopped by its PID on exit,
     also when the body raises. It is killed by the kernel if this process dies
     (``kill -9`` included), and a server that outlived an older crash is reaped
     first (:func:`reap_stale_servers`). The caller's environment is not changed.
+    ``while_starting(api_url)`` runs while the server boots in its own process (work that
+    does not need the API yet, such as starting Dask workers).
     """
     home.mkdir(parents=True, exist_ok=True)
     reaped = reap_stale_servers(home)
@@ -141,6 +144,8 @@ def local_server(home: Path, ui: bool = False) -> Iterator[str]:
                                   "owner": parent, "owner_start": _start_time(parent), "port": port}))
     url = f"http://127.0.0.1:{port}/api"
     try:
+        if while_starting is not None:
+            while_starting(url)
         wait_healthy(url, proc=proc)
         yield url
     finally:
@@ -162,27 +167,36 @@ def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api(home: Path, ui: bool = False) -> Iterator[str]:
+def prefect_api(home: Path, ui: bool = False,
+                while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
     """Yield an API URL: ``PREFECT_API_URL`` if set, else a :func:`local_server` for the duration.
 
-    While a local server runs, ``PREFECT_API_URL`` and ``PREFECT_HOME`` point at it.
+    While a local server runs, ``PREFECT_API_URL`` and ``PREFECT_HOME`` point at it (from
+    the moment its port is known, so that ``while_starting`` sees them too).
     """
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
+        if while_starting is not None:
+            while_starting(existing)
         yield existing
         return
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    with local_server(home, ui) as url:
-        try:
-            os.environ["PREFECT_API_URL"] = url
-            os.environ["PREFECT_HOME"] = str(home)
+
+    def starting(url: str) -> None:
+        os.environ["PREFECT_API_URL"] = url
+        os.environ["PREFECT_HOME"] = str(home)
+        if while_starting is not None:
+            while_starting(url)
+
+    try:
+        with local_server(home, ui, starting) as url:
             yield url
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def drain_prefect_queues() -> None:

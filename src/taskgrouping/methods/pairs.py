@@ -65,6 +65,10 @@ class PairCache:
         return PairCache(merged, np.concatenate([self.a, lut[i]]), np.concatenate([self.b, lut[j]]),
                          np.concatenate([self.values, np.asarray(values, np.float64)]))
 
+    def since(self, n: int) -> PairCache:
+        """The entries after the first ``n`` (the pairs :meth:`with_pairs` added to an ``n``-entry cache)."""
+        return PairCache(list(self.keys), self.a[n:], self.b[n:], self.values[n:])
+
     def as_dict(self) -> dict[tuple[str, str], float]:
         """``{pair_key(a, b): value}`` (for small caches and tests)."""
         return {pair_key(self.keys[a], self.keys[b]): float(v)

@@ -6,7 +6,8 @@ Layout under the store root::
     datasets/<dataset_key>/labels.parquet     one column per task (null = missing label)
     datasets/<dataset_key>/meta.json          task specs, feature names, split, ground truth
     probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
-    pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys
+    pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys (compacted)
+    pairs/<pairs_key>/<segment>.parquet       pairs added since, one append-only file per writing run
     affinity/<affinity_key>.parquet           affinity over one task set (long form)
     maps/<joint_key>.parquet                  STG-MTL data maps, one row per task
     models/<group_key>/model.safetensors      one trained group model (state dict)
@@ -23,9 +24,11 @@ hashes, never from task or column names.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +37,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskgrouping.storage.integrity import folder_lock, intact, seal, sha256_file, verified
+from taskgrouping.storage.integrity import (
+    DamagedFile,
+    checksum_path,
+    folder_lock,
+    intact,
+    seal,
+    sha256_file,
+    verified,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +65,9 @@ AFFINITY_SCHEMA = pa.schema(
     ]
 )
 """Long affinity matrix. Row = receiver ``task_a``, column = source ``task_b``."""
+
+PAIR_SEGMENTS_MAX = 32
+"""Pair-cache segments kept before they are folded into the compacted file."""
 
 GROUPS_SCHEMA = pa.schema(
     [
@@ -404,14 +418,32 @@ class Store:
                 tmp.unlink()
 
     # --- pair cache ------------------------------------------------------------
+    def pair_segments(self, key: str) -> list[Path]:
+        """The append-only segments of a pair cache, oldest first (by name: nanosecond time, then a random id)."""
+        folder = self.root / "pairs" / key
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def _read_pair_table(self, path: Path) -> pa.Table | None:
+        try:
+            if not intact(path):  # none, half-written, or damaged (reported): its pairs are computed again
+                return None
+            return read_table_checked(path, PAIRS_SCHEMA)
+        except (FileNotFoundError, DamagedFile):  # removed by a compaction between listing and reading
+            return None
+
     def read_pairs(self, key: str) -> PairCache:
-        """The pair cache: values by unordered pair of probe keys (empty if none yet)."""
+        """The pair cache: values by unordered pair of probe keys (empty if none yet).
+
+        The compacted file plus every segment added since; a pair in several keeps the
+        newest value.
+        """
         from taskgrouping.methods.pairs import PairCache
 
-        path = self.pairs_path(key)
-        if not intact(path):  # none yet, or damaged (reported): every pair is computed again
+        tables = [t for t in (self._read_pair_table(p) for p in [self.pairs_path(key), *self.pair_segments(key)])
+                  if t is not None and t.num_rows]
+        if not tables:
             return PairCache()
-        t = read_table_checked(path, PAIRS_SCHEMA)
+        t = pa.concat_tables(tables)
         both = pa.chunked_array(t.column("key_a").chunks + t.column("key_b").chunks).combine_chunks()
         codes = both.dictionary_encode()
         idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -419,12 +451,72 @@ class Store:
         return PairCache(codes.dictionary.to_pylist(), idx[:n], idx[n:],
                          t.column("value").to_numpy().astype(np.float64))
 
-    def write_pairs(self, key: str, pairs: PairCache) -> Path:
-        """Write the whole pair cache atomically (Parquet dictionary-encodes the repeated keys)."""
+    @staticmethod
+    def _pairs_table(pairs: PairCache) -> pa.Table:
         names = pa.array(pairs.keys, pa.string())
-        table = pa.table({"key_a": names.take(pa.array(pairs.a)), "key_b": names.take(pa.array(pairs.b)),
-                          "value": pa.array(pairs.values, pa.float64())})
-        return atomic_write_table(self.pairs_path(key), table, PAIRS_SCHEMA)
+        return pa.table({"key_a": names.take(pa.array(pairs.a)), "key_b": names.take(pa.array(pairs.b)),
+                         "value": pa.array(pairs.values, pa.float64())})
+
+    def write_pairs(self, key: str, pairs: PairCache) -> Path:
+        """Write the whole (compacted) pair cache atomically (Parquet dictionary-encodes the repeated keys)."""
+        return atomic_write_table(self.pairs_path(key), self._pairs_table(pairs), PAIRS_SCHEMA)
+
+    def add_pairs(self, key: str, added: PairCache) -> Path:
+        """Append newly computed pairs as a new segment; nothing already stored is rewritten.
+
+        Two runs adding pairs at once each write their own segment, so neither loses the
+        other's pairs. Past :data:`PAIR_SEGMENTS_MAX` segments the cache is compacted.
+        """
+        import uuid
+
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"  # names sort oldest first
+        path = atomic_write_table(self.root / "pairs" / key / name, self._pairs_table(added), PAIRS_SCHEMA)
+        if len(self.pair_segments(key)) > PAIR_SEGMENTS_MAX:
+            self.compact_pairs(key)
+        return path
+
+    def compact_pairs(self, key: str) -> int:
+        """Fold the segments present now into the compacted file, then remove them; returns how many.
+
+        One compaction at a time (a lock in the segments' folder). Segments written while
+        it runs are not in its list and stay. A reader that lists a segment this removes
+        meanwhile only recomputes those pairs.
+        """
+        from taskgrouping.methods.pairs import PairCache
+
+        folder = self.root / "pairs" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".compact.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            segments = self.pair_segments(key)
+            if not segments:
+                return 0
+            tables = [t for t in (self._read_pair_table(p) for p in [self.pairs_path(key), *segments])
+                      if t is not None]
+            merged = PairCache()
+            if tables:
+                t = pa.concat_tables(tables)
+                keys = pa.chunked_array(t.column("key_a").chunks + t.column("key_b").chunks).combine_chunks()
+                codes = keys.dictionary_encode()
+                idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+                n = t.num_rows
+                a, b = np.minimum(idx[:n], idx[n:]), np.maximum(idx[:n], idx[n:])
+                values = t.column("value").to_numpy().astype(np.float64)
+                # the newest value of each pair: the last occurrence in file order
+                pair_id = a * (len(codes.dictionary) + 1) + b
+                _, last = np.unique(pair_id[::-1], return_index=True)
+                keep = np.sort(n - 1 - last)
+                merged = PairCache(codes.dictionary.to_pylist(), a[keep], b[keep], values[keep])
+            self.write_pairs(key, merged)
+            for seg in segments:
+                with folder_lock(folder):
+                    seg.unlink(missing_ok=True)
+                    checksum_path(seg).unlink(missing_ok=True)
+            return len(segments)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # --- group models ----------------------------------------------------------
     def has_model(self, key: str) -> bool:

@@ -166,9 +166,10 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
             loaded = list(pool.map(st.read_probe, probe_keys))
         return distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
 
-    d, cache, n_missing = incremental_matrix(probe_keys, st.read_pairs(pairs_key), compute_rows)
-    if n_missing:
-        st.write_pairs(pairs_key, cache)
+    cached = st.read_pairs(pairs_key)
+    d, cache, n_missing = incremental_matrix(probe_keys, cached, compute_rows)
+    if n_missing:  # append only the new pairs: a concurrent run's pairs are never overwritten
+        st.add_pairs(pairs_key, cache.since(len(cached)))
         faults.reached(store, "affinity")
     path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
     t = len(names)
@@ -273,8 +274,13 @@ def train_step(store: str, dataset_key: str, members: list[str], settings: dict[
                                                           "seconds": time.perf_counter() - t0})
         faults.reached(store, "train")
         computed = True
-    info = st.read_model_info(cache_key)
-    return {"key": cache_key, "members": members, "results": st.read_model_results(cache_key),
+    return model_record(st, cache_key, members, computed, run_id)
+
+
+def model_record(st: Store, key: str, members: list[str], computed: bool, run_id: str) -> dict[str, Any]:
+    """What the flow needs of a stored group model: per-task results, cost, whether this run trained it."""
+    info = st.read_model_info(key)
+    return {"key": key, "members": members, "results": st.read_model_results(key),
             "cost": {"parameters": int(info.get("parameters", 0)), "flops": int(info.get("flops", 0))},
             "computed": computed, "run_id": run_id}
 
