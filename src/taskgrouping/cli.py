@@ -108,6 +108,10 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     else:
         parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
         parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
+        parser.add_argument("--regroup", default="incremental", choices=["incremental", "full"],
+                            help="incremental: tasks added since the last version join their nearest groups, "
+                                 "unless drift (many new tasks, a task that fits no group, a changed affinity) "
+                                 "calls for a full selection; full: always select from scratch")
     parser.add_argument("--samples", type=int, default=512, help="probe samples")
     parser.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
     parser.add_argument("--store", default="./taskgrouping-store", help="where everything is kept")
@@ -268,6 +272,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         sketch=args.sketch, images=args.images, image_size=args.image_size,
         image_root=None if args.image_root is None else str(Path(args.image_root).expanduser().resolve()),
         groups=getattr(args, "groups", None), samples=args.samples, seed=args.seed, repeats=args.repeats,
+        regroup=getattr(args, "regroup", "incremental"),
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),

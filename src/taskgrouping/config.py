@@ -49,6 +49,9 @@ class RunConfig:
     says which models are trained after selection (:data:`EVALUATE`): with thousands of
     tasks the single-task baseline alone is thousands of trainings. ``repeats`` trains every
     evaluated setting that many times with derived seeds (intervals and the verdict).
+    ``regroup``: ``incremental`` lets tasks added since the lineage's last version join
+    their nearest groups unless drift says otherwise (:mod:`taskgrouping.selectors.incremental`);
+    ``full`` always selects from scratch.
     ``given_groups`` replaces selection with a grouping the user already has
     (``taskgrouping evaluate``; the selector is then ``given``).
     """
@@ -76,6 +79,7 @@ class RunConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     evaluate: Literal["all", "grouped", "none"] = "all"
     repeats: int = 1
+    regroup: Literal["full", "incremental"] = "incremental"
     given_groups: tuple[tuple[str, ...], ...] | None = None
     swola: SwolaSettings = field(default_factory=SwolaSettings)
     tag: TagSettings = field(default_factory=TagSettings)
@@ -92,6 +96,8 @@ class RunConfig:
             object.__setattr__(self, "selector", "given")
         else:
             get_selector(self.selector, self.select)
+        if self.regroup not in ("full", "incremental"):
+            raise InputError(f"--regroup must be 'full' or 'incremental', got {self.regroup!r}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise InputError(f"--repeats must be a positive integer, got {self.repeats!r}")
         if self.hoa.exhaustive and (self.method != "hoa" or self.selector != "network"):

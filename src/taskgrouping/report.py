@@ -343,6 +343,10 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         lines += ["A task in parentheses trains with that group as a helper; it is served by another.", ""]
     if "changes" in summary:
         lines += ["## Changes since the last version", "", changes_markdown(summary), ""]
+    regroup = summary.get("regroup") or {}
+    if regroup.get("mode") in ("incremental", "full"):
+        how = ("incremental: " if regroup["mode"] == "incremental" else "full selection: ") + regroup["reason"]
+        lines += [f"Regrouping {how}. (`--regroup full` always selects from scratch.)", ""]
     if info.get("ari") is not None:
         lines += [f"Adjusted Rand index against the planted groups: **{info['ari']:.3f}**", ""]
     sel = info.get("selection", {})

@@ -39,16 +39,16 @@ def test_a_damaged_segment_is_dropped_not_trusted(tmp_path):
     assert set(st.read_pairs("k").as_dict()) == {("a", "c")}  # the damaged segment's pair is recomputed
 
 
-def _writer(root, who, n):
+def _writer(root, who, n, segments_max):
+    store_module.PAIR_SEGMENTS_MAX = segments_max  # compact often, racing the other writer
     st = Store(root)
     for k in range(n):
         st.add_pairs("k", _pairs([f"{who}{k}", f"{who}{k}x"], [0], [1], [float(k)]))
 
 
-def test_concurrent_writers_and_compactions_lose_no_pair(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "PAIR_SEGMENTS_MAX", 3)  # compact often, racing the other writer
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(tmp_path, who, 25)) for who in "pq"]
+def test_concurrent_writers_and_compactions_lose_no_pair(tmp_path):
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: the test process may hold threads
+    procs = [ctx.Process(target=_writer, args=(tmp_path, who, 25, 3)) for who in "pq"]
     for p in procs:
         p.start()
     for p in procs:

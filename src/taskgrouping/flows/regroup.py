@@ -450,15 +450,43 @@ def make_run(cfg: RunConfig, run_id: str, store: Store, results: Path, dataset_k
 
 
 def select_stage(run: _Run, aff: _Affinity) -> dict[str, Any]:
-    """Groups from the affinity (HOA's exhaustive oracle on its measured subsets when asked)."""
+    """Groups from the affinity: the previous version extended (incremental), or a full selection.
+
+    A full selection is HOA's exhaustive oracle on its measured subsets when asked, else the
+    selector. The result's ``regroup`` says which happened and why.
+    """
+    from taskgrouping.tasks.steps import selection_result
+
+    cfg = run.cfg
+    if cfg.given_groups is not None:  # taskgrouping evaluate: the user's own grouping
+        from taskgrouping.selectors.given import given_grouping
+
+        return selection_result(given_grouping(cfg.given_groups, run.names), run.run_id) | {
+            "regroup": {"mode": "given", "reason": "the groups of --groups FILE"}}
+    why: dict[str, Any] = {"mode": "full", "reason": "--regroup full"}
+    if cfg.regroup == "incremental" and not cfg.hoa.exhaustive:
+        from taskgrouping.selectors.incremental import incremental_grouping
+        from taskgrouping.versions import lineage_key
+
+        previous = run.store.latest_version(lineage_key(cfg.data, cfg.method, cfg.selector, cfg.lineage))
+        if previous is None:
+            why = {"mode": "full", "reason": "first grouping of this lineage"}
+        else:
+            old = run.store.run_dir(previous["run_id"]) / "affinity.parquet"
+            prev_aff = run.store.read_affinity(old) if intact(old) else None
+            grouping, why = incremental_grouping(run.store.read_affinity(Path(aff.path)), previous, cfg.groups,
+                                                 prev_aff)
+            if grouping is not None:
+                log.info("select: incremental (%s)", why["reason"])
+                return selection_result(grouping, run.run_id) | {"regroup": why}
+            log.info("select: full (%s)", why["reason"])
+    return _full_selection(run, aff) | {"regroup": why}
+
+
+def _full_selection(run: _Run, aff: _Affinity) -> dict[str, Any]:
     cfg = run.cfg
     step: Any
     args: tuple[Any, ...]
-    if cfg.given_groups is not None:  # taskgrouping evaluate: the user's own grouping
-        from taskgrouping.selectors.given import given_grouping
-        from taskgrouping.tasks.steps import selection_result
-
-        return selection_result(given_grouping(cfg.given_groups, run.names), run.run_id)
     if cfg.hoa.exhaustive:
         sel_key = keys.selection_key(aff.key, "hoa-oracle", cfg.groups, cfg.seed, cfg.select)
         overlap = cfg.select.overlap is not False

@@ -31,14 +31,14 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
                       selector: str = "spectral", groups: int | None = None, tasks: str | None = None,
                       samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200,
                       evaluate: str = "all", features: str | None = None, lineage: str | None = None,
-                      task_kinds: dict[str, str] | None = None, repeats: int = 1,
+                      task_kinds: dict[str, str] | None = None, repeats: int = 1, regroup: str = "incremental",
                       config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Regroup ``data`` into the versioned store ``store``; returns the run summary.
 
     A relative ``store`` or data path is relative to the deployment's working
     directory (the folder ``prefect deploy`` ran in, for a process work pool).
     ``task_kinds`` maps a task name or glob to its kind (``--task-kind``); ``repeats``
-    trains every setting that many times (``--repeats``). ``config``,
+    trains every setting that many times (``--repeats``); ``regroup`` is ``--regroup``. ``config``,
     a whole :class:`RunConfig` as a dict (what ``taskgrouping serve`` passes, so that
     every ``run`` option is available), replaces every other parameter.
     Prints one line per run: the version and what changed.
@@ -57,7 +57,8 @@ def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping
         cfg = RunConfig(data=data, tasks=tasks, features=features, method=method, selector=selector,
                         groups=groups, samples=samples, seed=seed, store=str(Path(store).expanduser().resolve()),
                         workers=workers, evaluate=evaluate,  # type: ignore[arg-type]  # checked in RunConfig
-                        lineage=lineage, repeats=repeats, task_kinds=tuple((task_kinds or {}).items()))
+                        lineage=lineage, repeats=repeats, regroup=regroup,  # type: ignore[arg-type]
+                        task_kinds=tuple((task_kinds or {}).items()))
         cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
     cfg.check_data()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]

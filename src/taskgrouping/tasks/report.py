@@ -89,6 +89,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "dataset_key": extra.get("dataset_key"),
         "probe_samples": extra.get("probe_samples"),
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
+        "regroup": selection.get("regroup"),
     }
     if analysis is not None:
         summary |= analysis.summary()

@@ -1,0 +1,103 @@
+"""Incremental regrouping: tasks added since the last version join their nearest group, unless drift says not to.
+
+Rule (docs/methods.md section 6, "Incremental regrouping"): with a previous grouping
+version of the lineage, the old tasks keep their groups (removed tasks are dropped) and
+each new task joins the group it is closest to: the lowest mean distance to the group's
+served members, or for a gain matrix the highest mean of the gains both ways. The full
+selection runs instead when *drift* says the old groups no longer describe the tasks:
+
+* ``share``: more than :data:`MAX_NEW_SHARE` of the tasks are new (the groups were
+  chosen without most of them);
+* ``fit``: a new task fits no group: for distances, its mean distance to its nearest
+  group exceeds the loosest old member's mean distance to the rest of that group (it
+  would be that group's worst member); for gains, its best mean gain is below 0
+  (every group hurts it or is hurt by it);
+* ``groups``: a group lost every task, or ``--groups N`` asks for another count;
+* ``affinity``: the old tasks' affinity is not what the previous version was chosen on
+  (other data, settings or method: TAG's and data maps' joint training changes every
+  value when a task is added, so they always regroup in full).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.selectors.base import Grouping, silhouette
+
+MAX_NEW_SHARE = 0.10
+"""Above this share of new tasks the groups are chosen again from scratch."""
+
+
+def _closeness(affinity: AffinityMatrix, task: str, members: list[str]) -> float:
+    """How close ``task`` is to ``members``: the negated mean distance, or the mean gain both ways."""
+    i = affinity.tasks.index(task)
+    idx = [affinity.tasks.index(m) for m in members if m != task]
+    if not idx:
+        return float("-inf")
+    v = affinity.values
+    if affinity.kind == "distance":
+        return -float(0.5 * (v[i, idx] + v[idx, i]).mean())
+    return float(0.5 * (v[i, idx] + v[idx, i]).mean())
+
+
+def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_groups: int | None,
+                         previous_affinity: AffinityMatrix | None) -> tuple[Grouping | None, dict[str, Any]]:
+    """The previous grouping extended by the new tasks, or ``None`` when drift asks for a full selection.
+
+    Returns ``(grouping or None, info)``; ``info`` has ``mode`` (``incremental`` or
+    ``full``), ``reason``, ``new`` (the tasks placed) and, per placed task, its group.
+    """
+    tasks = list(affinity.tasks)
+    old_served: dict[str, int] = {t: int(g) for t, g in previous["served"].items() if t in set(tasks)}
+    new = [t for t in tasks if t not in old_served]
+    removed = [t for t in previous["served"] if t not in set(tasks)]
+    full = {"mode": "full", "new": new, "removed": removed}
+    if n_groups is not None and n_groups != len(previous["groups"]):
+        return None, full | {"reason": f"--groups {n_groups} differs from the previous {len(previous['groups'])} groups"}
+    if len(new) > MAX_NEW_SHARE * len(tasks):
+        return None, full | {"reason": f"drift (share): {len(new)} of {len(tasks)} tasks are new "
+                                       f"(more than {MAX_NEW_SHARE:.0%})"}
+    keep = set(old_served)
+    if previous_affinity is None or previous_affinity.kind != affinity.kind:
+        return None, full | {"reason": "the previous version's affinity is not in the store"}
+    old = [t for t in tasks if t in keep]
+    if any(t not in previous_affinity.tasks for t in old):
+        return None, full | {"reason": "the previous version's affinity lacks some of its tasks"}
+    now = affinity.values[np.ix_(*[[affinity.tasks.index(t) for t in old]] * 2)]
+    then = previous_affinity.values[np.ix_(*[[previous_affinity.tasks.index(t) for t in old]] * 2)]
+    if not np.allclose(now, then, rtol=1e-6, atol=1e-12):
+        return None, full | {"reason": "drift (affinity): the old tasks' affinity changed since the previous "
+                                       "version (other data, settings, or a joint-training method)"}
+    groups = [[t for t in g if t in keep] for g in previous["groups"]]
+    serving = [[t for t in g if old_served.get(t) == gi] for gi, g in enumerate(groups)]
+    if any(not s for s in serving):
+        return None, full | {"reason": "drift (groups): a group lost every task it served"}
+    placed: dict[str, int] = {}
+    for t in new:
+        scores = [_closeness(affinity, t, s) for s in serving]
+        best = int(np.argmax(scores))
+        members = serving[best]
+        if affinity.kind == "distance":
+            loosest = max((-_closeness(affinity, m, members) for m in members if len(members) > 1), default=None)
+            if loosest is not None and -scores[best] > loosest:
+                return None, full | {"reason": f"drift (fit): new task {t!r} is farther from its nearest group "
+                                               f"({-scores[best]:.3g}) than that group's loosest member "
+                                               f"({loosest:.3g})"}
+        elif scores[best] < 0.0:
+            return None, full | {"reason": f"drift (fit): new task {t!r} has a negative mean gain with every group"}
+        placed[t] = best
+    for t, gi in placed.items():  # placed against the old groups only, so the order of new tasks does not matter
+        groups[gi].append(t)
+    order = {t: i for i, t in enumerate(tasks)}
+    groups = [sorted(g, key=order.__getitem__) for g in groups]
+    served = {t: (placed[t] if t in placed else old_served[t]) for t in tasks}
+    labels = np.array([served[t] for t in tasks])
+    info: dict[str, Any] = {"mode": "incremental", "new": new, "removed": removed, "placed": placed,
+                            "reason": ("1 new task joined its nearest group; no drift" if len(new) == 1 else
+                                       f"{len(new)} new tasks joined their nearest groups; no drift" if new
+                                       else "no new task; the groups are kept")}
+    sel = {"k": len(groups), "silhouette": silhouette(affinity, labels), "regroup": "incremental"}
+    return Grouping(groups=groups, served=served, info=sel, objective=None), info
