@@ -186,9 +186,11 @@ def _train_models(run: _Run, jobs: dict[str, ModelJob], label: str) -> dict[str,
     cfg = run.cfg
     train_settings = asdict(cfg.train)
 
-    def submit(group_keys: list[str], refresh: bool = False) -> list[Any]:
+    def submit(group_keys: list[str]) -> list[Any]:
+        # only models missing from the store are sent, so a step record would be stale (files removed
+        # behind its back): always run the step (its body still skips a model a concurrent run wrote)
         with _gpu_annotation(cfg):
-            return [train_step.with_options(result_storage=run.results, refresh_cache=refresh,
+            return [train_step.with_options(result_storage=run.results, refresh_cache=True,
                                             task_run_name=_train_name(jobs[k][0])).submit(
                 cfg.store, run.dataset_key, jobs[k][0], train_settings, jobs[k][2], cfg.device,
                 cache_key=k, run_id=run.run_id, weights=jobs[k][1]) for k in group_keys]
@@ -208,9 +210,7 @@ def _train_models(run: _Run, jobs: dict[str, ModelJob], label: str) -> dict[str,
     if not todo:
         log.info("%s: all %d models are in the store", label, len(jobs))
         return trained
-    # a step record may exist for a model whose files were removed: always run the step (its body
-    # still skips a model that a concurrent run has written meanwhile)
-    futures = submit(todo, refresh=True)
+    futures = submit(todo)
     progress = _Progress(label, len(futures), f"models trained ({len(jobs) - len(todo)} reused from the store)")
     for fut in as_completed(futures):
         res = fut.result()
