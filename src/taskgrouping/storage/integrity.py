@@ -76,8 +76,8 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
     Held for two renames only. Without it, two runs writing the same path at once could
     leave one's data beside the other's checksum (a file that then reads as damaged).
-    Readers take no lock: between the two renames a file reads as damaged and is
-    recomputed, never used.
+    Readers take it only to look again at a file that first read as damaged
+    (:func:`settled_problem`), so a reader between the two renames is not misled.
     """
     fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
     try:
@@ -110,9 +110,26 @@ def problem(path: Path) -> str | None:
     return None
 
 
+def settled_problem(path: Path) -> str | None:
+    """:func:`problem`, checked again under the writers' folder lock when the first look finds one.
+
+    A writer replaces a file and then its checksum under that lock, so a reader that
+    looks between the two sees a mismatch that is no damage; the second look, after
+    the writer is done, tells the two apart. The common (intact) path takes no lock.
+    """
+    why = problem(path)
+    if why is None or why == "missing" or not path.parent.is_dir():
+        return why
+    try:
+        with folder_lock(path.parent):
+            return problem(path)
+    except OSError:  # a read-only store: the first look stands
+        return why
+
+
 def intact(path: Path, warn: bool = True) -> bool:
     """Whether ``path`` is intact; a file that exists but is damaged is reported in one log line."""
-    why = problem(path)
+    why = settled_problem(path)
     if why is not None and why != "missing" and warn:
         log.warning("damaged store file %s: %s; it will be recomputed", path, why)
     return why is None
@@ -120,7 +137,7 @@ def intact(path: Path, warn: bool = True) -> bool:
 
 def verified(path: Path) -> Path:
     """``path`` if intact, else :class:`DamagedFile` naming it."""
-    why = problem(path)
+    why = settled_problem(path)
     if why is not None:
         raise DamagedFile(path, why)
     return path

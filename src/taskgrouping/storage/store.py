@@ -38,10 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taskgrouping.storage.integrity import (
-    DamagedFile,
     checksum_path,
     folder_lock,
     intact,
+    recorded,
     seal,
     sha256_file,
     verified,
@@ -424,12 +424,33 @@ class Store:
         return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
     def _read_pair_table(self, path: Path) -> pa.Table | None:
-        try:
-            if not intact(path):  # none, half-written, or damaged (reported): its pairs are computed again
+        """One pair file, verified and parsed from the same bytes (a compaction may replace it meanwhile).
+
+        None when it is missing, unfinished or damaged (reported): its pairs are computed again.
+        """
+        import hashlib
+
+        def attempt() -> tuple[bytes, str | None] | None:
+            try:
+                data = path.read_bytes()  # one open: the bytes of one version of the file
+            except FileNotFoundError:
                 return None
-            return read_table_checked(path, PAIRS_SCHEMA)
-        except (FileNotFoundError, DamagedFile):  # removed by a compaction between listing and reading
+            return data, recorded(path)
+
+        got = attempt()
+        if got is None:
             return None
+        if hashlib.sha256(got[0]).hexdigest() != got[1]:  # between a writer's two renames, or damaged:
+            with folder_lock(path.parent):                  # look again once the writer is done
+                got = attempt()
+            if got is None:
+                return None
+            if hashlib.sha256(got[0]).hexdigest() != got[1]:
+                intact(path)  # reports it
+                return None
+        table = pq.read_table(pa.BufferReader(got[0]))
+        _check_schema(table.schema, PAIRS_SCHEMA, path)
+        return table
 
     def read_pairs(self, key: str) -> PairCache:
         """The pair cache: values by unordered pair of probe keys (empty if none yet).
