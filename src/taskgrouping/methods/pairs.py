@@ -69,6 +69,16 @@ class PairCache:
         """The entries after the first ``n`` (the pairs :meth:`with_pairs` added to an ``n``-entry cache)."""
         return PairCache(list(self.keys), self.a[n:], self.b[n:], self.values[n:])
 
+    def newest(self) -> PairCache:
+        """One entry per unordered pair: its last value (the newest, when entries are in write order)."""
+        if not len(self):
+            return PairCache(list(self.keys))
+        a, b = np.minimum(self.a, self.b), np.maximum(self.a, self.b)
+        pair_id = a * (len(self.keys) + 1) + b
+        _, last_rev = np.unique(pair_id[::-1], return_index=True)
+        keep = np.sort(len(self) - 1 - last_rev)
+        return PairCache(list(self.keys), a[keep], b[keep], self.values[keep])
+
     def as_dict(self) -> dict[tuple[str, str], float]:
         """``{pair_key(a, b): value}`` (for small caches and tests)."""
         return {pair_key(self.keys[a], self.keys[b]): float(v)

@@ -135,6 +135,29 @@ def intact(path: Path, warn: bool = True) -> bool:
     return why is None
 
 
+def intact_bytes(path: Path) -> bytes | None:
+    """The bytes of ``path`` checked against its checksum, or None (missing; unfinished or damaged, reported).
+
+    The bytes are read once and checked, so a file replaced meanwhile (a rewrite under
+    the same name) is never half old, half new. A mismatch is looked at again under
+    the writers' folder lock (:func:`settled_problem`).
+    """
+    def attempt() -> tuple[bytes, str | None] | None:
+        try:
+            return path.read_bytes(), recorded(path)
+        except FileNotFoundError:
+            return None
+
+    got = attempt()
+    if got is not None and hashlib.sha256(got[0]).hexdigest() != got[1]:
+        with folder_lock(path.parent):
+            got = attempt()
+        if got is not None and hashlib.sha256(got[0]).hexdigest() != got[1]:
+            intact(path)  # reports it
+            return None
+    return None if got is None else got[0]
+
+
 def verified(path: Path) -> Path:
     """``path`` if intact, else :class:`DamagedFile` naming it."""
     why = settled_problem(path)

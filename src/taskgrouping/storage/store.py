@@ -41,7 +41,7 @@ from taskgrouping.storage.integrity import (
     checksum_path,
     folder_lock,
     intact,
-    recorded,
+    intact_bytes,
     seal,
     sha256_file,
     verified,
@@ -428,27 +428,10 @@ class Store:
 
         None when it is missing, unfinished or damaged (reported): its pairs are computed again.
         """
-        import hashlib
-
-        def attempt() -> tuple[bytes, str | None] | None:
-            try:
-                data = path.read_bytes()  # one open: the bytes of one version of the file
-            except FileNotFoundError:
-                return None
-            return data, recorded(path)
-
-        got = attempt()
-        if got is None:
+        data = intact_bytes(path)
+        if data is None:
             return None
-        if hashlib.sha256(got[0]).hexdigest() != got[1]:  # between a writer's two renames, or damaged:
-            with folder_lock(path.parent):                  # look again once the writer is done
-                got = attempt()
-            if got is None:
-                return None
-            if hashlib.sha256(got[0]).hexdigest() != got[1]:
-                intact(path)  # reports it
-                return None
-        table = pq.read_table(pa.BufferReader(got[0]))
+        table = pq.read_table(pa.BufferReader(data))
         _check_schema(table.schema, PAIRS_SCHEMA, path)
         return table
 
@@ -458,10 +441,13 @@ class Store:
         The compacted file plus every segment added since; a pair in several keeps the
         newest value.
         """
+        return self._pair_cache([self.pairs_path(key), *self.pair_segments(key)])
+
+    def _pair_cache(self, paths: list[Path]) -> PairCache:
+        """The pairs of ``paths`` in file order (unreadable ones left out), keys dictionary-encoded once."""
         from taskgrouping.methods.pairs import PairCache
 
-        tables = [t for t in (self._read_pair_table(p) for p in [self.pairs_path(key), *self.pair_segments(key)])
-                  if t is not None and t.num_rows]
+        tables = [t for t in (self._read_pair_table(p) for p in paths) if t is not None and t.num_rows]
         if not tables:
             return PairCache()
         t = pa.concat_tables(tables)
@@ -503,8 +489,6 @@ class Store:
         it runs are not in its list and stay. A reader that lists a segment this removes
         meanwhile only recomputes those pairs.
         """
-        from taskgrouping.methods.pairs import PairCache
-
         folder = self.root / "pairs" / key
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / ".compact.lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -513,22 +497,7 @@ class Store:
             segments = self.pair_segments(key)
             if not segments:
                 return 0
-            tables = [t for t in (self._read_pair_table(p) for p in [self.pairs_path(key), *segments])
-                      if t is not None]
-            merged = PairCache()
-            if tables:
-                t = pa.concat_tables(tables)
-                keys = pa.chunked_array(t.column("key_a").chunks + t.column("key_b").chunks).combine_chunks()
-                codes = keys.dictionary_encode()
-                idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-                n = t.num_rows
-                a, b = np.minimum(idx[:n], idx[n:]), np.maximum(idx[:n], idx[n:])
-                values = t.column("value").to_numpy().astype(np.float64)
-                # the newest value of each pair: the last occurrence in file order
-                pair_id = a * (len(codes.dictionary) + 1) + b
-                _, last = np.unique(pair_id[::-1], return_index=True)
-                keep = np.sort(n - 1 - last)
-                merged = PairCache(codes.dictionary.to_pylist(), a[keep], b[keep], values[keep])
+            merged = self._pair_cache([self.pairs_path(key), *segments]).newest()
             self.write_pairs(key, merged)
             for seg in segments:
                 with folder_lock(folder):
