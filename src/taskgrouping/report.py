@@ -297,7 +297,7 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         if v.get("setting") is not None and len(totals) > 1:
             lines += [f"Recommended: **{v['setting']}** ({v['models']} model{'s' if v['models'] != 1 else ''}, "
                       f"{_count(v['parameters'])} parameters); "
-                      f"grouping pays: **{v['pays']}**. {v['reason'][0].upper() + v['reason'][1:]}.", ""]
+                      f"grouping pays: **{v['pays']}**, because {v['reason']}.", ""]
         lines += [settings_table(summary, totals), ""]
         comp = comparisons_table(summary)
         if comp:
