@@ -190,14 +190,14 @@ class SettingsAnalysis:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able part of the run summary (``metrics`` is the mean test total, as always)."""
-        def rounded(e: Estimate) -> dict[str, Any]:
+        def paired(e: Estimate) -> dict[str, Any]:
             return {"difference": e.mean, "ci": e.to_list()}
 
         return {
             "metrics_ci": {s: e.to_list() for s, e in self.test.items()},
             "selection_metrics": {s: e.mean for s, e in self.selection.items()},
             "selection_ci": {s: e.to_list() for s, e in self.selection.items()},
-            "comparisons": {b: {part: rounded(e) for part, e in parts.items()} for b, parts in self.comparisons.items()},
+            "comparisons": {b: {part: paired(e) for part, e in parts.items()} for b, parts in self.comparisons.items()},
             "costs": {s: c.to_dict() for s, c in self.costs.items()},
             "verdict": self.verdict,
             "repeats": self.repeats,
