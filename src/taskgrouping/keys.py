@@ -22,7 +22,7 @@ from taskgrouping.data import dataset as data_dataset
 from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods import base as methods_base
-from taskgrouping.methods import datamaps, hoa, pairs, probe_engine, swola, tag
+from taskgrouping.methods import datamaps, heads, hoa, pairs, probe_engine, swola, tag
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models import losses, train, trunk, trunks
 from taskgrouping.models.train import TrainSettings
@@ -44,7 +44,7 @@ def data_code() -> str:
 
 def probe_code() -> str:
     """Code a probe depends on."""
-    return code_version(data_dataset, swola, trunk, trunks, probe_engine, losses)
+    return code_version(data_dataset, swola, heads, trunk, trunks, probe_engine, losses)
 
 
 def distance_code() -> str:
@@ -90,6 +90,11 @@ def dataset_key(features_fp: str, label_fps: list[str], seed: int, samples: int)
 def probe_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, seed: int) -> str:
     """One task's probe: the probe rows, that task's labels and the probe settings (not normalisation)."""
     return stable_hash("probe", probe_code(), data_key, task, label_fp, settings.probe_part(), seed)
+
+
+def head_cv_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, seed: int) -> str:
+    """One task's cross-validated head losses: the probe rows, its labels, the trunk and the C grid."""
+    return stable_hash("head-cv", probe_code(), data_key, task, label_fp, settings.cv_part(), seed)
 
 
 def pairs_key(settings: SwolaSettings, seed: int) -> str:

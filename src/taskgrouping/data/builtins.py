@@ -201,11 +201,125 @@ def shapes(samples: int = 2000, size: int = 32, per: int = 4, noise: float = 0.0
     )
 
 
+def subsets(
+    tasks: int = 18,
+    groups: int = 4,
+    samples: int = 2000,
+    features: int = 24,
+    subset: int = 5,
+    vary: float = 0.6,
+    noise: float = 0.5,
+    missing: float = 0.3,
+    complement: int = 1,
+    random: int = 1,
+    mixed: int = 1,
+    seed: int = 0,
+) -> Dataset:
+    """Tasks driven by hidden nonlinear features of feature subsets; a family unlike :func:`synthetic`.
+
+    Each group ``g`` picks ``subset`` of the ``features`` inputs (groups may share
+    inputs) and builds three hidden features from them, each a different nonlinearity
+    of a random projection of the subset: ``sin(2u)``, ``|u| - E|u|``, ``u v`` (a product
+    of two projections), ``relu(u) - E relu(u)`` or ``tanh(3u)``, standardised. A task of
+    group ``g`` reads its group's hidden features with its own weights: the group's
+    readout times ``1 - v`` plus a task-specific one times ``v``, ``v`` drawn in
+    ``[0, vary]`` per task (readouts vary within a group), plus ``noise``. With
+    ``mixed`` the task is binary (60%), three-class by quantiles (20%) or a regression
+    target (20%); otherwise binary. Each task loses a fraction of its labels drawn in
+    ``[0, missing]``, at random. ``complement`` tasks are ``1 - y`` of binary planted
+    tasks (ground truth: the twin's group); ``random`` tasks have random binary labels
+    (their own group, -1, -2, ...). Group membership is shuffled.
+    """
+    if tasks < 1 or groups < 1 or groups > tasks:
+        raise InputError(f"builtin:subsets: need 1 <= groups <= tasks, got tasks={tasks}, groups={groups}")
+    if samples < 40:
+        raise InputError(f"builtin:subsets: samples={samples} is too small (at least 40)")
+    if not 1 <= subset <= features:
+        raise InputError(f"builtin:subsets: need 1 <= subset <= features, got subset={subset}, features={features}")
+    if not 0.0 <= missing < 1.0 or not 0.0 <= vary <= 1.0:
+        raise InputError(f"builtin:subsets: need 0 <= missing < 1 and 0 <= vary <= 1, got missing={missing}, "
+                         f"vary={vary}")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, features))
+
+    def hidden_feature(xs: np.ndarray, kind: int) -> np.ndarray:
+        u = xs @ rng.standard_normal(xs.shape[1]) / np.sqrt(xs.shape[1])
+        if kind == 0:
+            f = np.sin(2.0 * u)
+        elif kind == 1:
+            f = np.abs(u)
+        elif kind == 2:
+            f = u * (xs @ rng.standard_normal(xs.shape[1]) / np.sqrt(xs.shape[1]))
+        elif kind == 3:
+            f = np.maximum(u, 0.0)
+        else:
+            f = np.tanh(3.0 * u)
+        return (f - f.mean()) / (f.std() + 1e-12)
+
+    hidden = []
+    for _ in range(groups):
+        xs = x[:, rng.choice(features, size=subset, replace=False)]
+        hidden.append(np.stack([hidden_feature(xs, int(k)) for k in rng.choice(5, size=3, replace=False)], axis=1))
+    readouts = [rng.standard_normal(3) for _ in range(groups)]
+    assign = rng.permutation(np.arange(tasks) % groups)
+    names = [f"y_{i:02d}" for i in range(tasks)]
+    cols: list[np.ndarray] = []
+    specs: list[TaskSpec] = []
+    truth: dict[str, int] = {}
+    for i, g in enumerate(assign):
+        v = rng.uniform(0.0, vary)
+        w = (1.0 - v) * readouts[g] + v * rng.standard_normal(3)
+        score = hidden[g] @ w
+        score = (score - score.mean()) / (score.std() + 1e-12) + noise * rng.standard_normal(samples)
+        kind = rng.choice(["binary", "multiclass", "regression"], p=[0.6, 0.2, 0.2]) if mixed else "binary"
+        if kind == "binary":
+            cols.append((score > np.quantile(score, rng.uniform(0.3, 0.7))).astype(np.float32))
+            specs.append(_binary(names[i]))
+        elif kind == "multiclass":
+            cols.append(np.digitize(score, np.quantile(score, [1 / 3, 2 / 3])).astype(np.float32))
+            specs.append(TaskSpec(names[i], "multiclass", 3, ("0", "1", "2")))
+        else:
+            cols.append(score.astype(np.float32))
+            specs.append(TaskSpec(names[i], "regression", 1))
+        truth[names[i]] = int(g)
+    binary = [i for i, sp in enumerate(specs) if sp.kind == "binary"]
+    for k in range(complement if binary else 0):
+        twin = binary[k % len(binary)]
+        name = f"y_not_{twin:02d}"
+        names.append(name)
+        cols.append(1.0 - cols[twin])
+        specs.append(_binary(name))
+        truth[name] = truth[names[twin]]
+    for k in range(random):
+        name = f"y_random_{k}"
+        names.append(name)
+        cols.append((rng.random(samples) < 0.5).astype(np.float32))
+        specs.append(_binary(name))
+        truth[name] = -(k + 1)
+    labels = np.stack(cols, axis=1).astype(np.float32)
+    if missing > 0:
+        rates = rng.uniform(0.0, missing, size=labels.shape[1])
+        labels[rng.random(labels.shape) < rates] = np.nan
+    return Dataset(
+        features=x.astype(np.float32),
+        labels=labels,
+        tasks=specs,
+        feature_names=[f"x_{i}" for i in range(features)],
+        source="builtin:subsets",
+        ground_truth=truth,
+    )
+
+
 BUILTINS: dict[str, Callable[..., Dataset]] = {"digits": digits, "digits-images": digits_images,
-                                               "synthetic": synthetic, "shapes": shapes}
-_INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "size", "per"}
-_FLOAT_OPTS = {"noise", "jitter", "missing"}
-_ALLOWED = {"digits": {"seed"}, "digits-images": {"seed"}, "shapes": {"samples", "size", "per", "noise", "seed"}}
+                                               "synthetic": synthetic, "shapes": shapes, "subsets": subsets}
+_INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "size", "per",
+             "subset", "mixed"}
+_FLOAT_OPTS = {"noise", "jitter", "missing", "vary"}
+_ALLOWED = {"digits": {"seed"}, "digits-images": {"seed"}, "shapes": {"samples", "size", "per", "noise", "seed"},
+            "synthetic": {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "noise",
+                          "jitter", "missing"},
+            "subsets": {"tasks", "groups", "samples", "features", "subset", "vary", "noise", "missing", "complement",
+                        "random", "mixed", "seed"}}
 
 
 def load_builtin(spec: str) -> Dataset:
@@ -215,7 +329,7 @@ def load_builtin(spec: str) -> Dataset:
     if name not in BUILTINS:
         raise InputError(f"unknown built-in dataset {name!r}; known: {', '.join(sorted(BUILTINS))}")
     kwargs: dict[str, int | float] = {}
-    allowed = _ALLOWED.get(name, (_INT_OPTS | _FLOAT_OPTS) - {"size", "per"})
+    allowed = _ALLOWED[name]
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, value = item.partition("=")
         if not eq or key not in allowed:

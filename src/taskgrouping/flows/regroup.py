@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from taskgrouping.tasks.report import report_step
 from taskgrouping.tasks.steps import (
     affinity_step,
     gains_step,
+    head_cv_step,
     joint_step,
     memberships_step,
     oracle_step,
@@ -287,8 +288,10 @@ def _swola_affinity(run: _Run) -> _Affinity:
     """
     cfg, store = run.cfg, run.store
     t0 = time.perf_counter()
-    swola_settings = asdict(cfg.swola)
-    probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], cfg.swola, cfg.seed) for t in run.names}
+    head_c, scored = _head_c(run)
+    settings = replace(cfg.swola, head_c=head_c)
+    swola_settings = asdict(settings)
+    probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], settings, cfg.seed) for t in run.names}
     todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
     batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
 
@@ -340,7 +343,41 @@ def _swola_affinity(run: _Run) -> _Affinity:
                      pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
                      pairs_total=pairs_total, probe_seconds=probe_seconds,
                      affinity_seconds=time.perf_counter() - t0,
-                     extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes))})
+                     extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes)),
+                            "head_c": head_c, "heads_scored": scored})
+
+
+def _head_c(run: _Run) -> tuple[float | None, int]:
+    """The C every fitted ``joint`` head of this run uses, and how many tasks were scored for it now.
+
+    Chosen over all the run's tasks (:func:`taskgrouping.methods.heads.choose_c`) from
+    each task's CV loss vector, stored per task: a vector missing from the store is
+    computed by one ``head-cv`` step in this process (a batched solve, milliseconds a
+    task), the rest are read. So a run with one more task scores one task, and the C
+    changes only when the mean over tasks moves its argmin (then every probe is new).
+    """
+    s, store = run.cfg.swola, run.store
+    if not s.joint_head or s.head_c is not None:
+        return s.head_c, 0
+    from taskgrouping.methods.heads import choose_c
+
+    cv_keys = {t: keys.head_cv_key(run.data_key, t, run.label_fps[t], s, run.cfg.seed) for t in run.names}
+    stored = store.read_head_cv()
+    todo = [t for t in run.names if cv_keys[t] not in stored]
+    if todo:
+        batch = [[t, cv_keys[t]] for t in todo]
+        def present(_: dict[str, Any]) -> bool:
+            have = store.read_head_cv()
+            return all(k in have for _, k in batch)
+
+        _run_step(head_cv_step, run.results, present, run.cfg.store, run.dataset_key, batch, asdict(s),
+                  run.cfg.seed, run.cfg.device, name=f"head-cv ({len(todo)} ML tasks)",
+                  cache_key=stable_hash("head-cv", [k for _, k in batch]), run_id=run.run_id, inline=run.inline)
+        stored = store.read_head_cv()
+        lost = [t for t in todo if cv_keys[t] not in stored]
+        if lost:
+            raise RuntimeError(f"head-cv: the losses of ML task {lost[0]!r} are missing after the step finished")
+    return choose_c(np.stack([stored[cv_keys[t]] for t in run.names]), s.head_cs), len(todo)
 
 
 def _joint_affinity(run: _Run) -> _Affinity:

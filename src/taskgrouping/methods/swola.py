@@ -21,8 +21,9 @@ O(n P), exact. Each task is probed independently of every other task.
 
 Choices (methods.md, marked "our choice"): an MLP trunk of ``layers`` x ``hidden``
 seeded from ``seed``; head ``fitted`` (a per-task linear head fitted on the frozen
-trunk features, its L2 strength chosen by cross-validation) or ``shared`` (the same
-seeded head for every task); normalisation ``task`` (each task's per-sample gradients
+trunk features, all heads fitted in one batched solve with one L2 strength chosen
+jointly for every task by a shared cross-validation, :mod:`taskgrouping.methods.heads`)
+or ``shared`` (the same seeded head for every task); normalisation ``task`` (each task's per-sample gradients
 divided by their mean L1 norm), ``sample`` or ``none``; D averaged over ``trunks``
 independently seeded trunks.
 """
@@ -59,8 +60,14 @@ class SwolaSettings:
         normalise: ``task`` (default), ``sample`` or ``none``.
         trunks: number of independently seeded trunks D is averaged over.
         lr: the one-step learning rate eta (a constant factor of D).
-        head_cs: inverse L2 strengths tried by the cross-validated head fit.
+        head_cs: inverse L2 strengths C tried by the cross-validated head fit.
         head_folds: cross-validation folds for the head fit.
+        head_fit: ``joint`` (default: one C for every task, chosen by a shared CV over the
+            tasks, heads fitted in one batched solve) or ``per-task`` (scikit-learn's
+            ``LogisticRegressionCV`` / ``RidgeCV`` per task, the behaviour before issue 14).
+        head_c: the C every ``joint`` head uses; None = choose it over the tasks being
+            probed. The flow chooses it over all the run's tasks and passes it here, so a
+            probe does not depend on which tasks share its batch.
         block: tasks per block in the pairwise step (bounds its memory).
         trunk: ``auto``, ``mlp``, ``cnn``, ``resnet`` or a factory (:mod:`taskgrouping.models.trunks`);
             the MLP keeps the exact factorised probe, any other trunk uses
@@ -79,6 +86,8 @@ class SwolaSettings:
     lr: float = 1.0
     head_cs: tuple[float, ...] = (0.01, 0.05, 0.2, 1.0, 5.0)
     head_folds: int = 3
+    head_fit: str = "joint"
+    head_c: float | None = None
     block: int = 64
     trunk: str = "auto"
     checkpoint: str | None = None
@@ -93,14 +102,39 @@ class SwolaSettings:
             raise ValueError(f"SWOLA normalise must be none|task|sample, got {self.normalise!r}")
         if self.trunks < 1 or self.hidden < 1 or self.layers < 1 or self.block < 1:
             raise ValueError("SWOLA trunks, hidden, layers and block must be positive")
+        if self.head_fit not in ("joint", "per-task"):
+            raise ValueError(f"--head-fit must be joint or per-task, got {self.head_fit!r}")
+        if self.head_c is not None and not self.head_c > 0:
+            raise ValueError(f"the head's C must be positive, got {self.head_c!r}")
         if self.sketch not in ("auto", "none") and not (self.sketch.isdigit() and int(self.sketch) >= 1):
             raise ValueError(f"--sketch must be auto, none or a positive integer K, got {self.sketch!r}")
 
+    @property
+    def joint_head(self) -> bool:
+        """Whether heads are fitted in one batched solve with one C (``fitted`` + ``joint``)."""
+        return self.head == "fitted" and self.head_fit == "joint"
+
     def probe_part(self) -> dict[str, object]:
-        """The settings a probe depends on (normalisation and blocking do not)."""
+        """The settings a probe depends on (normalisation and blocking do not).
+
+        A joint head depends on its C, not on the grid it was chosen from.
+        """
         part: dict[str, object] = {"hidden": self.hidden, "layers": self.layers, "head": self.head,
                                    "trunks": self.trunks, "head_cs": list(self.head_cs),
                                    "head_folds": self.head_folds}
+        if self.joint_head:
+            del part["head_cs"], part["head_folds"]
+            part |= {"head_fit": "joint", "head_c": self.head_c}
+        part |= self._trunk_part()
+        return part
+
+    def cv_part(self) -> dict[str, object]:
+        """The settings one task's cross-validated head losses depend on (the features and the grid)."""
+        return {"hidden": self.hidden, "layers": self.layers, "trunks": self.trunks,
+                "head_cs": list(self.head_cs), "head_folds": self.head_folds} | self._trunk_part()
+
+    def _trunk_part(self) -> dict[str, object]:
+        part: dict[str, object] = {}
         if self.trunk not in ("auto", "mlp") or self.checkpoint is not None:  # MLP keys stay as they were
             part |= {"trunk": self.trunk.rpartition(":")[2], "trunk_fp": self.trunk_fp, "sketch": self.sketch}
         return part
@@ -230,10 +264,67 @@ def shared_head(hidden: int, task: TaskSpec, seed: int) -> tuple[np.ndarray, np.
 def task_head(h: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings,
               seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The head a probe uses: fitted on the labelled rows of ``h`` (n, H), or the shared init."""
+    return task_heads(h, y[:, None], [task], settings, seed, settings.head_c)[0]
+
+
+def task_heads(h: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+               c: float | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every task's head on the features ``h`` (n, H); ``y`` (n, B), NaN = missing.
+
+    ``shared``: the seeded init. ``fitted`` + ``joint``: one batched solve at C = ``c``
+    (None: chosen over these tasks, :func:`taskgrouping.methods.heads.choose_c`).
+    ``fitted`` + ``per-task``: :func:`fit_head` per task.
+    """
+    from taskgrouping.methods import heads
+
     if settings.head == "shared":
-        return shared_head(settings.hidden, task, seed)
-    labelled = ~np.isnan(y)
-    return fit_head(h[labelled].astype(np.float64), y[labelled], task, settings, seed)
+        return [shared_head(h.shape[1], t, seed) for t in tasks]
+    if settings.joint_head:
+        if c is None:
+            c = heads.choose_c(heads.cv_losses(h, y, tasks, settings.head_cs, settings.head_folds, seed),
+                               settings.head_cs)
+        return heads.fit_heads(h, y, tasks, c)
+    out = []
+    for b, t in enumerate(tasks):
+        lab = ~np.isnan(y[:, b])
+        out.append(fit_head(h[lab].astype(np.float64), y[lab, b], t, settings, seed))
+    return out
+
+
+def trunk_features(x: np.ndarray, settings: SwolaSettings, seed: int, device: str = "cpu",
+                   input_shape: tuple[int, ...] | None = None) -> list[np.ndarray]:
+    """The frozen features (n, H) every head is fitted on, one array per probe trunk."""
+    shape = tuple(input_shape) if input_shape is not None else (x.shape[1],)
+    dev = resolve_device(device)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
+            trunk = probe_trunk_any(settings, seed, shape, xt)
+            return [torch.cat([trunk(xt[i : i + 256]) for i in range(0, xt.shape[0], 256)]).cpu().numpy()]
+        return [_forward_record(t.to(dev), xt)[0].cpu().numpy() for t in probe_trunks(x.shape[1], settings, seed)]
+
+
+def head_cv(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+            device: str = "cpu", input_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """(B, len(head_cs)) each task's relative CV loss per C, averaged over the probe trunks.
+
+    A task's row depends on that task alone (its labels, the probe rows and the
+    settings), so the flow caches it per task; the joint C is
+    :func:`taskgrouping.methods.heads.choose_c` over the rows of every task of a run.
+    """
+    from taskgrouping.methods import heads
+
+    feats = trunk_features(x, settings, seed, device, input_shape)
+    return np.mean([heads.cv_losses(h.astype(np.float64), y, tasks, settings.head_cs, settings.head_folds, seed)
+                    for h in feats], axis=0)
+
+
+def joint_c(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
+            device: str = "cpu", input_shape: tuple[int, ...] | None = None) -> float:
+    """The one C of a ``joint`` head for these tasks: the grid point with the lowest mean CV loss."""
+    from taskgrouping.methods.heads import choose_c
+
+    return choose_c(head_cv(x, y, tasks, settings, seed, device, input_shape), settings.head_cs)
 
 
 def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings, seed: int,
@@ -275,6 +366,9 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
     yt = torch.as_tensor(np.nan_to_num(y, nan=0.0), dtype=torch.float32, device=dev)
     mask = torch.as_tensor(labelled, dtype=torch.float32, device=dev)
     n_tasks = len(tasks)
+    c = settings.head_c
+    if settings.joint_head and c is None:  # one C for these tasks, over every trunk
+        c = joint_c(x, y, tasks, settings, seed, device)
     out = []
     for trunk in probe_trunks(x.shape[1], settings, seed):
         trunk = trunk.to(dev)
@@ -282,7 +376,7 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
         with torch.no_grad():
             h, _, _ = _forward_record(trunk, xt)
         h_np = h.cpu().numpy()
-        heads = [task_head(h_np, y[:, b], t, settings, seed) for b, t in enumerate(tasks)]
+        heads = task_heads(h_np.astype(np.float64), y, tasks, settings, seed, c)
         # replay the trunk from its first pre-activation, once per task (batch dim = tasks)
         z0 = linears[0](xt).detach()
         first = z0.unsqueeze(0).expand(n_tasks, *z0.shape).clone().requires_grad_(True)
@@ -336,10 +430,7 @@ def probe_tasks_any(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], setting
     with torch.no_grad():
         h = torch.cat([trunk(xt[i : i + 256]) for i in range(0, xt.shape[0], 256)])
     n, width = h.shape
-    h_np = h.cpu().numpy()
-    heads = [shared_head(width, t, seed) if settings.head == "shared" else
-             fit_head(h_np[labelled[:, b]].astype(np.float64), y[labelled[:, b], b], t, settings, seed)
-             for b, t in enumerate(tasks)]
+    heads = task_heads(h.cpu().numpy().astype(np.float64), y, tasks, settings, seed, settings.head_c)
     yt = torch.as_tensor(np.nan_to_num(y, nan=0.0), dtype=torch.float32, device=dev)
     mask = torch.as_tensor(labelled, dtype=torch.float32, device=dev)
     hb = h.unsqueeze(0).expand(len(tasks), n, width).clone().requires_grad_(True)

@@ -8,6 +8,7 @@ Layout under the store root::
     probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys (compacted)
     pairs/<pairs_key>/<segment>.parquet       pairs added since, one append-only file per writing run
+    heads/<segment>.parquet                   per-task cross-validated head losses (joint head's C), one file per writing run
     affinity/<affinity_key>.parquet           affinity over one task set (long form)
     maps/<joint_key>.parquet                  STG-MTL data maps, one row per task
     models/<group_key>/model.safetensors      one trained group model (state dict)
@@ -126,6 +127,14 @@ PAIRS_SCHEMA = pa.schema(
     ]
 )
 """Cached symmetric pair distances, ``key_a < key_b`` (probe keys)."""
+
+HEAD_CV_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("losses", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+"""One task's relative cross-validated head loss at each C of the grid (NaN: too few labels)."""
 
 
 def _tmp_path(path: Path) -> Path:
@@ -416,6 +425,31 @@ class Store:
                 version += 1
             finally:
                 tmp.unlink()
+
+    # --- joint head: per-task CV losses -----------------------------------------
+    def add_head_cv(self, rows: dict[str, np.ndarray]) -> Path:
+        """Append tasks' CV loss vectors (by head-CV key) as a new file; nothing stored is rewritten."""
+        import uuid
+
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        table = pa.table({"key": pa.array(list(rows), pa.string()),
+                          "losses": pa.array([np.asarray(v, np.float64).tolist() for v in rows.values()],
+                                             pa.list_(pa.float64()))})
+        return atomic_write_table(self.root / "heads" / name, table, HEAD_CV_SCHEMA)
+
+    def read_head_cv(self) -> dict[str, np.ndarray]:
+        """Every stored CV loss vector by key (unreadable files are left out: their tasks are scored again)."""
+        folder = self.root / "heads"
+        out: dict[str, np.ndarray] = {}
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            data = intact_bytes(path)
+            if data is None:
+                continue
+            table = pq.read_table(pa.BufferReader(data))
+            _check_schema(table.schema, HEAD_CV_SCHEMA, path)
+            for key, losses in zip(table.column("key").to_pylist(), table.column("losses").to_pylist(), strict=True):
+                out[key] = np.array([np.nan if v is None else v for v in losses], np.float64)
+        return out
 
     # --- pair cache ------------------------------------------------------------
     def pair_segments(self, key: str) -> list[Path]:

@@ -30,6 +30,7 @@ from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
     distances_from_probes,
+    head_cv,
     probe_tasks,
 )
 from taskgrouping.methods.tag import TagSettings, tag_affinity
@@ -131,6 +132,24 @@ def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: Sw
     for (name, key), probe in zip(todo, probes, strict=True):
         st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
         faults.reached(st.root, "probe")
+
+
+@task(name="head-cv", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def head_cv_step(store: str, dataset_key: str, todo: list[list[str]], settings: dict[str, Any], seed: int,
+                 device: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """Score every C of the head grid for ML tasks ``[[task, head-CV key], ...]`` (one batched solve) and store it.
+
+    Each task's loss vector depends on that task alone; the joint C over a run's tasks
+    is chosen from the stored vectors (:func:`taskgrouping.methods.heads.choose_c`).
+    """
+    st = Store(store)
+    t0 = time.perf_counter()
+    data = st.read_prepared(dataset_key, tasks=[t for t, _ in todo])
+    rows = data.probe_idx
+    with _naming("cross-validation of the probe heads"):
+        losses = head_cv(data.x[rows], data.y[rows], data.tasks, SwolaSettings(**settings), seed, device, data.shape)
+    st.add_head_cv({k: losses[b] for b, (_, k) in enumerate(todo)})
+    return {"tasks": [t for t, _ in todo], "run_id": run_id, "seconds": time.perf_counter() - t0}
 
 
 @task(name="probe", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
