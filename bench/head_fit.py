@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512)
     args = ap.parse_args()
     rows: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
-    spread: list[tuple[int, int, int]] = []  # distinct own Cs, misplaced tasks (per-task C), of which C != joint
+    spread: list[tuple[int, ...]] = []  # distinct own Cs, misplaced tasks, of which C != joint, tasks, C != joint
     for i in range(args.problems):
         opts = problem(i)
         ds = subsets(samples=2000, **opts)  # type: ignore[arg-type]
@@ -105,7 +105,8 @@ def main() -> None:
             rows[v].append((adjusted_rand_score(truth, given), adjusted_rand_score(truth, auto), secs))
         own, joint = chosen["per-task C, batched"]["own_cs"], chosen["joint"]["c"]
         misplaced = _misplaced(truth, labels["per-task C, batched"])
-        spread.append((len(set(own)), len(misplaced), sum(own[b] != joint for b in misplaced)))
+        spread.append((len(set(own)), len(misplaced), sum(own[b] != joint for b in misplaced), len(own),
+                       sum(c != joint for c in own)))
         print(f"problem {i} {opts}: " + ", ".join(f"{v} {rows[v][-1][0]:.3f}" for v in VARIANTS)
               + f"; joint C {joint}, own Cs {sorted(set(own))}", flush=True)
     write_result("head_fit.md", render(rows, spread, args))
@@ -122,7 +123,7 @@ def _misplaced(truth: list[int], found: list[int]) -> list[int]:
     return out
 
 
-def render(rows: dict[str, list[tuple[float, float, float]]], spread: list[tuple[int, int, int]],
+def render(rows: dict[str, list[tuple[float, float, float]]], spread: list[tuple[int, ...]],
            args: argparse.Namespace) -> str:
     lines = ["# The probe's head fit on a generated family it was not tuned on", "", f"Machine: {machine_line()}", "",
              f"`builtin:subsets`, {args.problems} problems (seeds 0-{args.problems - 1}; 12/18/24 tasks, 3/4/5 "
@@ -137,8 +138,9 @@ def render(rows: dict[str, list[tuple[float, float, float]]], spread: list[tuple
                      f"{a[:, 1].min():.3f} | {a[:, 2].mean():.3f} |")
     s = np.array(spread)
     lines += ["", f"Per-task C (each task's own CV argmin): {s[:, 0].mean():.1f} distinct C values per problem on "
-              f"average; {s[:, 1].sum()} tasks misplaced in all with per-task Cs, of which {s[:, 2].sum()} had a C "
-              "other than the joint one."]
+              f"average; {s[:, 1].sum()} tasks misplaced in all with per-task Cs, of which {s[:, 2].sum()} "
+              f"({100 * s[:, 2].sum() / max(1, s[:, 1].sum()):.0f}%) had a C other than the joint one, against "
+              f"{100 * s[:, 4].sum() / s[:, 3].sum():.0f}% of all tasks."]
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,7 @@ def test_regroup_first_run_incremental_run_and_identical_rerun(prefect_api, tmp_
     assert "## Recommendation" in report and "| grouped" in report
 
     # files removed behind Prefect's back are recomputed, not trusted from the cache record
-    probe_file = sorted((store / "probes").glob("*.parquet"))[0]
+    probe_file = sorted((store / "probes").glob("*.arrow"))[0]
     probe_file.unlink()
     model_dir = Path(third["models"]["0"])  # a model this run uses (not one only the 4-task run trained)
     shutil.rmtree(model_dir)
@@ -219,7 +219,7 @@ def test_damaged_store_files_are_reported_and_recomputed_never_used(prefect_api,
 
     store = tmp_path / "store"
     first = run_regroup(_cfg(store, evaluate="grouped"), "intact")
-    probe = sorted((store / "probes").glob("*.parquet"))[0]
+    probe = sorted((store / "probes").glob("*.arrow"))[0]
     probe.write_bytes(probe.read_bytes()[:-100])
     affinity = sorted((store / "affinity").glob("*.parquet"))[0]
     data = bytearray(affinity.read_bytes())

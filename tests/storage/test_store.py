@@ -31,7 +31,18 @@ def test_probe_roundtrip_and_no_temp_files(tmp_path):
     q = st.read_probe("abc")
     np.testing.assert_array_equal(q.deltas, p.deltas)
     np.testing.assert_array_equal(q.labelled, p.labelled)
-    assert sorted(f.name for f in (tmp_path / "probes").iterdir()) == [".lock", "abc.parquet", "abc.parquet.sha256"]
+    assert sorted(f.name for f in (tmp_path / "probes").iterdir()) == [".lock", "abc.arrow", "abc.arrow.sha256"]
+
+
+def test_a_damaged_probe_is_refused_by_name(tmp_path):
+    from taskgrouping.storage.integrity import DamagedFile
+
+    st = Store(tmp_path)
+    st.write_probe("abc", Probe(deltas=np.ones((1, 4, 3), np.float32), labelled=np.ones(4, bool)), {"task": "t"})
+    path = tmp_path / "probes" / "abc.arrow"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(DamagedFile, match="abc.arrow"):
+        st.read_probe("abc")
 
 
 def test_schema_checked_on_write_and_read(tmp_path):

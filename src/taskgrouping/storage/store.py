@@ -5,7 +5,7 @@ Layout under the store root::
     datasets/<dataset_key>/features.parquet   standardised features, one list column ``x``
     datasets/<dataset_key>/labels.parquet     one column per task (null = missing label)
     datasets/<dataset_key>/meta.json          task specs, feature names, split, ground truth
-    probes/<probe_key>.parquet                one SWOLA probe (per-task backpropagated errors)
+    probes/<probe_key>.arrow                  one SWOLA probe (per-task backpropagated errors), Arrow IPC
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys (compacted)
     pairs/<pairs_key>/<segment>.parquet       pairs added since, one append-only file per writing run
     heads/<segment>.parquet                   per-task cross-validated head losses (joint head's C), one file per writing run
@@ -39,11 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taskgrouping.storage.integrity import (
+    DamagedFile,
     checksum_path,
     folder_lock,
     intact,
     intact_bytes,
     seal,
+    settled_problem,
     sha256_file,
     verified,
 )
@@ -218,7 +220,7 @@ class Store:
 
     def probe_path(self, probe_key: str) -> Path:
         """Parquet file of one probe."""
-        return self.root / "probes" / f"{probe_key}.parquet"
+        return self.root / "probes" / f"{probe_key}.arrow"
 
     def pairs_path(self, pairs_key: str) -> Path:
         """Parquet cache of pair distances for one set of pair settings."""
@@ -333,32 +335,43 @@ class Store:
         return intact(self.probe_path(key))
 
     def write_probe(self, key: str, probe: Probe, meta: dict[str, Any]) -> Path:
-        """One row per probe sample: ``labelled`` and, per trunk r, ``delta_r`` (fixed-size float32 list)."""
+        """One row per probe sample: ``labelled`` and, per trunk r, ``delta_r`` (fixed-size float32 list).
+
+        An uncompressed Arrow IPC file: reading it is one read of its bytes (checked
+        against its checksum) and zero-copy views of them, no decoding.
+        """
         r, n, width = probe.deltas.shape
         cols: dict[str, pa.Array] = {"labelled": pa.array(probe.labelled, pa.bool_())}
         for k in range(r):
             cols[f"delta_{k}"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(probe.deltas[k].reshape(-1), pa.float32()), width)
+                pa.array(np.ascontiguousarray(probe.deltas[k], np.float32).reshape(-1), pa.float32()), width)
         if probe.norms is not None:
             for k in range(r):
                 cols[f"norm_{k}"] = pa.array(probe.norms[k], pa.float64())
         table = pa.table(cols).replace_schema_metadata({"taskgrouping": json.dumps(meta | {"kind": probe.kind})})
-        return atomic_write_table(self.probe_path(key), table)
+        with atomic_path(self.probe_path(key)) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        return self.probe_path(key)
 
     def read_probe(self, key: str) -> Probe:
-        """Read a probe written by :meth:`write_probe`."""
+        """Read a probe written by :meth:`write_probe` (its arrays are read-only views of the file's bytes)."""
         from taskgrouping.methods.swola import Probe
 
-        table = pq.read_table(verified(self.probe_path(key)))
+        path = self.probe_path(key)
+        data = intact_bytes(path)
+        if data is None:
+            raise DamagedFile(path, settled_problem(path) or "changed while read")
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         names = sorted((c for c in table.column_names if c.startswith("delta_")), key=lambda c: int(c[6:]))
         deltas = []
         for c in names:
             col = table.column(c).combine_chunks()
-            deltas.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
+            deltas.append(col.values.to_numpy().reshape(len(col), col.type.list_size))
         meta = json.loads((table.schema.metadata or {}).get(b"taskgrouping", b"{}"))
         norm_cols = sorted((c for c in table.column_names if c.startswith("norm_")), key=lambda c: int(c[5:]))
         norms = np.stack([table.column(c).to_numpy() for c in norm_cols]) if norm_cols else None
-        return Probe(deltas=np.stack(deltas).astype(np.float32),
+        return Probe(deltas=deltas[0][None] if len(deltas) == 1 else np.stack(deltas),
                      labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
                      kind=str(meta.get("kind", "delta")), norms=norms)
 
