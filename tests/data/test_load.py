@@ -109,12 +109,36 @@ def test_builtin_synthetic_options_and_errors():
     assert len(ds.tasks) == 8 and ds.features.shape == (100, 32)
     assert sorted(set(ds.ground_truth[t] for t in ds.task_names[:6])) == [0, 1, 2]
     np.testing.assert_array_equal(ds.labels[:, 6], 1 - ds.labels[:, 0])
-    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, digits-images, shapes, synthetic"):
+    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, digits-images, shapes, subsets, synthetic"):
         load_dataset("builtin:nope")
     with pytest.raises(InputError, match="unknown option 'colour=3'"):
         load_dataset("builtin:synthetic:colour=3")
     with pytest.raises(InputError, match="option tasks needs a number"):
         load_dataset("builtin:synthetic:tasks=many")
+    with pytest.raises(InputError, match="unknown option 'vary=0.5'"):  # an option of another generator
+        load_dataset("builtin:synthetic:vary=0.5")
+
+
+def test_builtin_subsets_plants_what_it_says():
+    ds = load_dataset("builtin:subsets:tasks=20,groups=4,samples=400,missing=0.4,seed=3")
+    assert ds.task_names[-2:] == ["y_not_" + ds.task_names[-2][6:], "y_random_0"] and len(ds.tasks) == 22
+    twin = ds.task_names.index("y_" + ds.task_names[-2][6:])
+    both = ~np.isnan(ds.labels[:, twin]) & ~np.isnan(ds.labels[:, -2])
+    np.testing.assert_array_equal(ds.labels[both, -2], 1 - ds.labels[both, twin])  # the complement of its twin
+    assert ds.ground_truth[ds.task_names[-2]] == ds.ground_truth[ds.task_names[twin]]
+    assert ds.ground_truth["y_random_0"] == -1
+    assert sorted({ds.ground_truth[t] for t in ds.task_names[:20]}) == [0, 1, 2, 3]
+    assert {t.kind for t in ds.tasks} == {"binary", "multiclass", "regression"}  # mixed kinds by default
+    missing = np.isnan(ds.labels).mean(axis=0)
+    assert 0 < missing.max() <= 0.55 and missing.min() < 0.4  # per-task rates drawn in [0, missing]
+    same = load_dataset("builtin:subsets:tasks=20,groups=4,samples=400,missing=0.4,seed=3")
+    np.testing.assert_array_equal(same.labels, ds.labels)  # seeded
+    binary = load_dataset("builtin:subsets:tasks=6,groups=2,samples=100,mixed=0,missing=0")
+    assert {t.kind for t in binary.tasks} == {"binary"} and not np.isnan(binary.labels).any()
+    for spec, message in (("tasks=3,groups=4", "need 1 <= groups <= tasks"), ("samples=10", "too small"),
+                          ("subset=30", "need 1 <= subset <= features"), ("missing=1.0", "need 0 <= missing < 1")):
+        with pytest.raises(InputError, match=message):
+            load_dataset(f"builtin:subsets:{spec}")
 
 
 def test_split_and_probe_sample_are_seeded():
