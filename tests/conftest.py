@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# a private Prefect server per CLI run: no shared server outlives a test (tests/flows/test_shared_server.py
+# checks the shared one)
+os.environ.setdefault("TASKGROUPING_SERVER_IDLE", "0")
 
 
 @pytest.fixture

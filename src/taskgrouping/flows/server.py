@@ -28,12 +28,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``/health`` until the server answers; raise if it dies or times out."""
+def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None,
+                 alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``/health`` until the server answers; raise if it dies (``proc`` exits, ``alive()`` is false) or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the Prefect server exited with status {proc.returncode} before it was healthy")
+        if alive is not None and not alive():
+            raise RuntimeError("the Prefect server stopped before it was healthy")
         try:
             with urllib.request.urlopen(api_url + "/health", timeout=2):
                 return
@@ -167,9 +170,44 @@ def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
+def shared_server(home: Path, idle: float, while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The store's shared local server (:mod:`taskgrouping.flows.keeper`): reused if running, else started.
+
+    A started one outlives this run by ``idle`` seconds, for the next run of the store.
+    ``while_starting(api_url)`` runs while a new server boots.
+    """
+    from taskgrouping.flows import keeper as kp
+
+    home.mkdir(parents=True, exist_ok=True)
+    with kp.server_lock(home):
+        info = kp.read_record(home)
+        proc = kp.start_keeper(home, idle) if info is None else None
+        user = kp.register(home)  # from here on the keeper does not stop the server
+    try:
+        if proc is not None:
+            info = kp.wait_record(home, proc)
+            logging.getLogger("taskgrouping").info(
+                "started a Prefect server for this store; it stays up %.0f s after the last run (%s)", idle,
+                kp.IDLE_ENV)
+        assert info is not None
+        url = f"http://127.0.0.1:{info['port']}/api"
+        if proc is not None and while_starting is not None:
+            while_starting(url)
+        wait_healthy(url, alive=lambda: kp.read_record(home) is not None)
+        yield url
+    finally:
+        with kp.server_lock(home):
+            user.unlink(missing_ok=True)
+            kp.touch(home)
+
+
+@contextlib.contextmanager
 def prefect_api(home: Path, ui: bool = False,
                 while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
-    """Yield an API URL: ``PREFECT_API_URL`` if set, else a :func:`local_server` for the duration.
+    """Yield an API URL: ``PREFECT_API_URL`` if set, else the store's :func:`shared_server`.
+
+    With ``TASKGROUPING_SERVER_IDLE=0`` (and for the UI) a private :func:`local_server`
+    runs for the duration instead.
 
     While a local server runs, ``PREFECT_API_URL`` and ``PREFECT_HOME`` point at it (from
     the moment its port is known, so that ``while_starting`` sees them too).
@@ -188,8 +226,11 @@ def prefect_api(home: Path, ui: bool = False,
         if while_starting is not None:
             while_starting(url)
 
+    from taskgrouping.flows.keeper import idle_seconds
+
+    idle = 0.0 if ui else idle_seconds()
     try:
-        with local_server(home, ui, starting) as url:
+        with local_server(home, ui, starting) if idle == 0 else shared_server(home, idle, starting) as url:
             yield url
     finally:
         for k, v in saved.items():

@@ -1,0 +1,189 @@
+"""A store's shared local Prefect server: started by the first run, reused by the next, stopped when idle.
+
+Starting a Prefect server costs 3-9 s (stack.md); a user rerunning ``taskgrouping run``
+on one store paid it every time. The first run now starts a *keeper* process, detached
+from the run, which starts the server and records it in ``<home>/shared-server.json``.
+Later runs of the store find the record, check the server answers, and use it. Each run
+registers itself in ``<home>/users/<pid>.json`` while it uses the server and touches
+``<home>/shared-server.used`` when it starts and ends. The keeper stops the server once
+no live run uses it and the last use is ``idle`` seconds old, and stops with it; the
+server dies with its keeper (``PR_SET_PDEATHSIG`` on Linux).
+
+Every decision to use or to stop the server is taken under one file lock
+(``<home>/.server.lock``), so a run never registers with a server that is stopping.
+
+``TASKGROUPING_SERVER_IDLE`` sets ``idle`` (seconds, default :data:`DEFAULT_IDLE`);
+0 gives each run a private server stopped when it ends, as before.
+
+    python -m taskgrouping.flows.keeper HOME IDLE
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from taskgrouping.flows.server import _alive, _die_with_parent, _start_time, free_port, stop_process_group
+
+DEFAULT_IDLE = 600.0
+"""Seconds a store's shared server waits for another run before it stops."""
+
+IDLE_ENV = "TASKGROUPING_SERVER_IDLE"
+RECORD = "shared-server.json"
+USED = "shared-server.used"
+POLL = 1.0
+
+
+def idle_seconds() -> float:
+    """``TASKGROUPING_SERVER_IDLE`` as seconds (default :data:`DEFAULT_IDLE`); a bad value is an error naming it."""
+    raw = os.environ.get(IDLE_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_IDLE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        from taskgrouping.errors import InputError
+
+        raise InputError(f"{IDLE_ENV}={raw!r}: need a number of seconds >= 0 (0: a private server per run)")
+    return value
+
+
+@contextlib.contextmanager
+def server_lock(home: Path) -> Iterator[None]:
+    """The lock every use-or-stop decision about a store's shared server is taken under."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / ".server.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_record(home: Path) -> dict[str, object] | None:
+    """The shared server's record if its keeper and server are alive, else None (a stale record is removed)."""
+    path = home / RECORD
+    try:
+        info = json.loads(path.read_text())
+        keeper, server = int(info["keeper"]), int(info["server"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if _alive(keeper, info.get("keeper_start")) and _alive(server, info.get("server_start")):
+        return dict(info)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _users(home: Path) -> list[int]:
+    """Live runs registered as users of the shared server (records of dead ones are removed)."""
+    live = []
+    folder = home / "users"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(path.read_text())
+            pid = int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if _alive(pid, info.get("start")):
+            live.append(pid)
+        else:
+            path.unlink(missing_ok=True)
+    return live
+
+
+def touch(home: Path) -> None:
+    (home / USED).touch()
+
+
+def register(home: Path) -> Path:
+    """Record this process as a user of the shared server (call under :func:`server_lock`)."""
+    folder = home / "users"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{os.getpid()}.json"
+    path.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+    touch(home)
+    return path
+
+
+def start_keeper(home: Path, idle: float) -> subprocess.Popen[bytes]:
+    """Start a detached keeper for ``home`` (call under :func:`server_lock`); it writes the record when its server runs."""
+    log = open(home / "server.log", "ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "taskgrouping.flows.keeper", str(home), str(idle)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=dict(os.environ))
+    finally:
+        log.close()
+
+
+def wait_record(home: Path, keeper: subprocess.Popen[bytes], timeout: float = 30.0) -> dict[str, object]:
+    """The record a new keeper writes once its server process runs (its port is known)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_record(home)
+        if info is not None and int(info["keeper"]) == keeper.pid:  # type: ignore[call-overload]
+            return info
+        if keeper.poll() is not None:
+            raise RuntimeError(f"the Prefect server keeper exited with status {keeper.returncode}; see {home}/server.log")
+        time.sleep(0.05)
+    raise RuntimeError(f"the Prefect server keeper wrote no record in {timeout:.0f} s; see {home}/server.log")
+
+
+def keep(home: Path, idle: float) -> int:
+    """The keeper's body: start the server, record it, stop it once idle (or when it dies)."""
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    me = os.getpid()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
+                              start_new_session=True, preexec_fn=lambda: _die_with_parent(me))
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    record = {"keeper": me, "keeper_start": _start_time(me), "server": server.pid,
+              "server_start": _start_time(server.pid), "port": port, "idle": idle}
+    with server_lock(home):
+        tmp = home / f".{RECORD}.{me}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, home / RECORD)
+        touch(home)
+    try:
+        while not stopping and server.poll() is None:
+            time.sleep(POLL)
+            with server_lock(home):
+                used = (home / USED).stat().st_mtime if (home / USED).exists() else 0.0
+                if not _users(home) and time.time() - used >= idle:
+                    (home / RECORD).unlink(missing_ok=True)  # no run finds it from now on
+                    break
+    finally:
+        with server_lock(home):
+            info = read_record(home)
+            if info is not None and info.get("keeper") == me:
+                (home / RECORD).unlink(missing_ok=True)
+        stop_process_group(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(keep(Path(sys.argv[1]), float(sys.argv[2])))
