@@ -1,7 +1,8 @@
 """Orchestration overhead of a small run through the CLI: wall time against the flow's own stages.
 
 For each repetition: ``taskgrouping run`` on a fresh store (digits by default), then an
-identical rerun on the same store. Overhead = wall - the summary's stage total
+identical rerun on the same store (which finds the store's shared Prefect server still
+up, :mod:`taskgrouping.flows.keeper`). Overhead = wall - the summary's stage total
 (sample, probe, affinity, select, train, report): process start, imports, the Prefect
 server, the Dask workers, flow and step bookkeeping, shutdown. Writes
 ``bench/results/overhead.md``.
@@ -54,6 +55,9 @@ def main() -> None:
                 print(row, flush=True)
                 lines.append(row)
         finally:
+            from taskgrouping.flows.keeper import stop_shared
+
+            stop_shared(root / "store" / "prefect" / "home")
             shutil.rmtree(root, ignore_errors=True)
     text = "\n".join(lines) + "\n"
     print(write_result("overhead.md", text))

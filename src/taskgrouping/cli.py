@@ -147,6 +147,9 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--image-size", default=None, type=_size, metavar="H,W",
                         help="resize every image to H,W (default: the first image's size; others must match)")
     parser.add_argument("--head", default="fitted", choices=["fitted", "shared"], help="SWOLA head mode")
+    parser.add_argument("--head-fit", default="joint", choices=["joint", "per-task"],
+                        help="fitted heads: one C for every task from a shared CV, fitted in one batched solve "
+                             "(joint, default), or scikit-learn's CV per task (per-task)")
     parser.add_argument("--normalise", default="task", choices=["none", "task", "sample"],
                         help="SWOLA gradient normalisation")
     parser.add_argument("--trunks", type=int, default=1, help="SWOLA trunks averaged over")
@@ -275,7 +278,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         regroup=getattr(args, "regroup", "incremental"),
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
-        swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden),
+        swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden,
+                            head_fit=args.head_fit),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
         tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
         hoa=HoaSettings(exhaustive=getattr(args, "exhaustive", False)),

@@ -44,6 +44,12 @@ def test_the_next_run_reuses_the_server_and_an_idle_one_stops(tmp_path, monkeypa
     assert _gone(int(record["server"]), 30) and _gone(int(record["keeper"]), 30)  # idle 3 s, then stopped
     assert not (home / keeper.RECORD).exists() and not list((home / "users").glob("*.json"))
 
+    monkeypatch.setenv(keeper.IDLE_ENV, "600")
+    with prefect_api(home):
+        pid = int(json.loads((home / keeper.RECORD).read_text())["server"])
+    assert keeper.stop_shared(home) and _gone(pid, 30)  # stopped on request, long before its idle time
+    assert not keeper.stop_shared(home)  # none left to stop
+
 
 def test_server_idle_setting_is_checked(monkeypatch):
     monkeypatch.setenv(keeper.IDLE_ENV, "soon")

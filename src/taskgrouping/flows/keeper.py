@@ -171,18 +171,35 @@ def keep(home: Path, idle: float) -> int:
     try:
         while not stopping and server.poll() is None:
             time.sleep(POLL)
+            if not home.is_dir():  # the store was removed
+                break
             with server_lock(home):
                 used = (home / USED).stat().st_mtime if (home / USED).exists() else 0.0
                 if not _users(home) and time.time() - used >= idle:
                     (home / RECORD).unlink(missing_ok=True)  # no run finds it from now on
                     break
     finally:
-        with server_lock(home):
-            info = read_record(home)
-            if info is not None and info.get("keeper") == me:
-                (home / RECORD).unlink(missing_ok=True)
+        if home.is_dir():
+            with server_lock(home):
+                info = read_record(home)
+                if info is not None and info.get("keeper") == me:
+                    (home / RECORD).unlink(missing_ok=True)
         stop_process_group(server)
     return 0
+
+
+def stop_shared(home: Path, timeout: float = 30.0) -> bool:
+    """Stop the store's shared server now (its keeper stops it as if idle); whether one was running."""
+    info = read_record(home)
+    if info is None:
+        return False
+    pid = int(info["keeper"])  # type: ignore[call-overload]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and read_record(home) is not None:
+        time.sleep(0.1)
+    return True
 
 
 if __name__ == "__main__":

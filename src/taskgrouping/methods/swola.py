@@ -490,6 +490,24 @@ def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) 
     return np.ascontiguousarray(e.transpose(1, 0, 2).reshape(n, r * width))
 
 
+L1_CHUNK = 4096
+"""Columns per float32 partial L1 sum; the partial sums are added in float64."""
+
+
+def _l1_block(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """(a, b) float64 L1 distances between the rows of ``xa`` (a, F) and ``xb`` (b, F).
+
+    Compute-bound (``bench/pairs_floor.py``): float32 partial sums over :data:`L1_CHUNK`
+    columns, added in float64, are 1.27x faster than float64 throughout at about 1e-6
+    relative error (float32 throughout: 1.5e-5).
+    """
+    xa, xb = xa.float(), xb.float()
+    out = torch.zeros((xa.shape[0], xb.shape[0]), dtype=torch.float64, device=xa.device)
+    for k in range(0, xa.shape[1], L1_CHUNK):
+        out += torch.cdist(xa[None, :, k : k + L1_CHUNK], xb[None, :, k : k + L1_CHUNK], p=1)[0].double()
+    return out
+
+
 def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: torch.Tensor,
                     block: int = 64) -> torch.Tensor:
     """Mean L1 distance between tasks over samples labelled for both, in blocks.
@@ -515,10 +533,9 @@ def masked_l1_cross(ea: torch.Tensor, ma: torch.Tensor, eb: torch.Tensor, mb: to
     symmetric = ea is eb  # the full matrix: compute the upper block triangle, mirror the rest
     total = torch.empty((ta, tb), dtype=torch.float64, device=ea.device)
     for i in range(0, ta, block):
-        xa = fa[i : i + block].double()
+        xa = fa[i : i + block]
         for j in range(i if symmetric else 0, tb, block):
-            xb = fb[j : j + block].double()
-            part = torch.cdist(xa.unsqueeze(0), xb.unsqueeze(0), p=1)[0]
+            part = _l1_block(xa, fb[j : j + block])
             total[i : i + block, j : j + block] = part
             if symmetric and j != i:
                 total[j : j + block, i : i + block] = part.T
