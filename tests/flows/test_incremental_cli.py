@@ -44,3 +44,24 @@ def test_one_more_task_joins_its_nearest_group(prefect_api, tmp_path, capsys):
 
     full = _run(capsys, "--store", store, "--regroup", "full")
     assert full["regroup"] == {"mode": "full", "reason": "--regroup full"}
+
+
+def test_two_concurrent_runs_adding_different_tasks_keep_every_pair(prefect_api, tmp_path, capsys):
+    """Two CLI processes at once on one store, each adding its own task: the pair cache keeps both."""
+    import subprocess
+    import sys
+
+    store = str(tmp_path / "store")
+    shared = ["--head", "shared"]  # probes that stay whatever the task set (a joint head's C may move with it)
+    _run(capsys, "--store", store, "--tasks", "y_0[0-3]", *shared)
+    procs = [subprocess.Popen([sys.executable, "-m", "taskgrouping", "run", "--data", DATA, "--store", store,
+                               "--tasks", f"y_0[0-3],{extra}", *shared, *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for extra in ("y_04", "y_05")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    for out, _ in outs:
+        assert json.loads(out)["counts"]["pairs_computed"] == 4  # its new task against the four old ones
+    both = _run(capsys, "--store", store, "--tasks", "y_0[0-5]", *shared)
+    # every pair either run computed is in the cache: only the pair of the two new tasks is new
+    assert both["counts"]["pairs_computed"] == 1 and both["counts"]["probes_computed"] == 0
