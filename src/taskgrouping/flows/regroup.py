@@ -22,6 +22,7 @@ from prefect.futures import as_completed
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
 from taskgrouping.hashing import stable_hash
+from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.evaluate import GroupJob, evaluation_jobs, repeat_seed
 from taskgrouping.storage import Store
 from taskgrouping.storage.integrity import intact
@@ -261,26 +262,26 @@ PROBE_BATCH_MAX = 64
 INLINE_PROBES = 2
 """Up to this many tasks to probe run in the flow's process (a local cluster only), not on a worker."""
 
-INLINE_PROBE_TASKS = 256
-"""With the MLP trunk, up to this many tasks are probed in one step in the flow's process.
+INLINE_PROBE_FLOATS = 1 << 27
+"""With the MLP trunk, tasks are probed in one step in the flow's process while their probes
+hold at most this many float32 values (512 MiB: 2,048 tasks at 512 samples x 128 errors).
 
-A batched MLP probe with the joint head costs about 1.2 ms a task (1,001 tasks in
-1.22 s, 2 cores) while sending a step to a Dask worker costs 0.1-0.3 s, so below a few
-hundred tasks the fan-out costs more than it saves (18 tasks: 6 steps). Image trunks
-(per-sample gradients) keep the workers.
+A batched MLP probe with the joint head costs about 1.3 ms a task (1,000 tasks in 1.27 s
+on 2 cores, `bench/scale.py`), while the same 1,000 tasks sent to two local Dask workers
+took 7.2 s of probe stage: the fan-out costs more than it saves on one machine. Image
+trunks (per-sample gradients) and an existing cluster (``--dask-address``) keep the workers.
 """
 
 
-def _probe_here(run: _Run, todo: list[str]) -> bool:
-    """Whether the tasks left to probe are probed in the flow's process (see :data:`INLINE_PROBE_TASKS`)."""
-    cfg = run.cfg
-    if cfg.dask_address:
+def probes_here(n_tasks: int, samples: int, settings: SwolaSettings, input_shape: Sequence[int] | None,
+                dask_address: str | None) -> bool:
+    """Whether ``n_tasks`` probes run in the flow's process rather than on workers (:data:`INLINE_PROBE_FLOATS`)."""
+    if dask_address:
         return False
-    if len(todo) <= INLINE_PROBES:
+    if n_tasks <= INLINE_PROBES:
         return True
-    shape = run.store.read_prepared_meta(run.dataset_key).get("input_shape")
-    mlp = cfg.swola.trunk in ("auto", "mlp") and cfg.swola.checkpoint is None and (not shape or len(shape) == 1)
-    return mlp and len(todo) <= INLINE_PROBE_TASKS
+    mlp = settings.trunk in ("auto", "mlp") and settings.checkpoint is None and (not input_shape or len(input_shape) == 1)
+    return mlp and n_tasks * samples * settings.trunks * settings.layers * settings.hidden <= INLINE_PROBE_FLOATS
 
 
 def probe_batches(tasks: list[str], workers: int) -> list[list[str]]:
@@ -331,7 +332,8 @@ def _swola_affinity(run: _Run) -> _Affinity:
 
     if run.inline:  # one batch in this process, no Prefect
         done: Iterable[dict[str, Any]] = [probe_step.fn(*args(todo), **kwargs(todo))] if todo else []
-    elif todo and _probe_here(run, todo):
+    elif todo and probes_here(len(todo), cfg.samples, cfg.swola,
+                              store.read_prepared_meta(run.dataset_key).get("input_shape"), cfg.dask_address):
         # little work: probing takes less than sending steps to workers costs, so do it here, in one step
         done = [step(todo)(*args(todo), **kwargs(todo))]
     else:
