@@ -11,10 +11,10 @@ from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
     distances_from_probes,
+    joint_c,
     probe_task,
     probe_tasks,
     probe_trunks,
-    joint_c,
     swola_affinity,
     task_heads,
 )

@@ -31,7 +31,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from taskgrouping.flows.server import _alive, _die_with_parent, _start_time, free_port, stop_process_group
+from taskgrouping.flows.server import (
+    _alive,
+    _die_with_parent,
+    _start_time,
+    free_port,
+    stop_process_group,
+)
 
 DEFAULT_IDLE = 600.0
 """Seconds a store's shared server waits for another run before it stops."""
@@ -106,6 +112,7 @@ def _users(home: Path) -> list[int]:
 
 
 def touch(home: Path) -> None:
+    """Mark the shared server as used now (its idle time counts from the last touch)."""
     (home / USED).touch()
 
 
