@@ -3,7 +3,7 @@
 Two parts, both on ``builtin:synthetic`` (T tasks in T/10 planted groups, 512 probe samples):
 
 1. **Stages in one process** (the library, no orchestration): prepare, probe (fitted
-   head, batched), the probe *floor* (one batched forward and backward pass of the
+   head: the joint C's cross-validation over all T tasks, then batched probes), the probe *floor* (one batched forward and backward pass of the
    same trunk per task with a fixed head, timed alone), the pairwise step, spectral
    selection; peak resident memory above the stage's start; the pairwise step at
    several block sizes (its memory bound); and one task added to T (one probe and one
@@ -23,6 +23,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from taskgrouping.data.dataset import prepare  # noqa: E402
 from taskgrouping.methods.swola import (  # noqa: E402
     SwolaSettings,
     distances_from_probes,
+    joint_c,
     probe_task,
     probe_tasks,
 )
@@ -61,7 +63,8 @@ def library_stages(t: int, samples: int, seed: int, blocks: list[int]) -> dict[s
     out["prepare"] = m
     x, y = data.x[data.probe_idx], data.y[data.probe_idx]
     s = SwolaSettings()
-    with timed() as m:
+    with timed() as m:  # as the flow: one C for all T tasks (the shared head CV), then batched probes
+        s = replace(s, head_c=joint_c(x, y[:, :t], data.tasks[:t], s, seed))
         probes = []
         for i in range(0, t, BATCH):
             probes += probe_tasks(x, y[:, i : min(t, i + BATCH)], data.tasks[i : min(t, i + BATCH)], s, seed)
