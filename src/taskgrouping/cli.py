@@ -157,6 +157,8 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--max-epochs", type=int, default=200, help="training epochs at most (early stopping)")
     if not given:
         parser.add_argument("--no-overlap", action="store_true", help="network/mip: every task in exactly one group")
+        parser.add_argument("--objective", default="network", choices=["network", "wang"],
+                            help="mip: network (each task's served score) or wang (Wang et al.: exactly B groups, size-normalised within-group gain)")
         parser.add_argument("--max-group-size", type=int, default=None, metavar="S",
                             help="network/mip: at most S tasks per group")
         parser.add_argument("--max-group-cost", type=float, default=None, metavar="C",
@@ -211,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--kind", default=None, choices=["gain", "distance"],
                      help="what the values mean; default the file's kind column, else gain")
     sel.add_argument("--no-overlap", action="store_true", help="every task in exactly one group (network allows helpers)")
+    sel.add_argument("--objective", default="network", choices=["network", "wang"], help="mip: network (each task's served score) or wang (Wang et al.: exactly B groups, size-normalised within-group gain)")
     sel.add_argument("--max-group-size", type=int, default=None, metavar="S", help="at most S tasks per group")
     sel.add_argument("--max-group-cost", type=float, default=None, metavar="C",
                      help="per-group cost budget (a group costs the sum of its tasks' costs)")
@@ -255,6 +258,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
     if args.tag_every < 1:
         raise InputError(f"--tag-every must be at least 1, got {args.tag_every}")
+    if getattr(args, "objective", "network") == "wang" and getattr(args, "selector", "mip") != "mip":
+        raise InputError(f"--objective wang is a mip objective; --selector {args.selector} does not take it")
     from taskgrouping.config import check_store
     from taskgrouping.data.load import parse_task_kinds
 
@@ -287,7 +292,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
                               False if getattr(args, "no_overlap", False) else None,
                               max_group_size=getattr(args, "max_group_size", None),
                               max_group_cost=getattr(args, "max_group_cost", None),
-                              task_costs=_task_costs(getattr(args, "task_costs", None), None)),
+                              task_costs=_task_costs(getattr(args, "task_costs", None), None),
+                              objective=getattr(args, "objective", "network")),
     )
 
 
@@ -406,7 +412,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     t = len(affinity.tasks)
     if args.groups is not None and not 1 <= args.groups <= t:
         raise InputError(f"--groups {args.groups} is outside 1..{t} (the number of tasks in {args.affinity})")
+    if args.objective == "wang" and args.selector != "mip":
+        raise InputError(f"--objective wang is a mip objective; --selector {args.selector} does not take it")
     settings = SelectSettings(overlap=False if args.no_overlap else None, max_group_size=args.max_group_size,
+                              objective=args.objective,
                               max_group_cost=args.max_group_cost,
                               task_costs=_task_costs(args.task_costs, affinity.tasks))
     chosen: dict[str, Any] = select_groups(affinity, args.groups, args.selector, settings, args.seed)

@@ -56,6 +56,9 @@ class SelectSettings:
         task_costs: ``(task, cost)`` pairs; tasks not listed cost 1.
         group_base_cost: the fixed cost of any group (e.g. its shared trunk).
         exact_max_tasks: up to this many tasks every subset is a candidate (exact).
+        objective: what ``mip`` maximises: ``network`` (each task's served score, as the
+            ``network`` selector) or ``wang`` (Wang, Pan and Yu's programme: exactly B
+            distinct groups, each worth its size-normalised within-group gain sum).
     """
 
     overlap: bool | None = None
@@ -64,11 +67,14 @@ class SelectSettings:
     task_costs: tuple[tuple[str, float], ...] = ()
     group_base_cost: float = 0.0
     exact_max_tasks: int = 12
+    objective: str = "network"
 
     def __post_init__(self) -> None:
         """Validate the limits."""
         from taskgrouping.errors import InputError
 
+        if self.objective not in ("network", "wang"):
+            raise InputError(f"--objective must be network or wang, got {self.objective!r}")
         if self.max_group_size is not None and self.max_group_size < 1:
             raise InputError(f"--max-group-size must be at least 1, got {self.max_group_size}")
         if self.max_group_cost is not None and not self.max_group_cost > 0:

@@ -176,7 +176,7 @@ def _solve_partition(scores: np.ndarray, budget: int, time_limit: float) -> Subs
                           optimal=res.status == 0)
 
 
-def _candidate_groups(affinity: AffinityMatrix, budget: int, seed: int) -> np.ndarray:
+def candidate_groups(affinity: AffinityMatrix, budget: int, seed: int) -> np.ndarray:
     """Candidates for large T: singletons, two linkage hierarchies and spectral clusters."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
@@ -205,7 +205,7 @@ def _candidate_groups(affinity: AffinityMatrix, budget: int, seed: int) -> np.nd
     return members
 
 
-def _allowed(members: np.ndarray, settings: SelectSettings, costs: np.ndarray) -> np.ndarray:
+def allowed_groups(members: np.ndarray, settings: SelectSettings, costs: np.ndarray) -> np.ndarray:
     """Which candidate rows respect the size and cost limits."""
     ok = np.ones(members.shape[0], dtype=bool)
     if settings.max_group_size is not None:
@@ -311,8 +311,8 @@ def select_subsets(affinity: AffinityMatrix, n_groups: int | None, seed: int, se
     gain = gain_matrix(affinity)
     costs = np.ones(t) if costs is None else costs
     exact = t <= settings.exact_max_tasks
-    members = all_subsets(t) if exact else _candidate_groups(affinity, budget, seed)
-    members = members[_allowed(members, settings, costs)]
+    members = all_subsets(t) if exact else candidate_groups(affinity, budget, seed)
+    members = members[allowed_groups(members, settings, costs)]
     solution = solve_subsets(served_scores(gain, members), budget, overlap)
     exact = exact and solution.optimal  # a solver time limit leaves a feasible, unproven answer
     chosen = members[solution.chosen]
