@@ -106,10 +106,14 @@ def prefect_session(home: Path) -> Iterator[str]:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from taskgrouping.flows.keeper import stop_shared
     from taskgrouping.flows.server import drain_prefect_queues, prefect_api
 
-    with prefect_api(home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
-        try:
-            yield url
-        finally:
-            drain_prefect_queues()
+    try:
+        with prefect_api(home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                drain_prefect_queues()
+    finally:
+        stop_shared(home)  # a benchmark leaves no server behind

@@ -98,7 +98,7 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--task-kind", action="append", default=None, metavar="NAME=KIND", dest="task_kind",
                         help="binary, multiclass or regression for the tasks NAME (a name or glob) matches, "
                              "instead of the inferred kind; repeatable")
-    parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa")
+    parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa, principled")
     if given:
         parser.add_argument("--groups", required=True, metavar="FILE", dest="groups_file",
                             help="the grouping to evaluate: JSON list of lists of task names, or CSV with columns "
@@ -166,6 +166,8 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
         parser.add_argument("--task-costs", default=None, metavar="FILE",
                             help="CSV with columns task, cost (default 1 each)")
     parser.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
+    parser.add_argument("--principled-every", type=int, default=10,
+                        help="principled: measure the transfer gains every this many steps")
     parser.add_argument("--membership-weighted", action="store_true",
                         help="datamaps: train each group on every task, losses weighted by fuzzy membership")
     if not given:
@@ -245,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from taskgrouping.config import RunConfig
     from taskgrouping.methods.datamaps import DatamapSettings
     from taskgrouping.methods.hoa import HoaSettings
+    from taskgrouping.methods.principled import PrincipledSettings
     from taskgrouping.methods.swola import SwolaSettings
     from taskgrouping.methods.tag import TagSettings
     from taskgrouping.models.train import TrainSettings
@@ -258,6 +261,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
     if args.tag_every < 1:
         raise InputError(f"--tag-every must be at least 1, got {args.tag_every}")
+    if args.principled_every < 1:
+        raise InputError(f"--principled-every must be at least 1, got {args.principled_every}")
     if getattr(args, "objective", "network") == "wang" and getattr(args, "selector", "mip") != "mip":
         raise InputError(f"--objective wang is a mip objective; --selector {args.selector} does not take it")
     from taskgrouping.config import check_store
@@ -286,7 +291,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden,
                             head_fit=args.head_fit),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
-        tag=TagSettings(every=args.tag_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
+        tag=TagSettings(every=args.tag_every), principled=PrincipledSettings(every=args.principled_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
         hoa=HoaSettings(exhaustive=getattr(args, "exhaustive", False)),
         select=SelectSettings(overlap=True if getattr(args, "overlap", False) else
                               False if getattr(args, "no_overlap", False) else None,

@@ -10,6 +10,7 @@ from taskgrouping.errors import InputError
 from taskgrouping.methods import check_method
 from taskgrouping.methods.datamaps import DatamapSettings
 from taskgrouping.methods.hoa import HoaSettings
+from taskgrouping.methods.principled import PrincipledSettings
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.methods.tag import TagSettings
 from taskgrouping.models.train import TrainSettings
@@ -83,6 +84,7 @@ class RunConfig:
     given_groups: tuple[tuple[str, ...], ...] | None = None
     swola: SwolaSettings = field(default_factory=SwolaSettings)
     tag: TagSettings = field(default_factory=TagSettings)
+    principled: PrincipledSettings = field(default_factory=PrincipledSettings)
     datamaps: DatamapSettings = field(default_factory=DatamapSettings)
     hoa: HoaSettings = field(default_factory=HoaSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
@@ -231,5 +233,6 @@ class RunConfig:
             swola["head_cs"] = tuple(swola["head_cs"])
         tag, datamaps = TagSettings(**d.pop("tag", {})), DatamapSettings(**d.pop("datamaps", {}))
         hoa, train = HoaSettings(**d.pop("hoa", {})), TrainSettings(**d.pop("train", {}))
-        return cls(**d, swola=SwolaSettings(**swola), tag=tag, datamaps=datamaps, hoa=hoa,
+        principled = PrincipledSettings(**d.pop("principled", {}))
+        return cls(**d, swola=SwolaSettings(**swola), tag=tag, datamaps=datamaps, hoa=hoa, principled=principled,
                    select=select, train=train)

@@ -22,7 +22,7 @@ from taskgrouping.data import dataset as data_dataset
 from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods import base as methods_base
-from taskgrouping.methods import datamaps, heads, hoa, pairs, probe_engine, swola, tag
+from taskgrouping.methods import datamaps, heads, hoa, pairs, principled, probe_engine, swola, tag
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models import losses, train, trunk, trunks
 from taskgrouping.models.train import TrainSettings
@@ -64,7 +64,7 @@ def training_code() -> str:
 
 def joint_code(method: str) -> str:
     """Code a joint-training affinity (TAG, data maps) depends on."""
-    module = {"tag": tag, "datamaps": datamaps}[method]
+    module = {"tag": tag, "datamaps": datamaps, "principled": principled}[method]
     return code_version(module, methods_base, data_dataset, train, trunk, trunks, losses)
 
 

@@ -30,7 +30,7 @@ def _check_summary(s, tasks):
 
 def test_joint_methods_recompute_when_a_task_is_added(prefect_api, tmp_path):
     store = tmp_path / "store"
-    for method in ("tag", "datamaps"):
+    for method in ("principled", "tag", "datamaps"):
         first = run_regroup(_cfg(store, method=method), f"{method}-1")
         _check_summary(first, ["y_00", "y_01", "y_02", "y_03"])
         assert first["counts"]["probes_computed"] == 4 and first["counts"]["pairs_computed"] == 6

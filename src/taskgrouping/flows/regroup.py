@@ -404,10 +404,10 @@ def _head_c(run: _Run) -> tuple[float | None, int]:
 
 
 def _joint_affinity(run: _Run) -> _Affinity:
-    """TAG or data maps: one cached step over the whole task set (adding a task recomputes it)."""
+    """TAG, principled gains or data maps: one cached step over the whole task set (adding a task recomputes it)."""
     cfg = run.cfg
     t0 = time.perf_counter()
-    method_settings = cfg.tag if cfg.method == "tag" else cfg.datamaps
+    method_settings = {"tag": cfg.tag, "principled": cfg.principled}.get(cfg.method, cfg.datamaps)
     key = keys.joint_key(cfg.method, run.data_key, [(t, run.label_fps[t]) for t in run.names],
                          method_settings, cfg.train, cfg.seed)
     args = (cfg.store, run.dataset_key, cfg.method, asdict(method_settings), asdict(cfg.train), cfg.seed,

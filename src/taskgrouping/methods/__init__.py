@@ -9,11 +9,11 @@ from __future__ import annotations
 from taskgrouping.errors import InputError
 from taskgrouping.methods.base import AffinityMatrix
 
-KNOWN_METHODS: tuple[str, ...] = ("swola", "tag", "datamaps", "hoa")
+KNOWN_METHODS: tuple[str, ...] = ("swola", "tag", "datamaps", "hoa", "principled")
 """The affinity methods: SWOLA (per-task probes), TAG and data maps (one joint training run),
 HOA (single-task and pairwise trainings)."""
 
-JOINT_METHODS: tuple[str, ...] = ("tag", "datamaps")
+JOINT_METHODS: tuple[str, ...] = ("tag", "datamaps", "principled")
 """Methods whose affinity comes from one joint training run over the whole task set."""
 
 

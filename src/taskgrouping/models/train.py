@@ -80,6 +80,9 @@ class TrainHooks:
     ``after_epoch`` sees the model (in eval mode) after each epoch.
     """
 
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once with the run's optimiser (a hook that steps it must restore its state)."""
+
     def before_step(self, model: MultiTaskModel, step: int, x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> None:
         """Called before each optimiser step (``step`` counts from 0)."""
@@ -156,6 +159,8 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
         raise ValueError(f"weights must be {len(members)} non-negative numbers, got {weights}")
     step = 0
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if hooks is not None:
+        hooks.attach(opt)
     gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     best = float("inf")
     best_state = copy.deepcopy(model.state_dict())

@@ -26,6 +26,7 @@ from taskgrouping.data.load import load_dataset
 from taskgrouping.methods.datamaps import DatamapSettings, datamap_affinity, memberships
 from taskgrouping.methods.hoa import hoa_gains, subset_scores
 from taskgrouping.methods.pairs import incremental_matrix
+from taskgrouping.methods.principled import PrincipledSettings, principled_affinity
 from taskgrouping.methods.swola import (
     SwolaSettings,
     affinity_from_distances,
@@ -71,6 +72,9 @@ def _joint_affinity(method: str, data: Any, settings: dict[str, Any], train: Tra
                     device: str) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
     if method == "tag":
         affinity, info = tag_affinity(data, TagSettings(**settings), train, seed, device)
+        return affinity, None, info
+    if method == "principled":
+        affinity, info = principled_affinity(data, PrincipledSettings(**settings), train, seed, device)
         return affinity, None, info
     return datamap_affinity(data, DatamapSettings(**settings), train, seed, device)
 
