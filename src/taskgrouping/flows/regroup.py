@@ -407,7 +407,7 @@ def _joint_affinity(run: _Run) -> _Affinity:
     """TAG, principled gains or data maps: one cached step over the whole task set (adding a task recomputes it)."""
     cfg = run.cfg
     t0 = time.perf_counter()
-    method_settings = {"tag": cfg.tag, "principled": cfg.principled}.get(cfg.method, cfg.datamaps)
+    method_settings: Any = {"tag": cfg.tag, "principled": cfg.principled}.get(cfg.method, cfg.datamaps)
     key = keys.joint_key(cfg.method, run.data_key, [(t, run.label_fps[t]) for t in run.names],
                          method_settings, cfg.train, cfg.seed)
     args = (cfg.store, run.dataset_key, cfg.method, asdict(method_settings), asdict(cfg.train), cfg.seed,

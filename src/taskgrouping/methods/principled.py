@@ -65,7 +65,8 @@ class PrincipledSettings:
 
 def task_sets(t: int) -> list[tuple[int, ...]]:
     """The lookahead sets of one measurement: singles, pairs i < j, then doubles (i, i)."""
-    return [(i,) for i in range(t)] + [(i, j) for i in range(t) for j in range(i + 1, t)] + [(i, i) for i in range(t)]
+    singles: list[tuple[int, ...]] = [(i,) for i in range(t)]
+    return singles + [(i, j) for i in range(t) for j in range(i + 1, t)] + [(i, i) for i in range(t)]
 
 
 def set_loss(model: MultiTaskModel, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, tasks: list[TaskSpec],

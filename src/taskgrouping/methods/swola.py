@@ -364,10 +364,11 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
     if len(tasks) > PROBE_CHUNK:  # in chunks of tasks (one C for all of them): bounded memory, cache-friendly
         if settings.joint_head and settings.head_c is None:
             settings = replace(settings, head_c=joint_c(x, y, tasks, settings, seed, device, shape))
-        out: list[Probe] = []
+        chunked: list[Probe] = []
         for i in range(0, len(tasks), PROBE_CHUNK):
-            out += probe_tasks(x, y[:, i : i + PROBE_CHUNK], tasks[i : i + PROBE_CHUNK], settings, seed, device, shape)
-        return out
+            chunked += probe_tasks(x, y[:, i : i + PROBE_CHUNK], tasks[i : i + PROBE_CHUNK], settings, seed, device,
+                                   shape)
+        return chunked
     if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
         return probe_tasks_any(x, y, tasks, settings, seed, device, shape)
     dev = resolve_device(device)
