@@ -49,7 +49,7 @@ DATASETS = [
     ("synthetic C (6 tasks in 2 groups, seed 2)", "builtin:synthetic:tasks=6,groups=2,seed=2"),
     ("digits (15 tasks)", "builtin:digits"),
 ]
-METHODS = ["swola", "swola-shared", "tag", "datamaps", "hoa"]
+METHODS = ["swola", "swola-shared", "tag", "datamaps", "hoa", "principled"]
 SELECTORS = ["spectral", "gat", "network", "mip"]
 ORACLE_MAX_TASKS = 6
 
@@ -149,6 +149,10 @@ def affinity_of(method: str, data: Any, seed: int, train: Any, models: Models) -
         return swola_affinity(data.x[data.probe_idx], data.y[data.probe_idx], data.tasks, s, seed)
     if method == "tag":
         return tag_affinity(data, TagSettings(), train, seed)[0]
+    if method == "principled":
+        from taskgrouping.methods.principled import PrincipledSettings, principled_affinity
+
+        return principled_affinity(data, PrincipledSettings(), train, seed)[0]
     if method == "datamaps":
         return datamap_affinity(data, DatamapSettings(), train, seed)[0]
     # HOA: every single and pair, trained here in this process so the time is comparable
@@ -183,7 +187,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2, help="processes training the evaluation models")
-    ap.add_argument("--quick", action="store_true", help="only synthetic C and swola/tag (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="only synthetic C and swola/tag/principled (a smoke run)")
     ap.add_argument("--scaling", type=int, nargs="*", default=None, metavar="T",
                     help="only the cost-scaling table at these task counts (default 12 24 48 96), "
                          "appended to bench/results/compare.md")
@@ -203,7 +207,7 @@ def main() -> None:
     from taskgrouping.selectors import get_selector
 
     datasets = DATASETS[2:3] if args.quick else DATASETS
-    methods = ["swola", "tag"] if args.quick else METHODS
+    methods = ["swola", "tag", "principled"] if args.quick else METHODS
     train = TrainSettings()
     rows: list[dict[str, Any]] = []
     oracles: list[tuple[Any, ...]] = []
@@ -220,6 +224,11 @@ def main() -> None:
             print(f"{label}: {method} affinity {m['s']:.2f} s, +{m['extra_mib']:.0f} MiB", flush=True)
         groupings = {(method, sel): get_selector(sel)(affinities[method], None, args.seed)
                      for method in methods for sel in SELECTORS}
+        if "principled" in methods:  # the method's own programme (Wang et al.), B chosen as for mip
+            from taskgrouping.selectors import SelectSettings
+
+            groupings[("principled", "mip (wang)")] = get_selector("mip", SelectSettings(objective="wang"))(
+                affinities["principled"], None, args.seed)
         jobs = {key: evaluation_jobs(tasks, g.groups, g.served, args.seed) for key, g in groupings.items()}
         models.ensure([j.members for setting in jobs.values() for js in setting.values() for j in js])
         small = len(tasks) <= ORACLE_MAX_TASKS
