@@ -92,6 +92,13 @@ def test_size_limit_is_kept_and_infeasible_limits_are_named():
     ref = max(sum(term(s, tuple(x)) for x in p) for p in partitions(list(range(6)))
               if len(p) == 3 and all(len(x) <= 2 for x in p))
     assert _objective(s, g) == pytest.approx(ref, abs=1e-7)
+    costs = (("t0", 3.0), ("t1", 1.0), ("t2", 2.0), ("t3", 1.0), ("t4", 2.5), ("t5", 1.0))
+    g = _wang(s, 3, overlap=False, max_group_cost=4.0, task_costs=costs)
+    cost = dict(costs)
+    assert all(sum(cost[m] for m in x) <= 4.0 for x in g.groups)  # the per-group budget holds
+    ref = max(sum(term(s, tuple(x)) for x in p) for p in partitions(list(range(6)))
+              if len(p) == 3 and all(sum(cost[f"t{i}"] for i in x) <= 4.0 for x in p))
+    assert _objective(s, g) == pytest.approx(ref, abs=1e-7)
     with pytest.raises(InfeasibleSelection, match="7 non-empty groups without overlap need at least 7 tasks"):
         _wang(s, 7, overlap=False)
     with pytest.raises(InfeasibleSelection, match="2 groups of at most 2 tasks cannot hold 6 tasks"):

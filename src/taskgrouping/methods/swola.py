@@ -260,12 +260,6 @@ def shared_head(hidden: int, task: TaskSpec, seed: int) -> tuple[np.ndarray, np.
     return lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
 
 
-def task_head(h: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSettings,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The head a probe uses: fitted on the labelled rows of ``h`` (n, H), or the shared init."""
-    return task_heads(h, y[:, None], [task], settings, seed, settings.head_c)[0]
-
-
 def task_heads(h: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
                c: float | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every task's head on the features ``h`` (n, H); ``y`` (n, B), NaN = missing.
