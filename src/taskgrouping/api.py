@@ -113,9 +113,9 @@ class TaskGrouper:
 
     Parameters
     ----------
-    method : {"swola", "tag", "datamaps"}
+    method : {"swola", "tag", "datamaps", "principled"}
         The affinity. ``swola`` probes each task on its own (incremental with ``store``);
-        ``tag`` and ``datamaps`` train one joint model.
+        ``tag``, ``datamaps`` and ``principled`` train one joint model.
     selector : {"spectral", "gat", "network", "mip"}
     n_groups : int or "auto"
     n_samples : int
@@ -209,7 +209,7 @@ class TaskGrouper:
         from taskgrouping.methods.swola import SwolaSettings
         from taskgrouping.models.train import TrainSettings
 
-        if self.method not in ("swola", "tag", "datamaps"):
+        if self.method not in ("swola", "tag", "datamaps", "principled"):
             if self.method == "hoa":
                 raise InputError("method 'hoa' trains T + T(T-1)/2 models: use taskgrouping.run(method='hoa')")
             from taskgrouping.methods import check_method

@@ -463,7 +463,7 @@ def _hoa_affinity(run: _Run) -> _Affinity:
 
 
 AFFINITY_STAGES = {"swola": _swola_affinity, "tag": _joint_affinity, "datamaps": _joint_affinity,
-                   "hoa": _hoa_affinity}
+                   "principled": _joint_affinity, "hoa": _hoa_affinity}
 """One stage per affinity method; each fills seconds.probe (probes or the method's trainings)."""
 
 
