@@ -145,11 +145,11 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, classes: to
     return b
 
 
-def _kind_batches(tasks: Sequence[TaskSpec]) -> dict[tuple[str, int], list[int]]:
-    """Task indices by (kind, classes): one batched fit per key."""
+def kind_batches(tasks: Sequence[TaskSpec]) -> dict[tuple[str, int], list[int]]:
+    """Task indices by (kind, head width): one batched computation per key."""
     out: dict[tuple[str, int], list[int]] = {}
     for i, t in enumerate(tasks):
-        out.setdefault((t.kind, t.n_classes if t.kind == "multiclass" else 1), []).append(i)
+        out.setdefault((t.kind, t.out_dim), []).append(i)
     return out
 
 
@@ -232,7 +232,7 @@ def cv_losses(h: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], cs: Seque
     ids = torch.as_tensor(fold_ids(h.shape[0], folds, seed))
     out = np.full((len(tasks), len(cs)), np.nan)
     order = sorted(range(len(cs)), key=lambda j: cs[j])  # strongest penalty first: warm starts along the path
-    for (kind, k), idx in _kind_batches(tasks).items():
+    for (kind, k), idx in kind_batches(tasks).items():
         target, masks, _ = _targets(y, idx, kind, k)
         model = torch.zeros(len(idx), len(cs), dtype=torch.float64)
         base = torch.zeros(len(idx), dtype=torch.float64)
@@ -274,7 +274,7 @@ def fit_heads(h: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], c: float)
     x = _design(h)
     hdim = h.shape[1]
     heads: list[tuple[np.ndarray, np.ndarray]] = []
-    for (kind, k), idx in _kind_batches(tasks).items():
+    for (kind, k), idx in kind_batches(tasks).items():
         target, masks, present = _targets(y, idx, kind, k)
         beta = _fit(x, target, masks, present, kind, _Gram(x, masks), c)
         const = _constant(x, target, masks, present, kind)

@@ -418,10 +418,9 @@ def head_cotangents(h: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, tasks:
     z = torch.einsum("nh,bkh->bnk", h, weight) + bias[:, None, :]
     g = torch.zeros_like(z)
     yt = y.T  # (B, n)
-    kinds: dict[tuple[str, int], list[int]] = {}
-    for b, t in enumerate(tasks):
-        kinds.setdefault((t.kind, t.out_dim), []).append(b)
-    for (kind, out), idx in kinds.items():
+    from taskgrouping.methods.heads import kind_batches
+
+    for (kind, out), idx in kind_batches(tasks).items():
         i = torch.as_tensor(idx, device=h.device)
         if kind == "binary":
             g[i, :, 0] = torch.sigmoid(z[i, :, 0]) - yt[i]
