@@ -1,4 +1,5 @@
 import os
+import tempfile
 import textwrap
 
 import numpy as np
@@ -8,6 +9,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # a private Prefect server per CLI run: no shared server outlives a test (tests/flows/test_shared_server.py
 # checks the shared one)
 os.environ.setdefault("TASKGROUPING_SERVER_IDLE", "0")
+# the cached empty Prefect database (flows/server.py) lives with this session, not in the user's cache
+os.environ.setdefault("TASKGROUPING_CACHE_DIR", tempfile.mkdtemp(prefix="tg-cache-"))
 
 
 @pytest.fixture

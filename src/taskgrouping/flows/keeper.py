@@ -35,8 +35,13 @@ from taskgrouping.flows.server import (
     _alive,
     _die_with_parent,
     _start_time,
+    drop_template,
     free_port,
+    save_template,
+    seed_database,
+    server_env,
     stop_process_group,
+    wait_healthy,
 )
 
 DEFAULT_IDLE = 600.0
@@ -153,13 +158,15 @@ def wait_record(home: Path, keeper: subprocess.Popen[bytes], timeout: float = 30
 def keep(home: Path, idle: float) -> int:
     """The keeper's body: start the server, record it, stop it once idle (or when it dies)."""
     port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
+    env = server_env(home, port)
     me = os.getpid()
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
-                              start_new_session=True, preexec_fn=lambda: _die_with_parent(me))
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
+                                start_new_session=True, preexec_fn=lambda: _die_with_parent(me))
+
+    seeded = seed_database(home)
+    server = spawn()
     stopping = False
 
     def stop(*_: object) -> None:
@@ -168,13 +175,33 @@ def keep(home: Path, idle: float) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    record = {"keeper": me, "keeper_start": _start_time(me), "server": server.pid,
-              "server_start": _start_time(server.pid), "port": port, "idle": idle}
-    with server_lock(home):
-        tmp = home / f".{RECORD}.{me}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, home / RECORD)
-        touch(home)
+
+    def publish(ready: bool) -> None:
+        record = {"keeper": me, "keeper_start": _start_time(me), "server": server.pid,
+                  "server_start": _start_time(server.pid), "port": port, "idle": idle, "ready": ready}
+        with server_lock(home):
+            tmp = home / f".{RECORD}.{me}.tmp"
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, home / RECORD)
+            touch(home)
+
+    publish(False)  # runs learn the port now (and start their workers while the server boots)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_healthy(url, proc=server)
+    except RuntimeError:
+        if seeded:  # the template was rejected: once more on a new database
+            stop_process_group(server)
+            drop_template(home)
+            server = spawn()
+            seeded = False
+            publish(False)
+            with contextlib.suppress(RuntimeError):
+                wait_healthy(url, proc=server)
+    if server.poll() is None:
+        if not seeded:
+            save_template(home)  # before any run is let in: the copy holds no runs
+        publish(True)
     try:
         while not stopping and server.poll() is None:
             time.sleep(POLL)
@@ -193,6 +220,19 @@ def keep(home: Path, idle: float) -> int:
                     (home / RECORD).unlink(missing_ok=True)
         stop_process_group(server)
     return 0
+
+
+def wait_ready(home: Path, keeper: int, timeout: float = 90.0) -> None:
+    """Wait until the keeper ``keeper`` says its server is ready for runs (raise if it goes away)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_record(home)
+        if info is None or int(info["keeper"]) != keeper:  # type: ignore[call-overload]
+            raise RuntimeError(f"the store's Prefect server stopped before it was ready; see {home}/server.log")
+        if info.get("ready", True):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the store's Prefect server was not ready after {timeout:.0f} s; see {home}/server.log")
 
 
 def stop_shared(home: Path, timeout: float = 30.0) -> bool:

@@ -3,6 +3,12 @@
 Dask process workers need a real server: with none, each worker starts its own
 temporary server (13-20 s per run, stack.md). The local server's home is kept in
 the store, so its database keeps the history of the store's runs.
+
+A new store's server would create and migrate its database first (about 5 s of its
+7-8 s start on 2 cores). The first server started on a machine leaves a copy of its
+empty, migrated database in the user's cache (:func:`template_path`, one per Prefect
+version); a new store's database starts as a copy of it. A template the server
+rejects is dropped and the server starts again on a new database.
 """
 
 from __future__ import annotations
@@ -11,14 +17,85 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+DB_URL_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+CACHE_ENV = "TASKGROUPING_CACHE_DIR"
+
+
+def template_path() -> Path | None:
+    """The cached empty Prefect database for new stores; None when the user chose another database."""
+    if any(os.environ.get(v) for v in DB_URL_VARS):
+        return None
+    from importlib.metadata import version
+
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "taskgrouping")
+    return Path(root) / f"prefect-{version('prefect')}-empty.db"
+
+
+def seed_database(home: Path) -> bool:
+    """Start ``home``'s database as a copy of the template, if it has none and a template exists."""
+    tpl = template_path()
+    db = home / "prefect.db"
+    if tpl is None or db.exists() or not tpl.is_file():
+        return False
+    tmp = home / f".prefect.db.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(tpl, tmp)
+        os.replace(tmp, db)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def save_template(home: Path) -> None:
+    """Keep a consistent copy of ``home``'s new database as the template (no run has used it yet).
+
+    Best effort: a cache that cannot be written costs the next store its migration, nothing else.
+    """
+    tpl = template_path()
+    db = home / "prefect.db"
+    if tpl is None or tpl.exists() or not db.is_file():
+        return
+    tmp = tpl.with_name(f".{tpl.name}.{os.getpid()}.tmp")
+    try:
+        tpl.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+        os.replace(tmp, tpl)
+    except (OSError, sqlite3.Error):
+        tmp.unlink(missing_ok=True)
+
+
+def drop_template(home: Path) -> None:
+    """Forget a template the server would not start on, and the database copied from it."""
+    tpl = template_path()
+    if tpl is not None:
+        tpl.unlink(missing_ok=True)
+    for name in ("prefect.db", "prefect.db-wal", "prefect.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    logging.getLogger("taskgrouping").warning("the cached empty Prefect database was rejected; "
+                                              "starting on a new one")
+
+
+def server_env(home: Path, port: int, ui: bool = False) -> dict[str, str]:
+    """The environment of ``prefect server start`` for ``home`` on ``port`` (loopback, no analytics)."""
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="true" if ui else "false")
+    env.pop("PREFECT_API_URL", None)
+    return env
 
 
 def free_port() -> int:
@@ -132,24 +209,41 @@ def local_server(home: Path, ui: bool = False,
         logging.getLogger("taskgrouping").info("stopped %d Prefect servers left by crashed runs (pids %s)",
                                                len(reaped), ", ".join(map(str, reaped)))
     port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="true" if ui else "false")
-    env.pop("PREFECT_API_URL", None)
+    env = server_env(home, port, ui)
     log = open(home / "server.log", "ab")
     cmd = [sys.executable, "-m", "prefect", "server", "start"]
     parent = os.getpid()
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: _die_with_parent(parent))
-    record = home / "servers" / f"{proc.pid}.json"
-    record.parent.mkdir(exist_ok=True)
-    record.write_text(json.dumps({"pid": proc.pid, "cmdline": cmd, "start": _start_time(proc.pid),
-                                  "owner": parent, "owner_start": _start_time(parent), "port": port}))
+    record = home / "servers" / "pending.json"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        nonlocal record
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: _die_with_parent(parent))
+        record.unlink(missing_ok=True)
+        record = home / "servers" / f"{proc.pid}.json"
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps({"pid": proc.pid, "cmdline": cmd, "start": _start_time(proc.pid),
+                                      "owner": parent, "owner_start": _start_time(parent), "port": port}))
+        return proc
+
+    seeded = seed_database(home)
+    proc = spawn()
     url = f"http://127.0.0.1:{port}/api"
     try:
         if while_starting is not None:
             while_starting(url)
-        wait_healthy(url, proc=proc)
+        try:
+            wait_healthy(url, proc=proc)
+        except RuntimeError:
+            if not seeded:
+                raise
+            stop_process_group(proc)
+            drop_template(home)
+            proc = spawn()
+            seeded = False
+            wait_healthy(url, proc=proc)
+        if not seeded:
+            save_template(home)
         yield url
     finally:
         stop_process_group(proc)
@@ -193,6 +287,7 @@ def shared_server(home: Path, idle: float, while_starting: Callable[[str], None]
         url = f"http://127.0.0.1:{info['port']}/api"
         if proc is not None and while_starting is not None:
             while_starting(url)
+        kp.wait_ready(home, int(info["keeper"]))  # type: ignore[call-overload]
         wait_healthy(url, alive=lambda: kp.read_record(home) is not None)
         yield url
     finally:
