@@ -169,18 +169,17 @@ def test_images_are_decoded_to_rgb_in_unit_range_and_cached_by_content(tmp_path)
     assert small.input_shape == (3, 4, 6) and small.features.shape == (24, 72)
 
 
-def test_tasks_labelled_on_disjoint_rows_are_refused_naming_the_pair(tmp_path, capsys):
+def test_the_library_distance_refuses_tasks_on_disjoint_rows_naming_the_pair():
+    """``swola_affinity`` (the library's paired distance) names the pair; a run switches to swola-meta."""
+    from taskgrouping.api import swola_affinity
+    from taskgrouping.errors import InputError
+
     rng = np.random.default_rng(0)
     n = 200
-    a = np.where(np.arange(n) < 100, rng.integers(0, 2, n), np.nan)  # two datasets stacked in one table
-    b = np.where(np.arange(n) >= 100, rng.integers(0, 2, n), np.nan)
-    path = tmp_path / "stacked.csv"
-    pl.DataFrame({"f": rng.standard_normal(n), "y_a": a, "y_b": b, "y_c": rng.integers(0, 2, n)}).fill_nan(
-        None).write_csv(path)
-    _rejected(tmp_path, capsys, ["--data", str(path)],
-              "tasks 'y_a' and 'y_b' share 0 labelled probe samples (1 pairs share fewer than 5); SWOLA's distance "
-              "needs samples labelled for both")
-    store = tmp_path / "tag-store"
-    from taskgrouping.config import RunConfig
-
-    assert RunConfig(data=str(path), method="tag", store=str(store)).check_data() == 3  # joint training is fine
+    x = rng.standard_normal((n, 3))
+    y = {"y_a": np.where(np.arange(n) < 100, rng.integers(0, 2, n), np.nan),
+         "y_b": np.where(np.arange(n) >= 100, rng.integers(0, 2, n), np.nan), "y_c": rng.integers(0, 2, n)}
+    with pytest.raises(InputError, match="tasks 'y_a' and 'y_b' share 0 labelled probe samples \\(1 pairs share "
+                                         "fewer than 30\\); SWOLA's paired distance needs samples labelled for "
+                                         "both: use method swola-meta"):
+        swola_affinity(x, y, n_samples=128, hidden=8)

@@ -265,10 +265,6 @@ class TaskGrouper:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         st = Store(root)
-        if cfg.method == "swola":
-            from taskgrouping.resources import check_shared_samples
-
-            check_shared_samples(ds, cfg.seed, cfg.samples)
         from taskgrouping.data.dataset import prepare
 
         key = store_prepared(st, prepare(ds, cfg.seed, cfg.samples), cfg.samples)

@@ -98,7 +98,20 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--task-kind", action="append", default=None, metavar="NAME=KIND", dest="task_kind",
                         help="binary, multiclass or regression for the tasks NAME (a name or glob) matches, "
                              "instead of the inferred kind; repeatable")
-    parser.add_argument("--method", default="swola", help="affinity method: swola, tag, datamaps, hoa, principled")
+    parser.add_argument("--method", default="swola",
+                        help="affinity method: swola, swola-meta (tasks that share no samples: each task probed on "
+                             "its own samples), tag, datamaps, hoa, principled")
+    parser.add_argument("--meta-probe", default="signature",
+                        help="swola-meta's probe: the sample-wise convergence signature (default), per-sample "
+                             "gradients at theta0, or TSA-style adapted parameters")
+    parser.add_argument("--training", default="joint",
+                        help="joint: one multi-task model per group (and the baselines); meta: one first-order "
+                             "MAML initialisation per group, evaluated K-shot on held-out tasks")
+    parser.add_argument("--held-out-tasks", default=None, metavar="NAMES",
+                        help="with --training meta: comma list or globs of label columns kept out of the grouping "
+                             "and used as unseen tasks (builtin:mmaml has its own)")
+    parser.add_argument("--meta-outer-steps", type=int, default=1000, metavar="N",
+                        help="with --training meta: outer (Adam) steps of each initialisation")
     if given:
         parser.add_argument("--groups", required=True, metavar="FILE", dest="groups_file",
                             help="the grouping to evaluate: JSON list of lists of task names, or CSV with columns "
@@ -247,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from taskgrouping.config import RunConfig
     from taskgrouping.methods.datamaps import DatamapSettings
     from taskgrouping.methods.hoa import HoaSettings
+    from taskgrouping.methods.meta import MetaSettings, MetaTrainSettings
     from taskgrouping.methods.principled import PrincipledSettings
     from taskgrouping.methods.swola import SwolaSettings
     from taskgrouping.methods.tag import TagSettings
@@ -261,6 +275,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}")
     if args.tag_every < 1:
         raise InputError(f"--tag-every must be at least 1, got {args.tag_every}")
+    if args.meta_outer_steps < 1:
+        raise InputError(f"--meta-outer-steps must be at least 1, got {args.meta_outer_steps}")
+    try:
+        meta = MetaSettings(probe=args.meta_probe)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     if args.principled_every < 1:
         raise InputError(f"--principled-every must be at least 1, got {args.principled_every}")
     if getattr(args, "objective", "network") == "wang" and getattr(args, "selector", "mip") != "mip":
@@ -288,6 +308,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         regroup=getattr(args, "regroup", "incremental"),
         store=str(Path(args.store).expanduser().resolve()), workers=args.workers,
         dask_address=args.dask_address, device=args.device, evaluate=args.evaluate,
+        training=args.training, held_out_tasks=args.held_out_tasks,
+        meta=meta,
+        meta_train=MetaTrainSettings(outer_steps=args.meta_outer_steps),
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden,
                             head_fit=args.head_fit),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),

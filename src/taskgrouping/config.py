@@ -10,6 +10,7 @@ from taskgrouping.errors import InputError
 from taskgrouping.methods import check_method
 from taskgrouping.methods.datamaps import DatamapSettings
 from taskgrouping.methods.hoa import HoaSettings
+from taskgrouping.methods.meta import MetaSettings, MetaTrainSettings
 from taskgrouping.methods.principled import PrincipledSettings
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.methods.tag import TagSettings
@@ -29,6 +30,10 @@ def check_store(store: str) -> None:
                 raise InputError(f"--store {store}: {what}, not a folder")
             return
 
+
+TRAINING = ("joint", "meta")
+"""``joint``: one multi-task model per group (and the baselines); ``meta``: one meta-initialisation per group,
+evaluated on held-out tasks (:mod:`taskgrouping.methods.meta`)."""
 
 EVALUATE = ("all", "grouped", "none")
 """``all``: the groups and the three baselines; ``grouped``: only the groups' models; ``none``: no training."""
@@ -55,6 +60,9 @@ class RunConfig:
     ``full`` always selects from scratch.
     ``given_groups`` replaces selection with a grouping the user already has
     (``taskgrouping evaluate``; the selector is then ``given``).
+    ``training``: ``joint`` trains multi-task models; ``meta`` meta-trains one
+    initialisation per group and evaluates it on ``held_out_tasks`` (names or globs kept
+    out of the grouping; ``builtin:mmaml`` declares its own).
     """
 
     data: str = "builtin:digits"
@@ -82,7 +90,11 @@ class RunConfig:
     repeats: int = 1
     regroup: Literal["full", "incremental"] = "incremental"
     given_groups: tuple[tuple[str, ...], ...] | None = None
+    training: Literal["joint", "meta"] = "joint"
+    held_out_tasks: str | None = None
     swola: SwolaSettings = field(default_factory=SwolaSettings)
+    meta: MetaSettings = field(default_factory=MetaSettings)
+    meta_train: MetaTrainSettings = field(default_factory=MetaTrainSettings)
     tag: TagSettings = field(default_factory=TagSettings)
     principled: PrincipledSettings = field(default_factory=PrincipledSettings)
     datamaps: DatamapSettings = field(default_factory=DatamapSettings)
@@ -115,6 +127,13 @@ class RunConfig:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
         if self.evaluate not in EVALUATE:
             raise InputError(f"--evaluate must be one of {', '.join(EVALUATE)}, got {self.evaluate!r}")
+        if self.training not in TRAINING:
+            raise InputError(f"--training must be one of {', '.join(TRAINING)}, got {self.training!r}")
+        if self.held_out_tasks is not None and not self.held_out_tasks.strip():
+            raise InputError("--held-out-tasks is empty")
+        if self.held_out_tasks is not None and self.training != "meta":
+            raise InputError("--held-out-tasks names the tasks meta-learning is evaluated on: use it with "
+                             "--training meta")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         object.__setattr__(self, "task_kinds", parse_task_kinds([f"{p}={k}" for p, k in self.task_kinds]))
@@ -126,6 +145,14 @@ class RunConfig:
         if self.lineage is not None and not self.lineage.strip():
             raise InputError("--lineage must not be empty")
         check_store(self.store)
+
+    @property
+    def grouped_tasks(self) -> str | None:
+        """``--tasks`` less the held-out tasks (each ``--held-out-tasks`` item as a ``!`` exclusion)."""
+        if self.held_out_tasks is None or self.data.startswith("builtin:"):
+            return self.tasks  # a built-in drops its own held-out tasks (and names given are resolved there)
+        out = [i.strip() for i in self.held_out_tasks.split(",") if i.strip()]
+        return ",".join(([self.tasks] if self.tasks else []) + [f"!{i}" for i in out])
 
     def _set_trunk(self) -> None:
         """Copy the trunk choice and its content hash into the SWOLA and training settings."""
@@ -144,6 +171,8 @@ class RunConfig:
         if custom and self.method == "swola" and self.swola.trunks != 1:
             raise InputError("--trunks averages seeded MLP trunks; with --trunk or --checkpoint use --trunks 1")
         object.__setattr__(self, "swola", replace(swola, trunk_fp=fp))
+        object.__setattr__(self, "meta", replace(self.meta, trunk=self.trunk, checkpoint=self.checkpoint,
+                                                 trunk_fp=fp))
         object.__setattr__(self, "train", replace(self.train, trunk=self.trunk, checkpoint=self.checkpoint,
                                                   trunk_fp=fp))
 
@@ -183,7 +212,11 @@ class RunConfig:
         from taskgrouping.methods.hoa import check_exhaustive
 
         self.check_device()
-        ds = load_dataset(self.data, self.tasks, self.features, self.task_kinds, self.input_shape,
+        if self.training == "meta":  # first: a bad --held-out-tasks is named as such
+            from taskgrouping.data.load import load_held_out
+
+            held = load_held_out(self.data, self.held_out_tasks, self.features, self.task_kinds, self.input_shape)
+        ds = load_dataset(self.data, self.grouped_tasks, self.features, self.task_kinds, self.input_shape,
                           self.image_spec(), decode=False)
         shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
         self.check_trunk(shape)
@@ -199,12 +232,16 @@ class RunConfig:
             raise InputError(f"--task-costs: task {unknown[0]!r} is not a task of {self.data}")
         if self.hoa.exhaustive:
             check_exhaustive(n_tasks)
+        if self.training == "meta":
+            kinds = sorted({(t.kind, t.out_dim) for t in [*ds.tasks, *held.tasks]})
+            if len(kinds) != 1:
+                raise InputError("--training meta adapts one model to every task: the tasks and held-out tasks "
+                                 f"must be of one kind and width, got {kinds}")
+
         if self.method == "swola":
             from taskgrouping.methods.probe_engine import sketch_width
             from taskgrouping.models.trunks import build_any_trunk, resolve_trunk_name
-            from taskgrouping.resources import check_shared_samples, check_swola_fits
-
-            check_shared_samples(ds, self.seed, self.samples)
+            from taskgrouping.resources import check_swola_fits
 
             n = min(self.samples, ds.features.shape[0])
             width = None
@@ -234,5 +271,6 @@ class RunConfig:
         tag, datamaps = TagSettings(**d.pop("tag", {})), DatamapSettings(**d.pop("datamaps", {}))
         hoa, train = HoaSettings(**d.pop("hoa", {})), TrainSettings(**d.pop("train", {}))
         principled = PrincipledSettings(**d.pop("principled", {}))
+        meta, meta_train = MetaSettings(**d.pop("meta", {})), MetaTrainSettings.from_dict(d.pop("meta_train", {}))
         return cls(**d, swola=SwolaSettings(**swola), tag=tag, datamaps=datamaps, hoa=hoa, principled=principled,
-                   select=select, train=train)
+                   select=select, train=train, meta=meta, meta_train=meta_train)

@@ -22,7 +22,18 @@ from taskgrouping.data import dataset as data_dataset
 from taskgrouping.data import load as data_load
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods import base as methods_base
-from taskgrouping.methods import datamaps, heads, hoa, pairs, principled, probe_engine, swola, tag
+from taskgrouping.methods import (
+    datamaps,
+    heads,
+    hoa,
+    meta,
+    pairs,
+    principled,
+    probe_engine,
+    swola,
+    tag,
+)
+from taskgrouping.methods.meta import MetaSettings
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models import losses, train, trunk, trunks
 from taskgrouping.models.train import TrainSettings
@@ -95,6 +106,26 @@ def probe_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, 
 def head_cv_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, seed: int) -> str:
     """One task's cross-validated head losses: the probe rows, its labels, the trunk and the C grid."""
     return stable_hash("head-cv", probe_code(), data_key, task, label_fp, settings.cv_part(), seed)
+
+
+def meta_code() -> str:
+    """Code a probe of ``swola-meta`` and its distances depend on."""
+    return code_version(data_dataset, meta, trunk, trunks, losses, pairs)
+
+
+def meta_probe_key(data_key: str, task: str, label_fp: str, settings: MetaSettings, seed: int) -> str:
+    """One task's meta probe: the data's rows and split, that task's labels, the probe settings."""
+    return stable_hash("meta-probe", meta_code(), data_key, task, label_fp, settings.probe_part(), seed)
+
+
+def meta_pairs_key(settings: MetaSettings, seed: int) -> str:
+    """The pair cache of meta-probe distances (shared by every run with these settings)."""
+    return stable_hash("meta-pairs", meta_code(), settings.probe_part(), seed)
+
+
+def meta_affinity_key(probe_keys: list[tuple[str, str]], settings: MetaSettings, seed: int) -> str:
+    """The meta-probe affinity over a task set (order fixes the rows)."""
+    return stable_hash("meta-affinity", meta_code(), probe_keys, settings.probe_part(), seed)
 
 
 def pairs_key(settings: SwolaSettings, seed: int) -> str:

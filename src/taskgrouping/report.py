@@ -158,10 +158,56 @@ def run_line(summary: dict[str, Any]) -> str:
         what = f"previous {summary['previous_version']}: " + ", ".join(parts)
     verdict = summary.get("recommended")
     pays = (summary.get("verdict") or {}).get("pays")
+    meta = (f"; meta-learning: one init per group pays: {pays}" if summary.get("meta_training") else "")
     return (f"run {summary['run_id']}: {version} ({what}); {len(summary['tasks'])} tasks in "
             f"{len(summary['groups'])} groups" + (f"; recommended: {verdict}" if verdict else "")
-            + (f" (grouping pays: {pays})" if verdict and pays else "")
+            + (f" (grouping pays: {pays})" if verdict and pays else "") + meta
             + f"; report {summary['artifacts']['report']}")
+
+
+META_SETTINGS = {"all": "one init for all tasks", "grouped": "one init per found group",
+                 "random": "one init per random partition (same sizes)", "planted": "one init per planted family"}
+
+
+def meta_what_to_do(summary: dict[str, Any]) -> str:
+    """The opening paragraph of a ``--training meta`` run."""
+    m, v = summary["meta_training"], summary["verdict"]
+    n, k = len(summary["tasks"]), len(summary["groups"])
+    if v["pays"] == "yes":
+        head = (f"**What to do:** meta-train one initialisation per group ({k} inits for {n} tasks) and let a new "
+                "task pick its init by leave-one-out on its support set. Grouping pays: ")
+    elif v["pays"] == "undecided":
+        head = "**What to do:** undecided: "
+    else:
+        head = ("**What to do:** the found groups are not worth their own initialisations: several inits help by "
+                "themselves, but ")
+    return (head + v["reason"] + f". Measured on {len(m['held_out'])} held-out tasks, adapting from each init on "
+            f"K = {', '.join(str(s) for s in m['shots'])} support points; intervals are over the held-out tasks.")
+
+
+def meta_section(summary: dict[str, Any]) -> list[str]:
+    """The ``--training meta`` table: query loss per setting and K, and the groups' paired differences."""
+    m = summary["meta_training"]
+    shots = [str(s) for s in m["shots"]]
+    lines = ["## Meta-learning on held-out tasks", "",
+             "| setting | inits | " + " | ".join(f"K = {s}: query loss (95% CI)" for s in shots) + " |",
+             "|---|---:|" + "---:|" * len(shots)]
+    for name, per in m["settings"].items():
+        cells = [f"{per[s]['mean']:.4g} [{per[s]['low']:.4g}, {per[s]['high']:.4g}]" for s in shots]
+        lines.append(f"| {META_SETTINGS.get(name, name)} | {per[shots[0]]['inits']} | " + " | ".join(cells) + " |")
+    if m.get("differences"):
+        lines += ["", "Groups minus each other setting (paired over held-out tasks; negative = the groups' inits "
+                  "have lower query loss):", "",
+                  "| groups minus | " + " | ".join(f"K = {s} (95% CI)" for s in shots) + " |",
+                  "|---|" + "---:|" * len(shots)]
+        for name, per in m["differences"].items():
+            cells = [f"{per[s]['mean']:+.4g} [{per[s]['low']:+.4g}, {per[s]['high']:+.4g}]" for s in shots]
+            lines.append(f"| {META_SETTINGS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Loss: {m['loss']}, on each held-out task's query points after adapting on K support points "
+              "from the init it picks by leave-one-out on its support set (a random setting averages over its "
+              "partitions). Meta-training is first-order MAML, every init from the same seeded start "
+              "(settings in the run's `meta_train`).", ""]
+    return lines
 
 
 def _short(v: Any) -> Any:
@@ -281,10 +327,19 @@ def _kinds_section(kinds: dict[str, dict[str, str]]) -> list[str]:
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
                   totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
     """The markdown report of one run."""
-    lines = [f"# taskgrouping run {summary['run_id']}", "", what_to_do(summary, totals), ""]
+    opening = meta_what_to_do(summary) if summary.get("meta_training") else what_to_do(summary, totals)
+    lines = [f"# taskgrouping run {summary['run_id']}", "", opening, ""]
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
                  f"selector `{summary['selector']}`, seed {info['seed']}, {_probe_samples(info)}.")
     lines.append("")
+    distance = summary.get("distance") or {}
+    if distance.get("why"):
+        lines += [f"**Tasks that share too few samples**: {distance['why']} (distance: {distance['probe']}, the "
+                  "energy distance between the tasks' per-sample convergence signatures).", ""]
+    elif distance.get("probe"):
+        lines += [f"Distance: {distance['probe']} (each task probed on its own samples).", ""]
+    if summary.get("meta_training"):
+        lines += meta_section(summary)
     features = summary.get("features") or []
     if features:
         feats = ", ".join(f"`{f}`" for f in features[:20]) + (f" and {len(features) - 20} more"

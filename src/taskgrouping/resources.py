@@ -34,18 +34,14 @@ def swola_memory(n_tasks: int, n_samples: int, settings: SwolaSettings, width: i
     }
 
 
-MIN_SHARED = 5
-"""SWOLA's distance between two tasks averages over the probe samples labelled for both: at least this many."""
-
-
 def check_shared_samples(ds: Dataset, seed: int, samples: int) -> None:
-    """Refuse a SWOLA run in which two tasks share fewer than :data:`MIN_SHARED` labelled probe samples.
+    """Refuse a paired SWOLA distance for tasks sharing too few labelled probe samples.
 
-    D[a, b] is a mean over the probe samples labelled for both tasks; tasks labelled on
-    (nearly) disjoint rows (tables stacked from different datasets) have no such mean.
-    The message names the pair with the fewest and the count, so the user can see it.
+    Fewer than :data:`~taskgrouping.data.dataset.MIN_SHARED`: the library's ``swola_affinity``
+    refuses them; a run measures such tasks with ``swola-meta``. The message names the pair
+    with the fewest and the count.
     """
-    from taskgrouping.data.dataset import probe_rows, split_rows
+    from taskgrouping.data.dataset import MIN_SHARED, probe_rows, split_rows
 
     rows = probe_rows(split_rows(ds.labels.shape[0], seed), seed, samples)
     lab = (~np.isnan(ds.labels[rows])).astype(np.float64)
@@ -56,8 +52,8 @@ def check_shared_samples(ds: Dataset, seed: int, samples: int) -> None:
         few = int((shared < MIN_SHARED).sum() // 2)
         raise InputError(
             f"tasks {ds.tasks[i].name!r} and {ds.tasks[j].name!r} share {int(shared[i, j])} labelled probe samples "
-            f"({few} pairs share fewer than {MIN_SHARED}); SWOLA's distance needs samples labelled for both: use "
-            "a method that trains jointly (--method tag or datamaps), more --samples, or regroup them separately")
+            f"({few} pairs share fewer than {MIN_SHARED}); SWOLA's paired distance needs samples labelled for both: "
+            "use method swola-meta (each task probed on its own samples), or more samples")
 
 
 def available_bytes() -> int:

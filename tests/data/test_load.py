@@ -109,7 +109,7 @@ def test_builtin_synthetic_options_and_errors():
     assert len(ds.tasks) == 8 and ds.features.shape == (100, 32)
     assert sorted(set(ds.ground_truth[t] for t in ds.task_names[:6])) == [0, 1, 2]
     np.testing.assert_array_equal(ds.labels[:, 6], 1 - ds.labels[:, 0])
-    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, digits-images, shapes, subsets, synthetic"):
+    with pytest.raises(InputError, match="unknown built-in dataset 'nope'; known: digits, digits-images, mmaml, shapes, subsets, synthetic"):
         load_dataset("builtin:nope")
     with pytest.raises(InputError, match="unknown option 'colour=3'"):
         load_dataset("builtin:synthetic:colour=3")
@@ -185,3 +185,36 @@ def test_label_kind_rules(tmp_path):
     np.testing.assert_array_equal(ds.labels[:, j], (frame["y_two_strings"] == "yes").to_numpy().astype(np.float32))
     j = ds.task_names.index("y_int3")
     assert set(np.unique(ds.labels[:, j]).tolist()) == {0.0, 1.0, 2.0}
+
+
+def test_builtin_mmaml_tasks_share_no_samples_and_keep_their_held_out_tasks_apart():
+    from taskgrouping.data.builtins import mmaml
+    from taskgrouping.data.load import load_held_out
+
+    full = mmaml(modes=5, train=6, heldout=3, query=20, seed=1)
+    lab = ~np.isnan(full.labels)
+    assert (lab.sum(axis=1) == 1).all()  # every row belongs to one task
+    counts = dict(zip(full.task_names, lab.sum(axis=0).tolist(), strict=True))
+    assert all(20 <= counts[f"{f}_{i:02d}"] <= 200 for f in ("sin", "line", "quad", "tanh", "abs") for i in range(6))
+    assert all(counts[n] == 30 for n in full.held_out) and len(full.held_out) == 15
+    assert np.abs(full.features).max() <= 5.0 and full.feature_names == ["x"]
+    # the families' planted shapes: a line's points lie on a line up to the noise
+    j = full.task_names.index("line_00")
+    rows = lab[:, j]
+    fit = np.polyfit(full.features[rows, 0], full.labels[rows, j], 1)
+    resid = full.labels[rows, j] - np.polyval(fit, full.features[rows, 0])
+    assert resid.std() == pytest.approx(0.3, rel=0.3)
+    grouped = load_dataset("builtin:mmaml:modes=3,heldout=2,seed=1")
+    assert len(grouped.tasks) == 18 and not any(n.startswith("test_") for n in grouped.task_names)
+    assert set(grouped.ground_truth.values()) == {0, 1, 2}
+    held = load_held_out("builtin:mmaml:modes=3,heldout=2,seed=1", None)
+    assert held.task_names == [f"test_{f}_{i:02d}" for f in ("sin", "line", "quad") for i in range(2)]
+    assert load_held_out("builtin:mmaml:modes=3,heldout=2,seed=1", "test_sin_*").task_names == \
+        ["test_sin_00", "test_sin_01"]
+    with pytest.raises(InputError, match="modes=4; MMAML's sets have 2, 3 or 5 modes"):
+        load_dataset("builtin:mmaml:modes=4")
+    with pytest.raises(InputError, match="builtin:digits declares none; name them with --held-out-tasks"):
+        load_held_out("builtin:digits", None)
+    with pytest.raises(InputError, match="name the columns of d.csv to keep out of the grouping with "
+                                         "--held-out-tasks NAMES"):
+        load_held_out("d.csv", None)

@@ -1,4 +1,4 @@
-"""Built-in datasets: digits (real), digits-images, synthetic and shapes.
+"""Built-in datasets: digits (real), digits-images, synthetic, shapes, subsets and mmaml.
 
 ``builtin:digits`` is scikit-learn's bundled digits (``digits-images`` keeps the 1 x 8 x 8
 shape), ``builtin:synthetic`` has planted groups, ``builtin:shapes`` generated images
@@ -310,16 +310,86 @@ def subsets(
     )
 
 
+MMAML_FAMILIES = ("sin", "line", "quad", "tanh", "abs")
+"""MMAML's regression families, in the order ``modes=2|3|5`` takes them."""
+
+
+def _mmaml_function(family: str, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """One task of ``family`` with its parameters drawn (MMAML's ranges, meta-learning.md)."""
+    if family == "sin":
+        a, p = rng.uniform(0.1, 5.0), rng.uniform(0.0, np.pi)
+        return lambda x: a * np.sin(x - p)
+    if family == "line":
+        m, c = rng.uniform(-3.0, 3.0, 2)
+        return lambda x: m * x + c
+    if family == "quad":
+        a, sign, c, b = rng.uniform(0.02, 0.15), rng.choice([-1.0, 1.0]), rng.uniform(-3, 3), rng.uniform(-3, 3)
+        return lambda x: sign * a * (x - c) ** 2 + b
+    m, c, b = rng.uniform(-3.0, 3.0, 3)
+    if family == "tanh":
+        return lambda x: m * np.tanh(x - c) + b
+    return lambda x: m * np.abs(x - c) + b
+
+
+def mmaml(modes: int = 3, train: int = 6, heldout: int = 20, samples: int = 200, query: int = 100,
+          noise: float = 0.3, seed: int = 0) -> Dataset:
+    """MMAML's multimodal regression: tasks that share no samples, one family per mode.
+
+    ``modes`` 2, 3 or 5 takes the first families of :data:`MMAML_FAMILIES` (sin
+    ``A sin(x - p)``, line ``m x + c``, quadratic ``+-a (x - c)^2 + b``, ``m tanh(x - c) + b``,
+    ``m |x - c| + b``). Each family has ``train`` training tasks, each with its own 20 to
+    ``samples`` points (x uniform on [-5, 5], Gaussian noise ``noise``), and ``heldout``
+    held-out tasks with ``10 + query`` points each (a K-shot support set, K <= 10, is
+    drawn from them at evaluation). One feature ``x``; a row is labelled for its own task
+    only. Training tasks are ``sin_00``, ...; held-out ones ``test_sin_00``, ...
+    (:attr:`Dataset.held_out`). The planted family of every task is the ground truth.
+    """
+    if modes not in (2, 3, 5):
+        raise InputError(f"builtin:mmaml: modes={modes}; MMAML's sets have 2, 3 or 5 modes")
+    if train < 1 or heldout < 0 or samples < 20 or query < 1 or noise < 0:
+        raise InputError("builtin:mmaml: need train >= 1, heldout >= 0, samples >= 20, query >= 1, noise >= 0")
+    rng = np.random.default_rng(seed)
+    families = MMAML_FAMILIES[:modes]
+    blocks: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+    for part, count in (("", train), ("test_", heldout)):
+        for f, family in enumerate(families):
+            for i in range(count):
+                fn = _mmaml_function(family, rng)
+                n = int(rng.integers(20, samples + 1)) if not part else 10 + query
+                x = rng.uniform(-5.0, 5.0, n)
+                blocks.append((f"{part}{family}_{i:02d}", f, x, fn(x) + noise * rng.standard_normal(n)))
+    rows = sum(b[2].size for b in blocks)
+    features = np.empty((rows, 1), np.float32)
+    labels = np.full((rows, len(blocks)), np.nan, np.float32)
+    start = 0
+    for j, (_, _, x, y) in enumerate(blocks):
+        features[start : start + x.size, 0] = x
+        labels[start : start + x.size, j] = y
+        start += x.size
+    names = [b[0] for b in blocks]
+    return Dataset(
+        features=features,
+        labels=labels,
+        tasks=[TaskSpec(n, "regression", 1, (), "built-in") for n in names],
+        feature_names=["x"],
+        source="builtin:mmaml",
+        ground_truth={b[0]: b[1] for b in blocks},
+        held_out=tuple(n for n in names if n.startswith("test_")),
+    )
+
+
 BUILTINS: dict[str, Callable[..., Dataset]] = {"digits": digits, "digits-images": digits_images,
-                                               "synthetic": synthetic, "shapes": shapes, "subsets": subsets}
+                                               "synthetic": synthetic, "shapes": shapes, "subsets": subsets,
+                                               "mmaml": mmaml}
 _INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "size", "per",
-             "subset", "mixed"}
+             "subset", "mixed", "modes", "train", "heldout", "query"}
 _FLOAT_OPTS = {"noise", "jitter", "missing", "vary"}
 _ALLOWED = {"digits": {"seed"}, "digits-images": {"seed"}, "shapes": {"samples", "size", "per", "noise", "seed"},
             "synthetic": {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "noise",
                           "jitter", "missing"},
             "subsets": {"tasks", "groups", "samples", "features", "subset", "vary", "noise", "missing", "complement",
-                        "random", "mixed", "seed"}}
+                        "random", "mixed", "seed"},
+            "mmaml": {"modes", "train", "heldout", "samples", "query", "noise", "seed"}}
 
 
 def load_builtin(spec: str) -> Dataset:

@@ -52,6 +52,8 @@ class Dataset:
         ground_truth: planted group of each task, for synthetic data.
         input_shape: the shape of one input, e.g. ``(3, 32, 32)`` for images; ``None`` for a
             plain vector of ``n_features``. Rows are the inputs flattened in C order.
+        held_out: tasks kept out of the grouping, for meta-learning's evaluation on unseen
+            tasks (``builtin:mmaml`` declares its own; ``--held-out-tasks`` names them in a file).
     """
 
     features: np.ndarray
@@ -61,6 +63,7 @@ class Dataset:
     source: str
     ground_truth: dict[str, int] | None = None
     input_shape: tuple[int, ...] | None = None
+    held_out: tuple[str, ...] = ()
 
     @property
     def task_names(self) -> list[str]:
@@ -189,6 +192,32 @@ def task_parts(y: np.ndarray, split: np.ndarray, kind: str, seed: int, name: str
         order = np.concatenate([r[rng.permutation(r.size)] for r in strata]) if strata else held
     parts[order] = 1 + _interleaved(order.size, HELD_OUT_FRACTIONS).astype(np.int8)
     return parts
+
+
+MIN_SHARED = 30
+"""A pair of tasks whose labels share fewer probe samples than this gets no paired SWOLA distance.
+
+The paired distance is a mean over the shared samples of per-sample gradient distances,
+whose spread is of the order of their mean (coefficient of variation about 1 on the
+built-in sets), so with n shared samples its relative standard error is about 1 / sqrt(n):
+18% at 30, already larger than the gaps between planted groups on the harder sets.
+Below it the run measures every pair with the distribution-level probe of
+``swola-meta`` instead (:mod:`taskgrouping.methods.meta`), which needs no shared sample.
+"""
+
+
+def probe_overlap(labels: np.ndarray) -> dict[str, int | None]:
+    """How many probe samples the tasks' labels share: the fewest over pairs, and pairs below :data:`MIN_SHARED`.
+
+    ``labels``: (n_probe, T) with NaN for missing labels.
+    """
+    t = labels.shape[1]
+    if t < 2:
+        return {"min": None, "below": 0, "threshold": MIN_SHARED}
+    m = (~np.isnan(labels)).astype(np.float32)
+    both = m.T @ m
+    off = both[~np.eye(t, dtype=bool)]
+    return {"min": int(off.min()), "below": int((off < MIN_SHARED).sum()) // 2, "threshold": MIN_SHARED}
 
 
 def probe_rows(split: np.ndarray, seed: int, samples: int) -> np.ndarray:

@@ -86,12 +86,13 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
         ds = load_builtin(source)
         if task_kinds:
             raise InputError(f"--task-kind applies to files; the tasks of {source} have fixed kinds")
-        if tasks is not None:
-            keep = _resolve(tasks, ds.task_names, "--tasks", source)
-            idx = [ds.task_names.index(k) for k in keep]
-            gt = {k: v for k, v in ds.ground_truth.items() if k in keep} if ds.ground_truth else None
-            ds = Dataset(ds.features, ds.labels[:, idx], [ds.tasks[i] for i in idx],
-                         ds.feature_names, ds.source, gt)
+        if tasks is not None or ds.held_out:  # a built-in's held-out tasks are never grouped
+            held = set(ds.held_out)
+            keep = [k for k in (_resolve(tasks, ds.task_names, "--tasks", source) if tasks is not None
+                                else ds.task_names) if k not in held]
+            if not keep:
+                raise InputError(f"{source}: --tasks {tasks!r} leaves only held-out tasks")
+            ds = _subset_tasks(ds, keep)
         if features is not None:
             keep_f = _resolve(features, ds.feature_names, "--features", source)
             idx = [ds.feature_names.index(k) for k in keep_f]
@@ -104,6 +105,37 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
     if images is not None:
         return _image_dataset(frame, source, tasks, task_kinds, images, image_cache, decode)
     return dataset_from_frame(frame, source, tasks, features, task_kinds, input_shape, tensor_shapes(source))
+
+
+def _subset_tasks(ds: Dataset, keep: list[str]) -> Dataset:
+    """``ds`` with only the tasks ``keep``, in that order (ground truth kept for them)."""
+    idx = [ds.task_names.index(k) for k in keep]
+    gt = {k: v for k, v in ds.ground_truth.items() if k in keep} if ds.ground_truth else None
+    return Dataset(ds.features, ds.labels[:, idx], [ds.tasks[i] for i in idx], ds.feature_names, ds.source, gt,
+                   ds.input_shape, tuple(k for k in ds.held_out if k in keep))
+
+
+def load_held_out(source: str, held_out: str | None, features: str | None = None,
+                  task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None) -> Dataset:
+    """The held-out tasks meta-learning is evaluated on: ``held_out`` (names or globs), or a built-in's own."""
+    if source.startswith("builtin:"):
+        ds = load_builtin(source)
+        names = list(ds.held_out) if held_out is None else _resolve(held_out, ds.task_names, "--held-out-tasks",
+                                                                      source)
+        if not names:
+            raise InputError(f"--training meta evaluates on held-out tasks: {source} declares none; name them "
+                             "with --held-out-tasks NAMES")
+        ds = _subset_tasks(ds, names)
+        if features is not None:
+            keep_f = _resolve(features, ds.feature_names, "--features", source)
+            idx = [ds.feature_names.index(k) for k in keep_f]
+            ds = Dataset(ds.features[:, idx], ds.labels, ds.tasks, keep_f, ds.source, ds.ground_truth)
+        return ds
+    if held_out is None:
+        raise InputError(f"--training meta evaluates on held-out tasks: name the columns of {source} to keep out "
+                         "of the grouping with --held-out-tasks NAMES")
+    names = _resolve(held_out, read_table(source).columns, "--held-out-tasks", source, base=TASK_PATTERN)
+    return load_dataset(source, ",".join(names), features, task_kinds, input_shape)
 
 
 def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kinds: tuple[tuple[str, str], ...],

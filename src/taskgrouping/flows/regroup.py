@@ -33,6 +33,9 @@ from taskgrouping.tasks.steps import (
     head_cv_step,
     joint_step,
     memberships_step,
+    meta_affinity_step,
+    meta_probe_step,
+    meta_train_step,
     oracle_step,
     probe_step,
     sample_step,
@@ -309,6 +312,12 @@ def _swola_affinity(run: _Run) -> _Affinity:
     reused probes cost a file check, not a step.
     """
     cfg, store = run.cfg, run.store
+    overlap = store.read_prepared_meta(run.dataset_key).get("probe_overlap") or {}
+    if overlap.get("below"):
+        why = (f"{overlap['below']} task pairs share fewer than {overlap['threshold']} labelled probe samples "
+               f"(fewest: {overlap['min']}): every pair is measured by the swola-meta signature instead")
+        log.warning("affinity: %s", why)
+        return _meta_affinity(run, why)
     t0 = time.perf_counter()
     head_c, scored = _head_c(run)
     settings = replace(cfg.swola, head_c=head_c)
@@ -368,6 +377,45 @@ def _swola_affinity(run: _Run) -> _Affinity:
                      affinity_seconds=time.perf_counter() - t0,
                      extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes)),
                             "head_c": head_c, "heads_scored": scored})
+
+
+def _meta_affinity(run: _Run, why: str | None = None) -> _Affinity:
+    """``swola-meta`` (or SWOLA on tasks that share too few samples): per-task probes, then missing pairs only.
+
+    Each task is probed on its own labelled training rows (:mod:`taskgrouping.methods.meta`),
+    in one step in the flow's process (milliseconds to a second a task); probes already
+    in the store are not recomputed, and only pairs not in the pair cache are computed.
+    """
+    cfg, store = run.cfg, run.store
+    t0 = time.perf_counter()
+    settings = cfg.meta
+    probe_keys = {t: keys.meta_probe_key(run.data_key, t, run.label_fps[t], settings, cfg.seed) for t in run.names}
+    todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
+    computed = 0
+    if todo:
+        batch = [[t, probe_keys[t]] for t in todo]
+        res = _run_step(meta_probe_step, run.results, lambda r: all(store.has_probe(k) for _, k in batch),
+                        cfg.store, run.dataset_key, batch,
+                        asdict(settings), cfg.seed, name=_probe_name(todo).replace("probe", "meta probe", 1),
+                        cache_key=stable_hash("meta-probe-batch", [k for _, k in batch]), run_id=run.run_id,
+                        inline=run.inline)
+        computed = len(res["computed"]) if res["run_id"] == run.run_id else 0
+        lost = [t for t in todo if not store.has_probe(probe_keys[t])]
+        if lost:
+            raise RuntimeError(f"meta probe: the probe of ML task {lost[0]!r} is missing after its step finished")
+    probe_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ordered = [[t, probe_keys[t]] for t in run.names]
+    aff_key = keys.meta_affinity_key([(t, k) for t, k in ordered], settings, cfg.seed)
+    aff = _run_step(meta_affinity_step, run.results, lambda r: intact(Path(r["path"])), cfg.store, ordered,
+                    keys.meta_pairs_key(settings, cfg.seed), cache_key=aff_key, run_id=run.run_id,
+                    inline=run.inline)
+    t = len(run.names)
+    return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
+                     pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
+                     pairs_total=t * (t - 1) // 2, probe_seconds=probe_seconds,
+                     affinity_seconds=time.perf_counter() - t0,
+                     extra={"distance": {"probe": f"swola-meta {settings.probe}", "why": why}})
 
 
 def _head_c(run: _Run) -> tuple[float | None, int]:
@@ -462,7 +510,7 @@ def _hoa_affinity(run: _Run) -> _Affinity:
                      trained_keys=computed)
 
 
-AFFINITY_STAGES = {"swola": _swola_affinity, "tag": _joint_affinity, "datamaps": _joint_affinity,
+AFFINITY_STAGES = {"swola": _swola_affinity, "swola-meta": _meta_affinity, "tag": _joint_affinity, "datamaps": _joint_affinity,
                    "principled": _joint_affinity, "hoa": _hoa_affinity}
 """One stage per affinity method; each fills seconds.probe (probes or the method's trainings)."""
 
@@ -561,9 +609,9 @@ def _full_selection(run: _Run, aff: _Affinity) -> dict[str, Any]:
 
 def _sample(cfg: RunConfig, run_id: str, store: Store, results: Path) -> tuple[_Run, Any, dict[str, Any], list[str]]:
     """The sample stage of the flow: load, split and store the data (a cached step)."""
-    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.tasks, cfg.features, cfg.seed, cfg.samples,
+    source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.grouped_tasks, cfg.features, cfg.seed, cfg.samples,
                                  cfg.task_kinds, cfg.input_shape, cfg.image_spec())
-    sample_args = (cfg.store, cfg.data, cfg.tasks, cfg.features, cfg.seed, cfg.samples)
+    sample_args = (cfg.store, cfg.data, cfg.grouped_tasks, cfg.features, cfg.seed, cfg.samples)
     data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
                      cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None,
                      input_shape=list(cfg.input_shape) if cfg.input_shape else None,
@@ -587,6 +635,17 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
         weights = [[row[i] for i in order] for row in mem["weights"]]
         store.write_memberships(run_id, names, np.array(weights).T)
     wanted = {"all": None, "grouped": {"grouped"}, "none": set()}[cfg.evaluate]
+    meta_training = None
+    if cfg.training == "meta":  # no multi-task models: one meta-initialisation per group instead
+        wanted = set()
+        key = stable_hash("meta-train", keys.meta_code(), run.data_key, [run.label_fps[t] for t in names],
+                          cfg.data, file_hash(cfg.data), cfg.held_out_tasks, cfg.features, sel["groups"],
+                          asdict(cfg.meta), asdict(cfg.meta_train), cfg.seed)
+        with _gpu_annotation(cfg):
+            res = _run_step(meta_train_step, results, lambda r: intact(Path(r["path"])), cfg.to_dict(),
+                            run.dataset_key, sel["groups"], cache_key=key, run_id=run_id, submit=not run.inline,
+                            inline=run.inline, name="meta-train")
+        meta_training = res["result"]
     jobs: dict[str, list[GroupJob]] = {}
     for r in range(cfg.repeats):  # the grouping stays fixed; each repeat trains every setting with its own seed
         for setting, setting_jobs in evaluation_jobs(names, sel["groups"], sel["served"], cfg.seed, weights,
@@ -624,7 +683,8 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
          "task_kinds": {t["name"]: {"kind": t["kind"], "reason": t.get("reason", "")} for t in meta["tasks"]},
          "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
          "test_counts": _test_counts(store, run.dataset_key, meta) if "single_task" in jobs else {},
-         "models": models, "dataset_key": run.dataset_key})
+         "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
+         "meta_training": meta_training})
     return summary
 
 

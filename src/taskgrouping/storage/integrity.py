@@ -174,7 +174,8 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield dirpath, dirnames, filenames
 
 
-STORE_DIRS = ("datasets", "probes", "heads", "pairs", "affinity", "maps", "models", "groupings", "runs", "images", "prefect")
+STORE_DIRS = ("datasets", "probes", "heads", "pairs", "affinity", "maps", "models", "meta", "groupings", "runs",
+              "images", "prefect")
 """The top-level folders a store is made of (storage/store.py)."""
 
 

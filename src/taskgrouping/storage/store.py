@@ -246,6 +246,10 @@ class Store:
         """Folder of the grouping versions of one lineage."""
         return self.root / "groupings" / lineage
 
+    def meta_path(self, key: str) -> Path:
+        """One ``--training meta`` evaluation (JSON), by its content key."""
+        return self.root / "meta" / f"{key}.json"
+
     def results_dir(self) -> Path:
         """Where Prefect persists task results (its cache records)."""
         return self.root / "prefect" / "results"
@@ -268,6 +272,8 @@ class Store:
 
     def write_prepared(self, key: str, data: PreparedData) -> Path:
         """Write a prepared dataset: features + split, labels (one column per task), meta."""
+        from taskgrouping.data.dataset import probe_overlap
+
         folder = self.dataset_dir(key)
         n, d = data.x.shape
         flat = pa.array(data.x.reshape(-1), pa.float32())
@@ -291,6 +297,7 @@ class Store:
             "x_mean": None if data.x_mean is None else np.asarray(data.x_mean, np.float64).tolist(),
             "x_std": None if data.x_std is None else np.asarray(data.x_std, np.float64).tolist(),
             "y_mean": None if data.y_mean is None else np.asarray(data.y_mean, np.float64).tolist(),
+            "probe_overlap": probe_overlap(data.y[data.probe_idx]),
         }
         return self.write_json(folder / "meta.json", meta)
 

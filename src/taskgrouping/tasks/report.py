@@ -90,9 +90,15 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "probe_samples": extra.get("probe_samples"),
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
         "regroup": selection.get("regroup"),
+        "distance": extra.get("distance"),
+        "meta_training": extra.get("meta_training"),
     }
     if analysis is not None:
         summary |= analysis.summary()
+    if summary["meta_training"]:
+        v = summary["meta_training"]["verdict"]
+        summary["verdict"] = {"setting": None, "models": None, "parameters": None, "pays": v["pays"],
+                              "reason": v["reason"]}
     summary["recommended"] = summary["verdict"]["setting"] if len(totals) > 1 else None
     # a new grouping version when the grouping (or the task set) changed since the last one
     lineage = lineage_key(config["data"], config["method"], config["selector"], config.get("lineage"))

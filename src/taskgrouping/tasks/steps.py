@@ -201,6 +201,71 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
             "run_id": run_id}
 
 
+@task(name="meta-probe", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def meta_probe_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any], seed: int,
+                    cache_key: str, run_id: str) -> dict[str, Any]:
+    """Meta-probe ML tasks ``[[task, probe key], ...]`` on their own labelled training rows; skip stored ones."""
+    from taskgrouping.methods.meta import MetaSettings, meta_probe, meta_trunk, task_rows
+
+    _single_thread()
+    t0 = time.perf_counter()
+    st = Store(store)
+    todo = [(t, k) for t, k in probes if not st.has_probe(k)]
+    if todo:
+        s = MetaSettings(**settings)
+        data = st.read_prepared(dataset_key, tasks=[t for t, _ in todo])
+        trunk = meta_trunk(s, seed, data.shape)
+        train_rows = np.flatnonzero(data.split == 0)
+        for b, (name, key) in enumerate(todo):
+            rows = task_rows(data.y[:, b], train_rows, name, seed, s.max_samples)
+            with _naming(f"meta probe of ML task {name!r}"):
+                probe = meta_probe(data.x[rows], data.y[rows, b], data.tasks[b], s, seed, data.shape, trunk)
+            st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
+            faults.reached(st.root, "probe")
+    return {"tasks": [t for t, _ in probes], "computed": [t for t, _ in todo], "run_id": run_id,
+            "seconds": time.perf_counter() - t0}
+
+
+@task(name="meta-affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def meta_affinity_step(store: str, probes: list[list[str]], pairs_key: str, cache_key: str,
+                       run_id: str) -> dict[str, Any]:
+    """Meta-probe distances between all tasks, computing only pairs not in the pair cache."""
+    from taskgrouping.methods.meta import meta_distances
+
+    st = Store(store)
+    names = [p[0] for p in probes]
+    probe_keys = [p[1] for p in probes]
+
+    def compute_rows(rows: list[int]) -> np.ndarray:
+        return meta_distances([st.read_probe(k) for k in probe_keys], rows)
+
+    cached = st.read_pairs(pairs_key)
+    d, cache, n_missing = incremental_matrix(probe_keys, cached, compute_rows)
+    if n_missing:
+        st.add_pairs(pairs_key, cache.since(len(cached)))
+        faults.reached(store, "affinity")
+    path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
+    t = len(names)
+    return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": t * (t - 1) // 2 - n_missing,
+            "run_id": run_id}
+
+
+@task(name="meta-train", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def meta_train_step(config: dict[str, Any], dataset_key: str, groups: list[list[str]], cache_key: str,
+                    run_id: str) -> dict[str, Any]:
+    """``--training meta``: one first-order MAML init per group (and per baseline), evaluated on held-out tasks."""
+    from taskgrouping.config import RunConfig
+    from taskgrouping.methods.meta import meta_training_report
+
+    _single_thread()
+    cfg = RunConfig.from_dict(config)
+    st = Store(cfg.store)
+    data = st.read_prepared(dataset_key)
+    result = meta_training_report(cfg, data, groups)
+    path = st.write_json(st.meta_path(cache_key), result)
+    return {"path": str(path), "result": result, "run_id": run_id}
+
+
 @task(name="joint-affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
 def joint_step(store: str, dataset_key: str, method: str, method_settings: dict[str, Any],
                train_settings: dict[str, Any], seed: int, device: str, cache_key: str,
