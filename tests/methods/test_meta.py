@@ -129,7 +129,7 @@ def test_batched_engines_agree_and_match_per_copy_sgd():
     np.testing.assert_allclose(mlp(params, x).detach().numpy(), vm(params, x).detach().numpy(), atol=1e-5)
     w = torch.ones(3, 7)
     w[1, 2] = 0.0
-    got = _sgd(mlp, REG, params, x, y, w, 3, 0.05)
+    got = _sgd(mlp, REG, params, x, y, w, 3, 0.05, clip=0.5)
     for c in range(3):  # the reference: one torch.nn model per copy, plain SGD on its own weighted loss
         ref = meta_model(MetaSettings(hidden=6), 0, (1,), 1)
         ref.load_state_dict({k: v[c] for k, v in params.items()})
@@ -138,6 +138,7 @@ def test_batched_engines_agree_and_match_per_copy_sgd():
             per = (ref(x[c])[:, 0] - y[c]) ** 2
             opt.zero_grad()
             ((per * w[c]).sum() / w[c].sum()).backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
             opt.step()
         for k, v in ref.named_parameters():
             np.testing.assert_allclose(got[k][c].numpy(), v.detach().numpy(), atol=1e-5)
@@ -156,7 +157,7 @@ def test_evaluation_against_a_leave_one_out_loop():
     inits = {k: v.detach()[None].repeat(2, *([1] * v.ndim)) + 0.05 * torch.randn(2, *v.shape)
              for k, v in model.named_parameters()}
     held = _tasks(2, 30, seed=3)
-    s = MetaTrainSettings(eval_steps=3, inner_lr=0.05, query=10)
+    s = MetaTrainSettings(eval_steps=3, inner_lr=0.05, query=10, clip=0.3)
     query, loo = evaluate_inits(model, REG, inits, held, 4, s, 0, (1,))
     from taskgrouping.methods.meta import support_rows
 
@@ -167,6 +168,7 @@ def test_evaluation_against_a_leave_one_out_loop():
         for _ in range(3):
             opt.zero_grad()
             ((ref(x)[:, 0] - y) ** 2).mean().backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.3)
             opt.step()
         return ref
 

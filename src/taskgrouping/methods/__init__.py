@@ -9,7 +9,7 @@ from __future__ import annotations
 from taskgrouping.errors import InputError
 from taskgrouping.methods.base import AffinityMatrix
 
-KNOWN_METHODS: tuple[str, ...] = ("swola", "swola-meta", "tag", "datamaps", "hoa", "principled")
+KNOWN_METHODS: tuple[str, ...] = ("swola", "tag", "datamaps", "hoa", "principled", "swola-meta")
 """The affinity methods: SWOLA (per-task probes), TAG and data maps (one joint training run),
 HOA (single-task and pairwise trainings)."""
 

@@ -281,7 +281,8 @@ class MetaTrainSettings:
         outer_steps, outer_lr: Adam steps on each initialisation (one per group).
         meta_batch: tasks per outer step, drawn from the group's tasks.
         shots: support points and query points per task during meta-training (drawn apart).
-        clip: each task's first-order meta-gradient is clipped to this L2 norm.
+        clip: every SGD step's gradient (inner and held-out adaptation) and each task's
+            first-order meta-gradient are clipped to this L2 norm per task.
         eval_steps: SGD steps (``inner_lr``) adapting a held-out task from an init.
         eval_shots: the K of the K-shot evaluations.
         query: query points per held-out task at most (the points not in its support set).
@@ -404,14 +405,26 @@ def _per_sample(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return _loss_fn(task)(out.reshape(n * m, -1), y.reshape(n * m)).reshape(n, m)
 
 
+def _clipped(grads: Sequence[torch.Tensor], clip: float | None) -> list[torch.Tensor]:
+    """Each copy's gradient (the first axis) scaled to L2 norm at most ``clip`` over all its parameters."""
+    if clip is None:
+        return list(grads)
+    norm = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+    scale = torch.clamp(clip / (norm + 1e-12), max=1.0)
+    return [g * scale.reshape(-1, *([1] * (g.ndim - 1))) for g in grads]
+
+
 def _sgd(forward: BatchedForward, task: TaskSpec, params: dict[str, torch.Tensor], x: torch.Tensor,
-         y: torch.Tensor, w: torch.Tensor, steps: int, lr: float) -> dict[str, torch.Tensor]:
-    """``steps`` SGD steps of every copy on its own weighted mean loss (weights w (N, m)); returns new leaves."""
+         y: torch.Tensor, w: torch.Tensor, steps: int, lr: float, clip: float | None = None) -> dict[str, torch.Tensor]:
+    """``steps`` SGD steps of every copy on its own weighted mean loss (weights w (N, m)); returns new leaves.
+
+    ``clip``: each copy's gradient is clipped to this L2 norm first (as ``clip_grad_norm_`` per model).
+    """
     for _ in range(steps):
         p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         per = _per_sample(task, forward(p, x), y)
         total = ((per * w).sum(dim=1) / w.sum(dim=1)).sum()
-        grads = torch.autograd.grad(total, list(p.values()))
+        grads = _clipped(torch.autograd.grad(total, list(p.values())), clip)
         params = {k: (v - lr * g).detach() for (k, v), g in zip(p.items(), grads, strict=True)}
     return params
 
@@ -424,8 +437,8 @@ def fomaml(model: nn.Module, task: TaskSpec, tasks: Sequence[MetaTask], groups: 
     Each outer step draws ``meta_batch`` tasks of each group (with replacement), and
     from each task ``shots`` support and ``shots`` query points without replacement
     (with replacement for a task smaller than ``2 shots``); ``inner_steps`` SGD steps on
-    the support set, then the query loss's gradient at the adapted parameters, clipped
-    to ``clip``, is the task's meta-gradient; the group's mean of them is one Adam step
+    the support set (each step's gradient clipped to ``clip``), then the query loss's
+    gradient at the adapted parameters, clipped to ``clip``, is the task's meta-gradient; the group's mean of them is one Adam step
     of its init. Adam is elementwise, so one Adam over the stacked inits is one Adam per
     init. Returns the inits, each parameter stacked (G, ...).
     """
@@ -453,16 +466,14 @@ def fomaml(model: nn.Module, task: TaskSpec, tasks: Sequence[MetaTask], groups: 
         rows = torch.where(n[:, None] < 2 * k, wrapped, rows)
         x, y = x_all[tid[:, None], rows], y_all[tid[:, None], rows]
         copies = {name: v.detach().repeat_interleave(b, dim=0) for name, v in inits.items()}
-        adapted = _sgd(forward, task, copies, x[:, :k], y[:, :k], ones, settings.inner_steps, settings.inner_lr)
+        adapted = _sgd(forward, task, copies, x[:, :k], y[:, :k], ones, settings.inner_steps, settings.inner_lr,
+                       settings.clip)
         p = {name: v.requires_grad_(True) for name, v in adapted.items()}
         query = _per_sample(task, forward(p, x[:, k:]), y[:, k:]).mean(dim=1).sum()
-        grads = torch.autograd.grad(query, list(p.values()))
-        norm = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
-        scale = torch.clamp(settings.clip / (norm + 1e-12), max=1.0)
+        grads = _clipped(torch.autograd.grad(query, list(p.values())), settings.clip)
         opt.zero_grad(set_to_none=False)
         for v, g in zip(inits.values(), grads, strict=True):
-            gs = g * scale.reshape(-1, *([1] * (g.ndim - 1)))
-            v.grad = gs.reshape(n_groups, b, *gs.shape[1:]).mean(dim=1)
+            v.grad = g.reshape(n_groups, b, *g.shape[1:]).mean(dim=1)
         opt.step()
     return {name: v.detach() for name, v in inits.items()}
 
@@ -500,7 +511,7 @@ def evaluate_inits(model: nn.Module, task: TaskSpec, inits: dict[str, torch.Tens
         xs = torch.as_tensor(t.x[s_rows], dtype=torch.float32)[None].expand(g * copies, -1, -1)
         ys = torch.as_tensor(t.y[s_rows], dtype=torch.float32)[None].expand(g * copies, -1)
         p = {name: v.repeat_interleave(copies, dim=0) for name, v in inits.items()}
-        adapted = _sgd(forward, task, p, xs, ys, w, settings.eval_steps, settings.inner_lr)
+        adapted = _sgd(forward, task, p, xs, ys, w, settings.eval_steps, settings.inner_lr, settings.clip)
         with torch.no_grad():
             full = {name: v[::copies] for name, v in adapted.items()}
             xq = torch.as_tensor(t.x[q_rows], dtype=torch.float32)[None].expand(g, -1, -1)
