@@ -113,8 +113,10 @@ class TaskGrouper:
 
     Parameters
     ----------
-    method : {"swola", "tag", "datamaps", "principled"}
+    method : {"swola", "swola-meta", "tag", "datamaps", "principled"}
         The affinity. ``swola`` probes each task on its own (incremental with ``store``);
+        ``swola-meta`` probes each task on its own samples (tasks that share none; ``swola``
+        switches to it by itself when some pair shares fewer than 30 labelled probe samples);
         ``tag``, ``datamaps`` and ``principled`` train one joint model.
     selector : {"spectral", "gat", "network", "mip"}
     n_groups : int or "auto"

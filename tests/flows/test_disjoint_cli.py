@@ -56,18 +56,23 @@ def test_meta_training_on_mmaml_compares_four_settings_and_reuses_probes(tmp_pat
     assert summary["counts"]["probes_computed"] == 6 and summary["counts"]["groups_trained"] == 0
     report = open(summary["artifacts"]["report"]).read()
     assert "## Meta-learning on held-out tasks" in report and "one init per planted family" in report
-    probes = sorted((store / "probes").iterdir())
-    stamps = {p.name: p.stat().st_mtime_ns for p in probes}
-    # one more training task: one new probe, the stored ones untouched
-    assert main([*args[:2], "builtin:mmaml:modes=2,train=3,heldout=2,query=20", *args[3:]]) == 0
-    capsys.readouterr()
-    more = ["run", "--data", "builtin:mmaml:modes=2,train=3,heldout=2,query=20,seed=0", "--store", str(store),
-            "--json", "--method", "swola-meta", "--tasks", "sin_*,line_00,line_01", "--evaluate", "none",
-            "--groups", "2"]
-    assert main(more) == 0
-    again = json.loads(capsys.readouterr().out)
-    assert again["counts"]["probes_computed"] == 0  # a subset of the same data: every probe is in the store
-    assert {p.name: p.stat().st_mtime_ns for p in sorted((store / "probes").iterdir())} == stamps
+
+
+def test_adding_a_task_to_swola_meta_probes_only_it_and_leaves_stored_probes_untouched(tmp_path, capsys):
+    store = tmp_path / "store"
+    base = ["run", "--data", "builtin:mmaml:modes=2,train=3,heldout=0", "--store", str(store), "--json",
+            "--method", "swola-meta", "--evaluate", "none", "--groups", "2"]
+    assert main([*base, "--tasks", "sin_*,line_00,line_01"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["counts"]["probes_computed"] == 5
+    stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (store / "probes").glob("*.arrow")}
+    assert len(stamps) == 5
+    assert main(base) == 0  # all six tasks: line_02 is new
+    more = json.loads(capsys.readouterr().out)
+    assert more["counts"]["probes_computed"] == 1 and more["counts"]["probes_reused"] == 5
+    assert more["counts"]["pairs_computed"] == 5 and more["counts"]["pairs_reused"] == 10
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (store / "probes").glob("*.arrow")}
+    assert len(after) == 6 and all(after[k] == v for k, v in stamps.items())
 
 
 @pytest.mark.parametrize("args, message", [

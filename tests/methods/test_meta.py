@@ -201,3 +201,14 @@ def test_bad_meta_settings_are_named():
         MetaTrainSettings(eval_shots=(1,))
     with pytest.raises(ValueError, match="at least 2"):
         meta_probe(_x(1), np.zeros(1, np.float32), REG, MetaSettings(), 0, (3,))
+
+
+def test_the_signature_takes_any_trunk_and_keeps_its_invariance():
+    """An image trunk (conv, BatchNorm frozen in eval) through the same probe."""
+    s = MetaSettings(steps=8, trunk="cnn", hidden=8)
+    x = np.random.default_rng(0).standard_normal((16, 1 * 4 * 4)).astype(np.float32)
+    y = np.linspace(-2, 3, 16).astype(np.float32)
+    a = meta_probe(x, y, REG, s, 0, (1, 4, 4)).deltas
+    assert a.shape == (1, 16, 4) and np.isfinite(a).all()
+    np.testing.assert_allclose(meta_probe(x, -y, REG, s, 0, (1, 4, 4)).deltas, a, atol=1e-5)
+    assert np.abs(meta_probe(x, y, REG, s, 1, (1, 4, 4)).deltas - a).max() > 1e-4  # another seed, another theta0
