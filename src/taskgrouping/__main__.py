@@ -1,6 +1,6 @@
 """Allow ``python -m taskgrouping``."""
 
-from taskgrouping.cli import main
+from taskgrouping.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()
