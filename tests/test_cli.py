@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -90,3 +92,20 @@ def test_a_failing_step_names_its_ml_task():
     with pytest.raises(RuntimeError, match="probe of ML task 'y_07' failed: ValueError: labels are all equal"):
         with _naming("probe of ML task 'y_07'"):
             raise ValueError("labels are all equal")
+
+
+def test_the_console_script_keeps_the_exit_status_through_its_quick_exit(tmp_path):
+    """``python -m taskgrouping`` ends with os._exit after main: the status and the message still arrive."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "taskgrouping", "run", "--data", "builtin:nope", "--store",
+                          str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("known: digits, digits-images, mmaml, shapes, "
+                                                               "subsets, synthetic")
+    matrix = tmp_path / "m.csv"
+    matrix.write_text("task,a,b,c\na,0,1,5\nb,1,0,5\nc,5,5,0\n")
+    ok = subprocess.run([sys.executable, "-m", "taskgrouping", "select", "--affinity", str(matrix), "--groups", "2",
+                         "--kind", "distance", "--json"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(map(sorted, json.loads(ok.stdout)["groups"])) == [["a", "b"], ["c"]]
