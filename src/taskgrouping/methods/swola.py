@@ -496,13 +496,15 @@ def unit_weights(x: np.ndarray, settings: SwolaSettings, seed: int) -> np.ndarra
     return np.repeat(weights, settings.hidden, axis=2).astype(np.float32)
 
 
-def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) -> np.ndarray:
+def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Scale a probe's deltas so that plain L1 between rows equals the gradient L1 distance.
 
     Args:
         probe: the task's probe, deltas (R, n, sum H).
         weights: (R, n, sum H) float32, one weight per unit: :func:`layer_weights`
             repeated over each layer's units (:func:`unit_weights`).
+        out: an (n, R * sum H) float32 array to write into (no temporary of the whole probe).
 
     Returns:
         (n, R * sum H) float32: row i is ``[w_{l,i} * delta^l_i]`` over layers and trunks,
@@ -510,7 +512,10 @@ def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) 
         products are float32 (as stored); norms are summed in float64.
     """
     r, n, width = probe.deltas.shape
-    e = probe.deltas * weights
+    if out is None:
+        out = np.empty((n, r * width), np.float32)
+    e = out.reshape(n, r, width).transpose(1, 0, 2)  # a (R, n, width) view of out's layout
+    np.multiply(probe.deltas, weights, out=e)
     lab = probe.labelled
     if settings.normalise == "task":
         norms = np.abs(e).sum(axis=2, dtype=np.float64)  # (R, n): per-sample gradient L1 norms
@@ -519,8 +524,8 @@ def weighted_errors(probe: Probe, weights: np.ndarray, settings: SwolaSettings) 
     elif settings.normalise == "sample":
         norms = np.abs(e).sum(axis=2, keepdims=True, dtype=np.float64)
         e *= (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    e[:, ~lab, :] = 0.0
-    return np.ascontiguousarray(e.transpose(1, 0, 2).reshape(n, r * width))
+    out[~lab] = 0.0
+    return out
 
 
 L1_CHUNK = 4096
@@ -617,7 +622,7 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     n, m = x.shape[0], settings.trunks * weights.shape[2]
     errors = np.empty((len(probes), n, m), np.float32)  # filled in place: no second copy of every probe
     for i, p in enumerate(probes):
-        errors[i] = weighted_errors(p, weights, settings)
+        weighted_errors(p, weights, settings, out=errors[i])
     masks = np.stack([p.labelled for p in probes]) if probes else np.zeros((0, n), bool)
     return swola_distances(errors, masks, settings, rows=rows, device=device)
 

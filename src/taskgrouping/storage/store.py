@@ -373,8 +373,11 @@ class Store:
         names = sorted((c for c in table.column_names if c.startswith("delta_")), key=lambda c: int(c[6:]))
         deltas = []
         for c in names:
-            col = table.column(c).combine_chunks()
-            deltas.append(col.values.to_numpy().reshape(len(col), col.type.list_size))
+            # one chunk (as written): a view of the file's bytes; combine_chunks would copy it
+            chunked = table.column(c)
+            col = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+            values = col.values[col.offset * col.type.list_size : (col.offset + len(col)) * col.type.list_size]
+            deltas.append(values.to_numpy().reshape(len(col), col.type.list_size))
         meta = json.loads((table.schema.metadata or {}).get(b"taskgrouping", b"{}"))
         norm_cols = sorted((c for c in table.column_names if c.startswith("norm_")), key=lambda c: int(c[5:]))
         norms = np.stack([table.column(c).to_numpy() for c in norm_cols]) if norm_cols else None
