@@ -212,3 +212,18 @@ def test_the_signature_takes_any_trunk_and_keeps_its_invariance():
     assert a.shape == (1, 16, 4) and np.isfinite(a).all()
     np.testing.assert_allclose(meta_probe(x, -y, REG, s, 0, (1, 4, 4)).deltas, a, atol=1e-5)
     assert np.abs(meta_probe(x, y, REG, s, 1, (1, 4, 4)).deltas - a).max() > 1e-4  # another seed, another theta0
+
+
+def test_meta_training_runs_on_an_image_trunk_through_vmap():
+    model = meta_model(MetaSettings(trunk="cnn", hidden=8), 0, (1, 4, 4), 1)
+    assert mlp_layers(model) is None  # conv and BatchNorm: the functional_call path
+    rng = np.random.default_rng(0)
+    tasks = [MetaTask(f"t{i}", rng.standard_normal((30, 16)).astype(np.float32),
+                      rng.standard_normal(30).astype(np.float32)) for i in range(4)]
+    s = MetaTrainSettings(outer_steps=3, meta_batch=2, shots=4, query=5)
+    inits = fomaml(model, REG, tasks, [[0, 1], [2, 3]], s, 0, (1, 4, 4))
+    start = dict(model.named_parameters())
+    assert all(v.shape[0] == 2 for v in inits.values())
+    assert any(not torch.allclose(inits[k][0], start[k]) for k in inits)
+    query, loo = evaluate_inits(model, REG, inits, tasks[:2], 3, s, 0, (1, 4, 4))
+    assert query.shape == loo.shape == (2, 2) and np.isfinite(query).all() and np.isfinite(loo).all()
