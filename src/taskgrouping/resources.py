@@ -41,11 +41,9 @@ def check_shared_samples(ds: Dataset, seed: int, samples: int) -> None:
     refuses them; a run measures such tasks with ``swola-meta``. The message names the pair
     with the fewest and the count.
     """
-    from taskgrouping.data.dataset import MIN_SHARED, probe_rows, split_rows
+    from taskgrouping.data.dataset import MIN_SHARED, probe_rows, shared_labels, split_rows
 
-    rows = probe_rows(split_rows(ds.labels.shape[0], seed), seed, samples)
-    lab = (~np.isnan(ds.labels[rows])).astype(np.float64)
-    shared = lab.T @ lab
+    shared = shared_labels(ds.labels[probe_rows(split_rows(ds.labels.shape[0], seed), seed, samples)])
     np.fill_diagonal(shared, np.inf)
     i, j = np.unravel_index(int(np.argmin(shared)), shared.shape)
     if len(ds.tasks) > 1 and shared[i, j] < MIN_SHARED:

@@ -206,6 +206,12 @@ Below it the run measures every pair with the distribution-level probe of
 """
 
 
+def shared_labels(labels: np.ndarray) -> np.ndarray:
+    """(T, T) how many rows of ``labels`` (n, T; NaN = missing) each pair of tasks both has labelled."""
+    m = (~np.isnan(labels)).astype(np.float64)
+    return m.T @ m
+
+
 def probe_overlap(labels: np.ndarray) -> dict[str, int | None]:
     """How many probe samples the tasks' labels share: the fewest over pairs, and pairs below :data:`MIN_SHARED`.
 
@@ -214,9 +220,7 @@ def probe_overlap(labels: np.ndarray) -> dict[str, int | None]:
     t = labels.shape[1]
     if t < 2:
         return {"min": None, "below": 0, "threshold": MIN_SHARED}
-    m = (~np.isnan(labels)).astype(np.float32)
-    both = m.T @ m
-    off = both[~np.eye(t, dtype=bool)]
+    off = shared_labels(labels)[~np.eye(t, dtype=bool)]
     return {"min": int(off.min()), "below": int((off < MIN_SHARED).sum()) // 2, "threshold": MIN_SHARED}
 
 

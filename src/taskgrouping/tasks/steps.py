@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -189,15 +189,23 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
             loaded = list(pool.map(st.read_probe, probe_keys))
         return distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
 
+    return _incremental_affinity(st, names, probe_keys, pairs_key, cache_key, compute_rows, run_id)
+
+
+def _incremental_affinity(st: Store, names: list[str], probe_keys: list[str], pairs_key: str, cache_key: str,
+                          compute_rows: Callable[[list[int]], np.ndarray], run_id: str) -> dict[str, Any]:
+    """The distance matrix from the pair cache plus the rows ``compute_rows`` fills in; written, and the new pairs added.
+
+    Only the new pairs are appended, so a concurrent run's pairs are never overwritten.
+    """
     cached = st.read_pairs(pairs_key)
     d, cache, n_missing = incremental_matrix(probe_keys, cached, compute_rows)
-    if n_missing:  # append only the new pairs: a concurrent run's pairs are never overwritten
+    if n_missing:
         st.add_pairs(pairs_key, cache.since(len(cached)))
-        faults.reached(store, "affinity")
+        faults.reached(st.root, "affinity")
     path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
     t = len(names)
-    n_pairs = t * (t - 1) // 2
-    return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": n_pairs - n_missing,
+    return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": t * (t - 1) // 2 - n_missing,
             "run_id": run_id}
 
 
@@ -239,15 +247,7 @@ def meta_affinity_step(store: str, probes: list[list[str]], pairs_key: str, cach
     def compute_rows(rows: list[int]) -> np.ndarray:
         return meta_distances([st.read_probe(k) for k in probe_keys], rows)
 
-    cached = st.read_pairs(pairs_key)
-    d, cache, n_missing = incremental_matrix(probe_keys, cached, compute_rows)
-    if n_missing:
-        st.add_pairs(pairs_key, cache.since(len(cached)))
-        faults.reached(store, "affinity")
-    path = st.write_affinity(st.affinity_path(cache_key), affinity_from_distances(names, d))
-    t = len(names)
-    return {"path": str(path), "pairs_computed": n_missing, "pairs_reused": t * (t - 1) // 2 - n_missing,
-            "run_id": run_id}
+    return _incremental_affinity(st, names, probe_keys, pairs_key, cache_key, compute_rows, run_id)
 
 
 @task(name="meta-train", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
