@@ -356,8 +356,21 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``taskgrouping run``: :func:`run_config` and the report (or ``--json``) on stdout."""
-    summary = run_config(config_from_args(args), args.verbose)
+    """``taskgrouping run``: :func:`run_config` and the report (or ``--json``) on stdout.
+
+    The store's Prefect server, if it is down, starts first (:func:`~taskgrouping.flows.keeper.start_ahead`),
+    so that its start overlaps the imports and the data checks; bad input stops it and
+    leaves nothing behind.
+    """
+    from taskgrouping.flows.keeper import start_ahead
+
+    store = Path(args.store).expanduser().resolve()
+    ahead = start_ahead(store / "prefect" / "home")
+    try:
+        summary = run_config(config_from_args(args), args.verbose, keeper=ahead)
+    finally:
+        if ahead is not None:
+            ahead.abandon()  # nothing to do once the run used it
     if args.json:
         print(json.dumps(summary))
     else:
@@ -365,8 +378,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_config(cfg: Any, verbose: bool = False) -> dict[str, Any]:
-    """Check the data, then run the ``regroup`` flow under a Prefect API; the run summary (CLI and API)."""
+def run_config(cfg: Any, verbose: bool = False, keeper: Any = None) -> dict[str, Any]:
+    """Check the data, then run the ``regroup`` flow under a Prefect API; the run summary (CLI and API).
+
+    ``keeper``: the store's server keeper, started before the checks (:func:`cmd_run`).
+    """
     n_tasks = preflight(cfg)
     _quiet_logs(verbose)
     log = logging.getLogger("taskgrouping")
@@ -385,11 +401,12 @@ def run_config(cfg: Any, verbose: bool = False) -> dict[str, Any]:
 
             t1 = time.perf_counter()
             clusters.append(start_cluster(cfg))
-            log.info("Dask workers started while the server starts (%.1f s)", time.perf_counter() - t1)
+            log.info("Dask workers starting while the server starts (scheduler up in %.1f s)", time.perf_counter() - t1)
 
     ahead = cfg.dask_address is None and not any((Path(cfg.store) / "runs").glob("*"))
     try:
-        with prefect_api(Path(cfg.store) / "prefect" / "home", while_starting=while_server_starts) as url:
+        with prefect_api(Path(cfg.store) / "prefect" / "home", while_starting=while_server_starts,
+                         ahead=keeper) as url:
             log.info("Prefect API %s (%.1f s)", url, time.perf_counter() - t0)
             from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -24,11 +24,13 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from taskgrouping.flows.server import (
@@ -155,6 +157,73 @@ def wait_record(home: Path, keeper: subprocess.Popen[bytes], timeout: float = 30
     raise RuntimeError(f"the Prefect server keeper wrote no record in {timeout:.0f} s; see {home}/server.log")
 
 
+@dataclass
+class Ahead:
+    """A keeper a run started before it checked its arguments and data (:func:`start_ahead`).
+
+    :func:`~taskgrouping.flows.server.shared_server` adopts it; a run that stops before
+    (bad input, exit 2) calls :meth:`abandon`, which stops it and removes the folder it made.
+    """
+
+    home: Path
+    proc: subprocess.Popen[bytes]
+    made: Path | None
+    """The topmost folder that did not exist before (the store, or above it, on a new store)."""
+    adopted: bool = False
+
+    def abandon(self) -> None:
+        """Stop the keeper (and its server, if it got that far) and remove what it made; no-op once adopted."""
+        if self.adopted:
+            return
+        self.adopted = True
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.made is not None:
+            shutil.rmtree(self.made, ignore_errors=True)
+
+
+def start_ahead(home: Path) -> Ahead | None:
+    """Start the shared server of a store (its Prefect home ``home``) now, if it is down.
+
+    The CLI calls this first thing: the server's 3 s start then overlaps the 1.5-2 s of
+    imports and data checks before the run needs it. None when the run will not use a
+    shared server (``PREFECT_API_URL`` set, ``TASKGROUPING_SERVER_IDLE`` 0 or bad), when
+    one is up, or when the store path cannot hold one (the run's checks then say why).
+    """
+    from taskgrouping.errors import InputError
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    try:
+        idle = idle_seconds()
+    except InputError:
+        return None
+    if idle == 0:
+        return None
+    made = None
+    for path in (home, *home.parents):
+        if path.exists():
+            if not path.is_dir():
+                return None
+            break
+        made = path
+    try:
+        with server_lock(home):
+            proc = start_keeper(home, idle) if read_record(home) is None else None
+    except OSError:
+        proc = None
+    if proc is None:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        return None
+    return Ahead(home, proc, made)
+
+
 def keep(home: Path, idle: float) -> int:
     """The keeper's body: start the server, record it, stop it once idle (or when it dies)."""
     port = free_port()
@@ -188,17 +257,17 @@ def keep(home: Path, idle: float) -> int:
     publish(False)  # runs learn the port now (and start their workers while the server boots)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_healthy(url, proc=server)
+        wait_healthy(url, proc=server, alive=lambda: not stopping)
     except RuntimeError:
-        if seeded:  # the template was rejected: once more on a new database
+        if seeded and not stopping:  # the template was rejected: once more on a new database
             stop_process_group(server)
             drop_template(home)
             server = spawn()
             seeded = False
             publish(False)
             with contextlib.suppress(RuntimeError):
-                wait_healthy(url, proc=server)
-    if server.poll() is None:
+                wait_healthy(url, proc=server, alive=lambda: not stopping)
+    if server.poll() is None and not stopping:
         if not seeded:
             save_template(home)  # before any run is let in: the copy holds no runs
         publish(True)

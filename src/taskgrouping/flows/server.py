@@ -27,6 +27,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskgrouping.flows.keeper import Ahead
 
 DB_URL_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 CACHE_ENV = "TASKGROUPING_CACHE_DIR"
@@ -117,8 +121,8 @@ def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen[byt
         try:
             with urllib.request.urlopen(api_url + "/health", timeout=2):
                 return
-        except OSError:
-            time.sleep(0.25)
+        except OSError:  # refused until it listens: cheap to ask often (its start is on the run's critical path)
+            time.sleep(0.05)
     raise RuntimeError(f"the Prefect server at {api_url} was not healthy after {timeout:.0f} s")
 
 
@@ -264,18 +268,31 @@ def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def shared_server(home: Path, idle: float, while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
+def shared_server(home: Path, idle: float, while_starting: Callable[[str], None] | None = None,
+                  ahead: Ahead | None = None) -> Iterator[str]:
     """The store's shared local server (:mod:`taskgrouping.flows.keeper`): reused if running, else started.
 
     A started one outlives this run by ``idle`` seconds, for the next run of the store.
-    ``while_starting(api_url)`` runs while a new server boots.
+    ``while_starting(api_url)`` runs while a new server boots. ``ahead``: a keeper this
+    run started already (:func:`~taskgrouping.flows.keeper.start_ahead`), used unless
+    another run's server got there first.
     """
     from taskgrouping.flows import keeper as kp
 
     home.mkdir(parents=True, exist_ok=True)
     with kp.server_lock(home):
         info = kp.read_record(home)
-        proc = kp.start_keeper(home, idle) if info is None else None
+        proc = None
+        if ahead is not None and not ahead.adopted:
+            ahead.adopted = True
+            mine = info is None or int(info["keeper"]) == ahead.proc.pid  # type: ignore[call-overload]
+            if ahead.proc.poll() is None and mine:
+                proc, info = ahead.proc, None
+            else:  # it died, or another run's server is up: use that one
+                with contextlib.suppress(ProcessLookupError):
+                    ahead.proc.terminate()
+        if proc is None and info is None:
+            proc = kp.start_keeper(home, idle)
         user = kp.register(home)  # from here on the keeper does not stop the server
     try:
         if proc is not None:
@@ -297,8 +314,8 @@ def shared_server(home: Path, idle: float, while_starting: Callable[[str], None]
 
 
 @contextlib.contextmanager
-def prefect_api(home: Path, ui: bool = False,
-                while_starting: Callable[[str], None] | None = None) -> Iterator[str]:
+def prefect_api(home: Path, ui: bool = False, while_starting: Callable[[str], None] | None = None,
+                ahead: Ahead | None = None) -> Iterator[str]:
     """Yield an API URL: ``PREFECT_API_URL`` if set, else the store's :func:`shared_server`.
 
     With ``TASKGROUPING_SERVER_IDLE=0`` (and for the UI) a private :func:`local_server`
@@ -308,6 +325,8 @@ def prefect_api(home: Path, ui: bool = False,
     the moment its port is known, so that ``while_starting`` sees them too).
     """
     existing = os.environ.get("PREFECT_API_URL")
+    if ahead is not None and (existing or ui):
+        ahead.abandon()
     if existing:
         if while_starting is not None:
             while_starting(existing)
@@ -324,8 +343,10 @@ def prefect_api(home: Path, ui: bool = False,
     from taskgrouping.flows.keeper import idle_seconds
 
     idle = 0.0 if ui else idle_seconds()
+    if ahead is not None and idle == 0:
+        ahead.abandon()
     try:
-        with local_server(home, ui, starting) if idle == 0 else shared_server(home, idle, starting) as url:
+        with local_server(home, ui, starting) if idle == 0 else shared_server(home, idle, starting, ahead) as url:
             yield url
     finally:
         for k, v in saved.items():
