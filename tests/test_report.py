@@ -87,3 +87,46 @@ def test_run_line_names_the_verdict():
     assert line == ("run r1: version 2 (previous 1: 1 tasks added, 0 moved); 3 tasks in 2 groups; "
                     "recommended: grouped (grouping pays: yes); report /s/runs/r1/report.md")
     assert "pays" not in run_line(summary | {"recommended": None})
+
+
+def test_an_identical_heatmap_is_copied_from_the_store_and_a_changed_one_drawn_again(tmp_path, monkeypatch):
+    import pytest
+
+    from taskgrouping.selectors.base import Grouping
+    from taskgrouping.storage import Store
+    from taskgrouping.storage.integrity import DamagedFile
+    from taskgrouping.tasks import report as report_step
+
+    drawn = []
+
+    def counting(*args, **kwargs):
+        drawn.append(args[1])
+        return heatmap_png(*args, **kwargs)
+
+    monkeypatch.setattr(report_step, "heatmap_png", counting)
+    st = Store(str(tmp_path / "store"))
+    tasks = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    v = rng.random((4, 4))
+    aff = AffinityMatrix(tasks, (v + v.T) / 2, "distance")
+    path = st.write_affinity(st.affinity_path("k1"), aff)
+    two = Grouping(groups=[["a", "b"], ["c", "d"]], served={"a": 0, "b": 0, "c": 1, "d": 1})
+    first = report_step._heatmap(st, path, aff, two, "swola distance")
+    again = report_step._heatmap(st, path, aff, two, "swola distance")
+    assert again == first and len(drawn) == 1 and first.startswith(b"\x89PNG")
+    one = Grouping(groups=[tasks], served={t: 0 for t in tasks})
+    assert report_step._heatmap(st, path, aff, one, "swola distance") != first  # other groups: drawn
+    aff2 = AffinityMatrix(tasks, aff.values * 2, "distance")
+    path2 = st.write_affinity(st.affinity_path("k2"), aff2)
+    report_step._heatmap(st, path2, aff2, two, "swola distance")  # other matrix: drawn
+    assert len(drawn) == 3 and len(list((st.root / "heatmaps").glob("*.png"))) == 3
+    for png in (st.root / "heatmaps").glob("*.png"):  # damaged copies are drawn again, never served
+        png.write_bytes(b"not a png")
+    assert report_step._heatmap(st, path, aff, two, "swola distance") == first and len(drawn) == 4
+
+    copy = st.copy_file(path, tmp_path / "run" / "affinity.parquet")
+    assert copy.read_bytes() == path.read_bytes() and st.read_affinity(copy).tasks == tasks
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(DamagedFile):
+        st.copy_file(path, tmp_path / "run" / "again.parquet")
+    assert not (tmp_path / "run" / "again.parquet").exists()

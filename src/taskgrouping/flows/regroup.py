@@ -417,6 +417,8 @@ def _swola_affinity(run: _Run) -> _Affinity:
                               store.read_prepared_meta(run.dataset_key).get("input_shape"), cfg.dask_address):
         # little work: probing takes less than sending steps to workers costs, so do it here, in one step
         done = [step(todo)(*args(todo), **kwargs(todo))]
+    elif not todo:
+        done = []
     else:
         with _gpu_annotation(cfg):
             _await_workers()

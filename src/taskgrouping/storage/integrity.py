@@ -175,7 +175,7 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
 
 
 STORE_DIRS = ("datasets", "probes", "heads", "pairs", "affinity", "maps", "models", "meta", "groupings", "runs",
-              "images", "prefect")
+              "images", "heatmaps", "prefect")
 """The top-level folders a store is made of (storage/store.py)."""
 
 

@@ -14,6 +14,7 @@ Layout under the store root::
     models/<group_key>/model.safetensors      one trained group model (state dict)
     models/<group_key>/metrics.parquet        its per-task validation and test results
     runs/<run_id>/...                         affinity, groups, metrics, report, heatmap, summary
+    heatmaps/<key>.png                        a rendered heatmap under its inputs' key (affinity bytes, groups)
     groupings/<lineage>/v<NNNN>.json          grouping versions of one data source, method and selector
     prefect/results/                          Prefect's persisted task results (cache records)
 
@@ -28,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -655,6 +657,16 @@ class Store:
         """``runs/<id>/metrics.parquet``: per setting, group and task."""
         return atomic_write_table(self.run_dir(run_id) / "metrics.parquet",
                                   pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), METRICS_SCHEMA)
+
+    def heatmap_path(self, key: str) -> Path:
+        """A rendered heatmap under its content key (an identical rerun copies it instead of drawing it again)."""
+        return self.root / "heatmaps" / f"{key}.png"
+
+    def copy_file(self, source: Path, path: Path) -> Path:
+        """Copy an intact store file to ``path`` byte for byte (atomic, sealed); :class:`DamagedFile` if it is not."""
+        with atomic_path(path) as tmp:
+            shutil.copyfile(verified(source), tmp)
+        return path
 
     def write_run_file(self, run_id: str, name: str, data: bytes) -> Path:
         """Any other run output (report, heatmap, summary)."""

@@ -10,16 +10,44 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from taskgrouping.hashing import stable_hash
 from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.evaluate import CONTROLS, SETTINGS, setting_totals
 from taskgrouping.models.verdict import analyse
 from taskgrouping.report import chance_tasks, changes_markdown, heatmap_png, render_report
 from taskgrouping.selectors.base import Grouping
 from taskgrouping.storage import Store
+from taskgrouping.storage.integrity import intact_bytes, recorded
+from taskgrouping.storage.store import atomic_write_bytes
 from taskgrouping.versions import grouping_changes, lineage_key
 
 AFFINITY_TABLE_MAX = 100
 """Largest task count whose affinity matrix is published as a UI table."""
+
+
+HEATMAP_CODE = "1"
+"""Bump when :func:`~taskgrouping.report.heatmap_png` draws differently (stored heatmaps are keyed by it)."""
+
+
+def _heatmap(st: Store, affinity_path: Path, affinity: AffinityMatrix, grouping: Grouping, label: str) -> bytes:
+    """The run's heatmap PNG: from the store when the same affinity file, groups and label were drawn before.
+
+    Drawing it imports matplotlib and renders (0.5 s for 15 tasks); an identical rerun
+    copies it. The key is the affinity file's recorded checksum with the groups, so a
+    changed matrix or grouping draws a new one.
+    """
+    digest = recorded(affinity_path)
+    path = None
+    if digest is not None:
+        path = st.heatmap_path(stable_hash("heatmap", HEATMAP_CODE, digest, grouping.groups,
+                                           sorted(grouping.served.items()), label))
+        cached = intact_bytes(path)
+        if cached is not None:
+            return cached
+    png = heatmap_png(affinity, grouping.groups, grouping.served, label=label)
+    if path is not None:
+        atomic_write_bytes(path, png)
+    return png
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
@@ -51,12 +79,12 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
 
     run_dir = st.run_dir(run_id)
     artifacts = {
-        "affinity": str(st.write_affinity(run_dir / "affinity.parquet", affinity)),
+        "affinity": str(st.copy_file(Path(affinity_path), run_dir / "affinity.parquet")),
         "groups": str(st.write_groups(run_id, grouping)),
         "metrics": str(st.write_metrics(run_id, rows)),
         "report": str(run_dir / "report.md"),
-        "heatmap": str(st.write_run_file(run_id, "heatmap.png", heatmap_png(
-            affinity, grouping.groups, grouping.served, label=f"{config['method']} {affinity.kind}"))),
+        "heatmap": str(st.write_run_file(run_id, "heatmap.png", _heatmap(
+            st, Path(affinity_path), affinity, grouping, f"{config['method']} {affinity.kind}"))),
     }
     summary: dict[str, Any] = {
         "run_id": run_id,
