@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from taskgrouping.errors import InputError
+from taskgrouping.methods.base import positions
 
 
 def _labels_frame(Y: Any) -> Any:
@@ -280,7 +281,7 @@ class TaskGrouper:
         seconds["total"] = time.perf_counter() - t_start
         affinity = st.read_affinity(Path(aff.path))
         self.tasks_ = list(stage.names)
-        order = [affinity.tasks.index(t) for t in self.tasks_]
+        order = positions(affinity.tasks, self.tasks_)
         self.affinity_ = affinity.values[np.ix_(order, order)]
         self.affinity_kind_ = affinity.kind
         self.groups_ = sel["groups"]
@@ -318,7 +319,7 @@ class TaskGrouper:
         self._check_fitted()
         aff = AffinityMatrix(self.tasks_, self.affinity_, self.affinity_kind_)
         order, bounds = serving_order(aff, self.groups_, self.served_)
-        idx = [self.tasks_.index(t) for t in order]
+        idx = positions(self.tasks_, order)
         m = self.affinity_[np.ix_(idx, idx)]
         ax = ax or plt.gca()
         vmin, vmax = colour_limits(m, self.affinity_kind_)

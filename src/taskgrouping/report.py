@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.methods.base import AffinityMatrix, positions
 from taskgrouping.models.evaluate import CONTROLS, SETTINGS
 
 WEAK_SILHOUETTE = 0.25
@@ -60,7 +60,7 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     import matplotlib.pyplot as plt
 
     order, bounds = serving_order(affinity, groups, served)
-    idx = [affinity.tasks.index(t) for t in order]
+    idx = positions(affinity.tasks, order)
     m = affinity.values[np.ix_(idx, idx)]
     n = len(order)
     size = 4 + 0.28 * n if n <= 80 else 12.0  # past 80 tasks there are no labels to make room for

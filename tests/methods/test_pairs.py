@@ -76,3 +76,17 @@ def test_a_mostly_new_matrix_is_computed_whole():
     d, cache, n = incremental_matrix(keys, PairCache(), lambda rows: asked.append(rows) or full[rows])
     assert asked == [list(range(6))] and n == 15 and len(cache) == 15
     np.testing.assert_allclose(d, full)
+
+
+def test_positions_agree_with_list_index_and_name_a_missing_item():
+    import pytest
+
+    from taskgrouping.methods.base import positions
+
+    rng = np.random.default_rng(3)
+    items = [f"t{int(i)}" for i in rng.integers(0, 40, size=60)]  # repeats: the first occurrence counts
+    wanted = [items[int(i)] for i in rng.integers(0, len(items), size=100)]
+    assert positions(items, wanted) == [items.index(w) for w in wanted]
+    assert positions(items, []) == []
+    with pytest.raises(ValueError, match="'nope' is not in the list"):
+        positions(items, ["t0" if "t0" in items else items[0], "nope"])

@@ -25,6 +25,7 @@ from taskgrouping.data.images import (
     image_paths,
 )
 from taskgrouping.errors import InputError
+from taskgrouping.methods.base import positions
 
 if TYPE_CHECKING:  # polars is imported where a table is read: built-in data never needs it
     import polars as pl
@@ -109,7 +110,7 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
 
 def _subset_tasks(ds: Dataset, keep: list[str]) -> Dataset:
     """``ds`` with only the tasks ``keep``, in that order (ground truth kept for them)."""
-    idx = [ds.task_names.index(k) for k in keep]
+    idx = positions(ds.task_names, keep)
     gt = {k: v for k, v in ds.ground_truth.items() if k in keep} if ds.ground_truth else None
     return Dataset(ds.features, ds.labels[:, idx], [ds.tasks[i] for i in idx], ds.feature_names, ds.source, gt,
                    ds.input_shape, tuple(k for k in ds.held_out if k in keep))

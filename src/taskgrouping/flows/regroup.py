@@ -22,6 +22,7 @@ from prefect.futures import as_completed
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
 from taskgrouping.hashing import stable_hash
+from taskgrouping.methods.base import positions
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.evaluate import GroupJob, evaluation_jobs, repeat_seed
 from taskgrouping.storage import Store
@@ -706,7 +707,7 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
         mem = memberships_step.with_options(result_storage=results)(
             cfg.store, aff.extra["maps"], sel["groups"], cfg.datamaps.fuzziness,
             cache_key=stable_hash("memberships", aff.key, sel["groups"], cfg.datamaps.fuzziness), run_id=run_id)
-        order = [mem["tasks"].index(t) for t in names]
+        order = positions(mem["tasks"], names)
         weights = [[row[i] for i in order] for row in mem["weights"]]
         store.write_memberships(run_id, names, np.array(weights).T)
     wanted = {"all": None, "grouped": {"grouped"}, "none": set()}[cfg.evaluate]

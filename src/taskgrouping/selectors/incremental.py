@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.methods.base import AffinityMatrix, positions
 from taskgrouping.selectors.base import Grouping, silhouette
 
 MAX_NEW_SHARE = 0.10
@@ -66,8 +66,8 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
     old = [t for t in tasks if t in keep]
     if any(t not in previous_affinity.tasks for t in old):
         return None, full | {"reason": "the previous version's affinity lacks some of its tasks"}
-    now = affinity.values[np.ix_(*[[affinity.tasks.index(t) for t in old]] * 2)]
-    then = previous_affinity.values[np.ix_(*[[previous_affinity.tasks.index(t) for t in old]] * 2)]
+    now = affinity.values[np.ix_(*[positions(affinity.tasks, old)] * 2)]
+    then = previous_affinity.values[np.ix_(*[positions(previous_affinity.tasks, old)] * 2)]
     if not np.allclose(now, then, rtol=1e-6, atol=1e-12):
         return None, full | {"reason": "drift (affinity): the old tasks' affinity changed since the previous "
                                        "version (other data, settings, or a joint-training method)"}

@@ -311,6 +311,7 @@ class Store:
     def read_prepared(self, key: str, tasks: list[str] | None = None) -> PreparedData:
         """Read a prepared dataset; ``tasks`` loads only those label columns (in that order)."""
         from taskgrouping.data.dataset import PreparedData, TaskSpec
+        from taskgrouping.methods.base import positions
 
         folder = self.dataset_dir(key)
         meta = self.read_prepared_meta(key)
@@ -318,7 +319,7 @@ class Store:
                  for t in meta["tasks"]]
         names = [t.name for t in specs]
         want = names if tasks is None else tasks
-        pos = [names.index(t) for t in want]
+        pos = positions(names, want)
         feats = pq.read_table(verified(folder / "features.parquet"))
         xcol = feats.column("x").combine_chunks()
         d = xcol.type.list_size
