@@ -96,6 +96,24 @@ def test_ragged_csv_duplicate_header_unreadable_and_missing(tmp_path):
         load_dataset(str(tmp_path / "a.txt"))
 
 
+def test_digits_are_read_as_scikit_learn_loads_them_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from taskgrouping.data.builtins import _digits_arrays
+
+    pixels, labels = _digits_arrays()
+    ref = load_digits()
+    np.testing.assert_array_equal(pixels, ref.data)
+    np.testing.assert_array_equal(labels, ref.target)
+    code = ("import sys; from taskgrouping.data.builtins import digits; digits(); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_builtin_digits_tasks():
     ds = digits()
     assert ds.features.shape == (1797, 64) and len(ds.tasks) == 15

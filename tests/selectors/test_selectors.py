@@ -91,3 +91,24 @@ def test_auto_k_past_twelve_groups_on_many_tasks():
     g = get_selector("spectral")(aff, None, 0)
     assert len(g.groups) > MAX_AUTO_GROUPS
     assert adjusted_rand_score(labels, g.labels(aff.tasks)) > 0.95
+
+
+def test_silhouette_matches_scikit_learn_on_random_distances_and_labellings():
+    from sklearn.metrics import silhouette_score
+
+    from taskgrouping.selectors.base import silhouette_precomputed
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        n = int(rng.integers(3, 40))
+        x = rng.normal(size=(n, 3))
+        d = np.abs(x[:, None, :] - x[None, :, :]).sum(-1)
+        if trial % 5 == 0:
+            d[:2, :2] = 0.0  # a duplicate pair: a = b = 0 for them
+        k = int(rng.integers(2, n)) if n > 2 else 2
+        labels = rng.integers(0, k, size=n) * 7  # codes need not be 0..k-1
+        if len(set(labels.tolist())) < 2:
+            labels[0] = labels[0] + 1
+        got = silhouette_precomputed(d, labels)
+        want = silhouette_score(d, labels, metric="precomputed")
+        assert abs(got - want) < 1e-12, (trial, got, want)

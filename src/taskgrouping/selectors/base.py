@@ -122,8 +122,6 @@ def trivial_grouping(affinity: AffinityMatrix, k: int) -> Grouping | None:
 
 def silhouette(affinity: AffinityMatrix, labels: np.ndarray) -> float:
     """Silhouette of a labelling on the affinity's distances (``1 - S`` for gains)."""
-    from sklearn.metrics import silhouette_score
-
     k = len(set(labels.tolist()))
     if k < 2 or k >= len(labels):
         return float("nan")
@@ -133,4 +131,29 @@ def silhouette(affinity: AffinityMatrix, labels: np.ndarray) -> float:
         d = 1.0 - affinity.similarity()
     d = np.clip(d, 0.0, None)
     np.fill_diagonal(d, 0.0)
-    return float(silhouette_score(d, labels, metric="precomputed"))
+    return silhouette_precomputed(d, labels)
+
+
+def silhouette_precomputed(d: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of ``labels`` on the distance matrix ``d`` (zero diagonal), as scikit-learn defines it.
+
+    a(i): mean distance to the rest of i's cluster; b(i): the smallest mean distance to
+    another cluster; s(i) = (b - a) / max(a, b), 0 for a task alone in its cluster (and
+    where a = b = 0). Written out (one matrix product) so that a run that only selects
+    does not import scikit-learn (0.65 s of an identical rerun).
+    """
+    _, codes = np.unique(labels, return_inverse=True)
+    n, k = len(codes), int(codes.max()) + 1
+    members = np.zeros((n, k))
+    members[np.arange(n), codes] = 1.0
+    sums = np.asarray(d, np.float64) @ members  # (n, k): total distance from i to each cluster
+    sizes = members.sum(axis=0)
+    own = sizes[codes]
+    a = sums[np.arange(n), codes] / np.maximum(own - 1.0, 1.0)
+    means = sums / sizes
+    means[np.arange(n), codes] = np.inf
+    b = means.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    s[own == 1] = 0.0
+    return float(np.mean(np.nan_to_num(s)))
