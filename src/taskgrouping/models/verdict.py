@@ -51,7 +51,9 @@ def estimate(per_task: PartLosses, rows: dict[str, np.ndarray]) -> Estimate:
     (row indices of the dataset; a row shared by several tasks is one sample). Tasks
     with no rows contribute nothing.
     """
-    from scipy import special  # the t quantile; scipy.stats would cost 0.3 s more of every run's report
+    from scipy import (
+        special,  # the t quantile; scipy.stats would cost 0.3 s more of every run's report
+    )
 
     tasks = [t for t in per_task if per_task[t].shape[1] > 0]
     if not tasks:
