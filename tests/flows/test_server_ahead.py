@@ -85,3 +85,16 @@ def test_a_run_uses_the_server_started_ahead_and_leaves_it_for_the_next(tmp_path
         keeper.stop_shared(home)
     assert _processes_naming(str(home), wait=30) == []
     assert os.environ.get("PREFECT_API_URL") is None
+
+
+def test_runs_on_the_stores_own_server_send_no_heartbeats_and_on_yours_they_do():
+    from prefect.settings import get_current_settings, temporary_settings
+
+    from taskgrouping.cli import run_settings
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect sends them unless told not to
+    with temporary_settings(updates=run_settings(own_server=True)):
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings(updates=run_settings(own_server=False)):
+        assert get_current_settings().flows.heartbeat_frequency == default
