@@ -62,3 +62,15 @@ def test_a_rejected_template_is_replaced_and_the_server_still_starts(tmp_path, m
 def test_no_template_for_a_database_the_user_chose(monkeypatch):
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://u@h/db")
     assert template_path() is None
+
+
+def test_a_seeded_database_skips_the_migration_check_unless_you_set_it(tmp_path, monkeypatch):
+    from taskgrouping.flows.server import MIGRATE_VARS, server_env
+
+    for var in MIGRATE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert server_env(tmp_path, 4200, seeded=True)[MIGRATE_VARS[0]] == "false"
+    assert not any(v in server_env(tmp_path, 4200) for v in MIGRATE_VARS)  # a new database: migrated
+    monkeypatch.setenv(MIGRATE_VARS[1], "true")
+    env = server_env(tmp_path, 4200, seeded=True)
+    assert env[MIGRATE_VARS[1]] == "true" and MIGRATE_VARS[0] not in env

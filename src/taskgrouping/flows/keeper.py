@@ -227,11 +227,11 @@ def start_ahead(home: Path) -> Ahead | None:
 def keep(home: Path, idle: float) -> int:
     """The keeper's body: start the server, record it, stop it once idle (or when it dies)."""
     port = free_port()
-    env = server_env(home, port)
     me = os.getpid()
 
     def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"],
+                                env=server_env(home, port, seeded=seeded),
                                 start_new_session=True, preexec_fn=lambda: _die_with_parent(me))
 
     seeded = seed_database(home)
@@ -262,8 +262,8 @@ def keep(home: Path, idle: float) -> int:
         if seeded and not stopping:  # the template was rejected: once more on a new database
             stop_process_group(server)
             drop_template(home)
+            seeded = False  # before the spawn: a new database needs its migrations
             server = spawn()
-            seeded = False
             publish(False)
             with contextlib.suppress(RuntimeError):
                 wait_healthy(url, proc=server, alive=lambda: not stopping)

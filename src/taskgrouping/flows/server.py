@@ -93,12 +93,22 @@ def drop_template(home: Path) -> None:
                                               "starting on a new one")
 
 
-def server_env(home: Path, port: int, ui: bool = False) -> dict[str, str]:
-    """The environment of ``prefect server start`` for ``home`` on ``port`` (loopback, no analytics)."""
+MIGRATE_VARS = ("PREFECT_SERVER_DATABASE_MIGRATE_ON_START", "PREFECT_API_DATABASE_MIGRATE_ON_START")
+
+
+def server_env(home: Path, port: int, ui: bool = False, seeded: bool = False) -> dict[str, str]:
+    """The environment of ``prefect server start`` for ``home`` on ``port`` (loopback, no analytics).
+
+    ``seeded``: the database is a fresh copy of the template (:func:`seed_database`), migrated
+    by this very Prefect version (the template's name holds it), so the server skips the
+    migration check at start (0.3 s of its 3 s on 2 cores), unless you set it yourself.
+    """
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_API_PORT=str(port),
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="true" if ui else "false")
     env.pop("PREFECT_API_URL", None)
+    if seeded and not any(v in os.environ for v in MIGRATE_VARS):
+        env[MIGRATE_VARS[0]] = "false"
     return env
 
 
@@ -213,7 +223,6 @@ def local_server(home: Path, ui: bool = False,
         logging.getLogger("taskgrouping").info("stopped %d Prefect servers left by crashed runs (pids %s)",
                                                len(reaped), ", ".join(map(str, reaped)))
     port = free_port()
-    env = server_env(home, port, ui)
     log = open(home / "server.log", "ab")
     cmd = [sys.executable, "-m", "prefect", "server", "start"]
     parent = os.getpid()
@@ -221,6 +230,7 @@ def local_server(home: Path, ui: bool = False,
 
     def spawn() -> subprocess.Popen[bytes]:
         nonlocal record
+        env = server_env(home, port, ui, seeded)
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=lambda: _die_with_parent(parent))
         record.unlink(missing_ok=True)
@@ -243,8 +253,8 @@ def local_server(home: Path, ui: bool = False,
                 raise
             stop_process_group(proc)
             drop_template(home)
+            seeded = False  # before the spawn: a new database needs its migrations
             proc = spawn()
-            seeded = False
             wait_healthy(url, proc=proc)
         if not seeded:
             save_template(home)
