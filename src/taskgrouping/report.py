@@ -309,6 +309,19 @@ def _probe_samples(info: dict[str, Any]) -> str:
     return f"{used} probe samples (of {train} training rows)"
 
 
+def _head_line(head: dict[str, Any], tasks: int) -> str:
+    """Which C the SWOLA heads were fitted with, and how it was chosen."""
+    c = f"{head['c']:g}"
+    if head.get("given"):
+        return f"Probe heads: C = {c} for every task (given)."
+    grid = ", ".join(f"{g:g}" for g in head["grid"])
+    scored = head.get("scored", 0)
+    fresh = ("every task scored in this run" if scored >= tasks else
+             f"{scored} task{'s' if scored != 1 else ''} scored in this run, the rest from the store")
+    return (f"Probe heads: one C = {c} for every task, the best mean held-out loss over all {tasks} tasks in a "
+            f"shared {head['folds']}-fold cross-validation over C in {{{grid}}} ({fresh}).")
+
+
 def _kinds_section(kinds: dict[str, dict[str, str]]) -> list[str]:
     """Each task's kind and why (inferred or set by --task-kind); summarised past 50 tasks."""
     lines = ["## Task kinds", "", "Change one with `--task-kind NAME=binary|multiclass|regression`.", ""]
@@ -332,6 +345,9 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
                  f"selector `{summary['selector']}`, seed {info['seed']}, {_probe_samples(info)}.")
     lines.append("")
+    head = summary.get("head")
+    if head:
+        lines += [_head_line(head, len(summary["tasks"])), ""]
     distance = summary.get("distance") or {}
     if distance.get("why"):
         lines += [f"**Tasks that share too few samples**: {distance['why']} (distance: {distance['probe']}, the "

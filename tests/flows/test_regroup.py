@@ -52,6 +52,13 @@ def test_regroup_first_run_incremental_run_and_identical_rerun(prefect_api, tmp_
     assert summary["counts"] == c
     report = (store / "runs" / "run-3" / "report.md").read_text()
     assert "## Recommendation" in report and "| grouped" in report
+    grid = first["settings"]["swola"]["head_cs"]
+    assert first["head"]["c"] in grid and first["head"]["c"] == second["head"]["c"] == third["head"]["c"]
+    assert [r["head"]["scored"] for r in (first, second, third)] == [4, 2, 0]  # only new tasks are scored
+    assert f"Probe heads: one C = {third['head']['c']:g} for every task" in report
+    assert "0 tasks scored in this run, the rest from the store" in report
+    # the identical rerun copied the heatmap drawn for the same affinity and groups
+    assert Path(third["artifacts"]["heatmap"]).read_bytes() == Path(second["artifacts"]["heatmap"]).read_bytes()
 
     # files removed behind Prefect's back are recomputed, not trusted from the cache record
     probe_file = sorted((store / "probes").glob("*.arrow"))[0]

@@ -760,8 +760,17 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
          "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
          "test_counts": _test_counts(store, run.dataset_key, meta) if "single_task" in jobs else {},
          "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
-         "meta_training": meta_training})
+         "meta_training": meta_training, "head": _head_info(cfg, aff)})
     return summary
+
+
+def _head_info(cfg: RunConfig, aff: _Affinity) -> dict[str, Any] | None:
+    """The C every SWOLA head was fitted with (the joint head fit), for the report; None otherwise."""
+    c = aff.extra.get("head_c")
+    if c is None:
+        return None
+    return {"c": float(c), "grid": list(cfg.swola.head_cs), "folds": cfg.swola.head_folds,
+            "scored": int(aff.extra.get("heads_scored") or 0), "given": cfg.swola.head_c is not None}
 
 
 def _test_counts(store: Store, dataset_key: str, meta: dict[str, Any]) -> dict[str, list[int]]:

@@ -119,6 +119,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
         "regroup": selection.get("regroup"),
         "distance": extra.get("distance"),
+        "head": extra.get("head"),
         "meta_training": extra.get("meta_training"),
     }
     if analysis is not None:
