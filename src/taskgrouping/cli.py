@@ -411,14 +411,14 @@ def run_config(cfg: Any, verbose: bool = False, keeper: Any = None) -> dict[str,
         # a store's first run has probes and models to compute: start the workers (and their
         # torch import) now, in parallel with the server; later runs start them only if a step
         # needs one (an identical rerun starts none)
-        if ahead:
+        if cluster_ahead:
             from taskgrouping.flows.regroup import start_cluster
 
             t1 = time.perf_counter()
             clusters.append(start_cluster(cfg))
             log.info("Dask workers starting while the server starts (scheduler up in %.1f s)", time.perf_counter() - t1)
 
-    ahead = cfg.dask_address is None and not any((Path(cfg.store) / "runs").glob("*"))
+    cluster_ahead = cfg.dask_address is None and not any((Path(cfg.store) / "runs").glob("*"))
     own_server = not os.environ.get("PREFECT_API_URL")
     try:
         with prefect_api(Path(cfg.store) / "prefect" / "home", while_starting=while_server_starts,
