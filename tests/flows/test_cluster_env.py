@@ -88,5 +88,7 @@ def test_a_step_waits_for_workers_and_names_the_scheduler_that_gets_none(prefect
         def no_workers() -> None:
             regroup._await_workers()
 
+        no_workers()  # a cluster the run did not start (--dask-address): left to its own pace
+        monkeypatch.setattr(regroup, "_STARTED_AHEAD", {cluster.scheduler_address})
         with pytest.raises(RuntimeError, match=f"no Dask worker joined the scheduler {cluster.scheduler_address} in 1 s"):
             no_workers()

@@ -140,23 +140,29 @@ def start_cluster(cfg: RunConfig) -> Any:
 
     cluster = LocalCluster(**(cluster_kwargs(cfg) | {"n_workers": 0}))
     cluster.scale(cfg.workers)
+    _STARTED_AHEAD.add(cluster.scheduler_address)
     return cluster
 
 
 WORKER_WAIT = 180.0
-"""Seconds a step sent to the workers waits for the first of them to join the scheduler."""
+"""Seconds a step sent to the workers of a cluster started ahead waits for the first of them."""
+
+_STARTED_AHEAD: set[str] = set()
+"""Scheduler addresses of the clusters :func:`start_cluster` started in this process."""
 
 
 def _await_workers() -> None:
-    """Before steps go to the Dask workers: wait until one has joined (an error after :data:`WORKER_WAIT` s).
+    """Before steps go to the workers of a cluster started ahead: wait until one has joined.
 
-    A cluster started ahead (:func:`start_cluster`) may still be starting its workers; a
-    worker that cannot start would otherwise leave the steps waiting for ever.
+    Its workers may still be starting (:func:`start_cluster`); one that cannot start
+    would otherwise leave the steps waiting for ever, so after :data:`WORKER_WAIT` s
+    this is an error. Your own cluster (``--dask-address``, perhaps scaling up from
+    none) is left to its own pace.
     """
     from prefect.context import get_run_context
 
     client = getattr(getattr(get_run_context(), "task_runner", None), "client", None)
-    if client is None:
+    if client is None or client.scheduler.address not in _STARTED_AHEAD:
         return
     try:
         client.wait_for_workers(1, timeout=WORKER_WAIT)
