@@ -1,19 +1,20 @@
 """What every Dask worker of a run's local cluster runs as it starts and as it closes (a Dask preload).
 
 The run's workers are forked from one multiprocessing *forkserver* that has imported
-torch, numpy, pyarrow, polars, scipy and scikit-learn once (:data:`FORKSERVER_PRELOAD`),
-instead of each spawning a new interpreter that imports them again: on 2 cores that
-was 5.5 s of CPU while the Prefect server was also starting. A forked worker also ends
-without tearing its interpreter down (0.8 s on every close of a cluster).
+torch, Prefect and the steps once (:data:`FORKSERVER_PRELOAD`), instead of each
+spawning a new interpreter that imports them again: on 2 cores that was 5.5 s of CPU
+while the Prefect server was also starting. A forked worker also ends without tearing
+its interpreter down (closing a cluster took 0.8-1.7 s, now 0.05 s).
 
-Two things a forked worker must not inherit from the forkserver, which may have
-started for an earlier run of the same process (tests, ``serve``, notebooks):
+The forkserver may have started for an earlier run of the same process (tests,
+``serve``, notebooks), so a worker must not keep two things it inherits from it:
 
-* **Prefect**: it builds its settings (``PREFECT_API_URL``) from the environment when it
-  is imported. It is not in the forkserver: each worker imports it here, after
 * **the environment**: Dask sets the variables the run passed (:func:`worker_env`, a
   snapshot of the run's environment) on top of the forkserver's. Variables the
-  snapshot lacks are removed here (a fault-injection setting of an earlier run, say).
+  snapshot lacks are removed here (a fault-injection setting of an earlier run, say);
+* **Prefect's settings**, which Prefect built from the forkserver's environment when it
+  was imported (``PREFECT_API_URL`` of an earlier run's server): rebuilt here from the
+  worker's own environment, before any task runs.
 
 On closing, the worker sends its queued Prefect events and logs (its task runs'
 states and logs) before it exits, since a forked process skips Python's exit hooks.
