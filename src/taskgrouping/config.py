@@ -217,7 +217,7 @@ class RunConfig:
 
             held = load_held_out(self.data, self.held_out_tasks, self.features, self.task_kinds, self.input_shape)
         ds = load_dataset(self.data, self.grouped_tasks, self.features, self.task_kinds, self.input_shape,
-                          self.image_spec(), decode=False)
+                          self.image_spec(), decode=False, keep=True)  # the run's sample step takes it
         shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
         self.check_trunk(shape)
         n_tasks = len(ds.tasks)

@@ -236,3 +236,24 @@ def test_builtin_mmaml_tasks_share_no_samples_and_keep_their_held_out_tasks_apar
     with pytest.raises(InputError, match="name the columns of d.csv to keep out of the grouping with "
                                          "--held-out-tasks NAMES"):
         load_held_out("d.csv", None)
+
+
+def test_a_checked_table_is_handed_to_the_next_identical_load_once(tmp_path):
+    import os
+
+    from taskgrouping.data.load import _HANDOFF, release_kept
+
+    path = tmp_path / "t.csv"
+    _frame(60).write_csv(path)
+    checked = load_dataset(str(path), decode=False, keep=True)
+    assert load_dataset(str(path)) is checked  # the sample step takes it
+    assert load_dataset(str(path)) is not checked  # once only
+    load_dataset(str(path), keep=True)
+    assert load_dataset(str(path), tasks="y_bin") is not checked and _HANDOFF  # other arguments: loaded again
+    kept = load_dataset(str(path), keep=True)
+    _frame(60).with_columns(f1=pl.lit(1.0)).write_csv(path)  # the file changed since it was checked
+    os.utime(path, ns=(0, 0))
+    again = load_dataset(str(path))
+    assert again is not kept and np.all(again.features[:, again.feature_names.index("f1")] == 1.0)
+    release_kept()
+    assert not _HANDOFF

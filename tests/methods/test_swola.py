@@ -127,12 +127,20 @@ def test_invariants_identical_complement_symmetry_permutation():
     assert d_shared[i, k] > np.median(d_shared[~np.eye(len(d), dtype=bool)])
 
 
-def test_rows_only_equal_full_matrix():
+@pytest.mark.parametrize("chunk, trunks, normalise", [(64, 1, "task"), (2, 1, "task"), (4, 2, "sample"),
+                                                       (1, 2, "none")])
+def test_rows_only_equal_full_matrix(monkeypatch, chunk, trunks, normalise):
+    """A few rows are computed chunk by chunk of weighted probes; the values are the full matrix's."""
+    from taskgrouping.methods import swola
+
+    monkeypatch.setattr(swola, "ERROR_CHUNK", chunk)
     x, ys, specs = _data()
-    s = SwolaSettings(hidden=6)
+    s = SwolaSettings(hidden=6, trunks=trunks, normalise=normalise)
     probes = [probe_task(x, ys[k], specs[k], s, 0) for k in ys]
     full = distances_from_probes(probes, x, s, 0)
     np.testing.assert_allclose(distances_from_probes(probes, x, s, 0, rows=[1, 3]), full[[1, 3]], rtol=1e-12)
+    np.testing.assert_allclose(distances_from_probes(probes, x, s, 0, rows=[0, 2, 3]), full[[0, 2, 3]],
+                               rtol=1e-12)
 
 
 def test_trunks_average_and_determinism():

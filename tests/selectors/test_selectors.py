@@ -112,3 +112,27 @@ def test_silhouette_matches_scikit_learn_on_random_distances_and_labellings():
         got = silhouette_precomputed(d, labels)
         want = silhouette_score(d, labels, metric="precomputed")
         assert abs(got - want) < 1e-12, (trial, got, want)
+
+
+def test_adjusted_rand_matches_scikit_learn_including_degenerate_labelings():
+    from taskgrouping.selectors.base import adjusted_rand
+
+    rng = np.random.default_rng(5)
+    cases: list[tuple[list[object], list[object]]] = [
+        ([0, 0, 0], [1, 1, 1]),              # one cluster each
+        ([0, 1, 2], [5, 6, 7]),              # every item alone in both
+        ([0, 1, 2], [0, 0, 0]),              # singletons against one cluster
+        ([0, 0, 1, 1], [0, 1, 2, 3]),
+        (["a"], ["b"]), ([], []),
+        (["g1", "g1", "g2"], [3, 3, 4]),     # names against integer codes
+    ]
+    for _ in range(60):
+        n = int(rng.integers(2, 60))
+        a = rng.integers(0, int(rng.integers(1, n + 1)), size=n)
+        b = a.copy() if rng.random() < 0.2 else rng.integers(0, int(rng.integers(1, n + 1)), size=n)
+        cases.append((a.tolist(), b.tolist()))
+    for truth, found in cases:
+        want = adjusted_rand_score([str(v) for v in truth], [str(v) for v in found])
+        assert abs(adjusted_rand(truth, found) - want) < 1e-12, (truth, found)
+    with pytest.raises(ValueError, match="labelings of different lengths: 2 and 1"):
+        adjusted_rand([0, 1], [0])

@@ -103,3 +103,65 @@ def test_verify_command_clean_damaged_and_missing_store(tmp_path, capsys):
     assert report["checked"] == 6 and len(report["damaged"]) == 3
     assert main(["verify", "--store", str(tmp_path / "nowhere")]) == 2
     assert "--store" in capsys.readouterr().err
+
+
+def _count_hashes(monkeypatch) -> list[int]:
+    """Count SHA-256 computations of store files (a file's chunks, or bytes in memory)."""
+    from taskgrouping.storage import integrity
+
+    calls = [0]
+    real_sha = integrity.hashlib.sha256
+
+    class Counting:
+        @staticmethod
+        def sha256(data=b""):
+            calls[0] += 1
+            return real_sha(data)
+
+    monkeypatch.setattr(integrity, "hashlib", Counting)
+    return calls
+
+
+def test_a_sealed_file_is_read_without_hashing_until_it_changes(tmp_path, monkeypatch):
+    st = _store(tmp_path)
+    path = st.probe_path("p1")
+    calls = _count_hashes(monkeypatch)
+    assert st.has_probe("p1")
+    np.testing.assert_array_equal(st.read_probe("p1").deltas, _probe(1).deltas)
+    assert calls[0] == 0  # stamped at the seal: trusted
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # same size, written right after the seal was checked
+    path.write_bytes(bytes(data))
+    assert not st.has_probe("p1") and calls[0] > 0  # a changed file is hashed
+    with pytest.raises(DamagedFile, match="checksum mismatch"):
+        st.read_probe("p1")
+
+
+def test_a_copied_store_is_hashed_once_then_trusted(tmp_path, monkeypatch):
+    import shutil
+
+    st = _store(tmp_path)
+    copy = Store(tmp_path / "copy")
+    shutil.copytree(st.root, copy.root)  # copy2: times kept, but every copy has a new status-change time
+    calls = _count_hashes(monkeypatch)
+    assert copy.has_probe("p1") and calls[0] == 1
+    np.testing.assert_array_equal(copy.read_probe("p1").deltas, _probe(1).deltas)
+    assert copy.has_probe("p1") and calls[0] == 1  # stamped again after it matched
+    copy.read_probe("p2")
+    copy.read_probe("p2")
+    assert calls[0] == 2
+
+
+def test_verify_hashes_every_file_even_when_its_stamp_matches(tmp_path):
+    import os
+
+    st = _store(tmp_path)
+    path = st.probe_path("p2")
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    stamp = os.stat(path).st_ctime_ns
+    os.utime(checksum_path(path), ns=(stamp, stamp))  # damage no time records (a failing disk, say)
+    assert problem(path) is None  # trusted on read
+    _, damaged = verify_store(st.root)
+    assert damaged == [(path, "checksum mismatch (truncated, corrupted or edited since it was written)")]

@@ -86,3 +86,24 @@ def test_pairs_cache_roundtrip(tmp_path):
     cache = PairCache().with_pairs(["b", "a", "c"], np.array([1, 1]), np.array([0, 2]), np.array([1.5, 0.25]))
     st.write_pairs("p", cache)
     assert st.read_pairs("p").as_dict() == {("a", "b"): 1.5, ("a", "c"): 0.25}
+
+
+def test_an_affinity_read_again_comes_from_memory_until_the_file_changes(tmp_path):
+    from taskgrouping.methods.base import AffinityMatrix
+    from taskgrouping.storage.integrity import DamagedFile
+
+    st = Store(tmp_path / "s")
+    rng = np.random.default_rng(0)
+    d = rng.random((5, 5))
+    aff = AffinityMatrix([f"t{i}" for i in range(5)], d + d.T, "distance")
+    path = st.write_affinity(st.affinity_path("k"), aff)
+    first = st.read_affinity(path)
+    np.testing.assert_array_equal(first.values, aff.values)
+    assert first.tasks == aff.tasks and first.kind == "distance"
+    first.values[0, 1] = -1.0  # a caller's change stays its own
+    assert st.read_affinity(path).values[0, 1] == aff.values[0, 1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # changed on disk: read (and found damaged), not served from memory
+    with pytest.raises(DamagedFile):
+        st.read_affinity(path)

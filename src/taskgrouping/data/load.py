@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,10 +54,30 @@ def _numeric_types() -> tuple[type[pl.DataType], ...]:
             pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Boolean)
 
 
+_HANDOFF: dict[tuple[object, ...], Dataset] = {}
+"""A table loaded to check a run, kept for that run's sample step to take (:func:`load_dataset`)."""
+
+
+def _handoff_key(source: str, *args: object) -> tuple[object, ...] | None:
+    """What makes two loads of ``source`` the same: the arguments, and for a file its status (None: no file)."""
+    if source.startswith("builtin:"):
+        return (source, *args)
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return (source, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *args)
+
+
+def release_kept() -> None:
+    """Drop a table kept by ``load_dataset(..., keep=True)`` that no sample step took (a run that reused its data)."""
+    _HANDOFF.clear()
+
+
 def load_dataset(source: str, tasks: str | None = None, features: str | None = None,
                  task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None,
                  images: ImageSpec | None = None, image_cache: ImageCache | None = None,
-                 decode: bool = True) -> Dataset:
+                 decode: bool = True, keep: bool = False) -> Dataset:
     """Load and validate a dataset.
 
     Args:
@@ -77,10 +98,29 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
         image_cache: where decoded images are kept by content key (the store); None decodes.
         decode: False checks the images' headers only (features are then an empty (n, 0)
             array): for validating a run before it starts.
+        keep: keep the loaded table (no images) for the next identical call to take instead
+            of loading it again: the check before a run hands its table to the run's sample
+            step (0.16 s of a 1,001-task table). The file's status is part of "identical".
 
     Returns:
         A validated :class:`Dataset`.
     """
+    key = None if images is not None else _handoff_key(source, tasks, features, task_kinds, input_shape)
+    if key is not None:
+        kept = _HANDOFF.pop(key, None)
+        if kept is not None:
+            return kept
+    ds = _load(source, tasks, features, task_kinds, input_shape, images, image_cache, decode)
+    if keep and key is not None:
+        _HANDOFF.clear()
+        _HANDOFF[key] = ds
+    return ds
+
+
+def _load(source: str, tasks: str | None, features: str | None, task_kinds: tuple[tuple[str, str], ...],
+          input_shape: tuple[int, ...] | None, images: ImageSpec | None, image_cache: ImageCache | None,
+          decode: bool) -> Dataset:
+    """:func:`load_dataset` without the hand-off."""
     if source.startswith("builtin:"):
         if images is not None:
             raise InputError(f"--images names files in a table; {source} has no image column")

@@ -797,5 +797,10 @@ def run_regroup(cfg: RunConfig, run_id: str, address: str | None = None) -> dict
 
     ``address``: a scheduler already started for this run (:func:`start_cluster`).
     """
+    from taskgrouping.data.load import release_kept
+
     Path(cfg.store).mkdir(parents=True, exist_ok=True)
-    return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)
+    try:
+        return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)
+    finally:
+        release_kept()

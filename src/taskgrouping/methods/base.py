@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,16 +53,27 @@ class AffinityMatrix:
         if len(set(self.tasks)) != t:
             raise ValueError("affinity task names repeat")
 
-    def to_table(self) -> pa.Table:
-        """Long form: ``task_a, task_b, value, kind`` (one row per ordered pair)."""
+    def copy(self) -> AffinityMatrix:
+        """An independent copy (float64 values, as read from a file)."""
+        return AffinityMatrix(list(self.tasks), np.array(self.values, np.float64), self.kind)
+
+    def to_table(self, dictionary: bool = False) -> pa.Table:
+        """Long form: ``task_a, task_b, value, kind`` (one row per ordered pair).
+
+        ``dictionary``: the names as dictionary arrays (indices into the task list), as
+        Parquet stores them; the same strings, without building a million of them.
+        """
         t = len(self.tasks)
         names = pa.array(self.tasks, pa.string())
+        a, b = pa.array(np.repeat(np.arange(t, dtype=np.int32), t)), pa.array(np.tile(np.arange(t, dtype=np.int32), t))
+        kind = pa.array(np.zeros(t * t, np.int32))
         return pa.table(
             {
-                "task_a": names.take(pa.array(np.repeat(np.arange(t), t))),
-                "task_b": names.take(pa.array(np.tile(np.arange(t), t))),
+                "task_a": pa.DictionaryArray.from_arrays(a, names) if dictionary else names.take(a),
+                "task_b": pa.DictionaryArray.from_arrays(b, names) if dictionary else names.take(b),
                 "value": pa.array(self.values.reshape(-1).astype(np.float64)),
-                "kind": pa.repeat(pa.scalar(self.kind, pa.string()), t * t) if t else pa.array([], pa.string()),
+                "kind": pa.DictionaryArray.from_arrays(kind, pa.array([self.kind])) if dictionary
+                else pa.repeat(pa.scalar(self.kind, pa.string()), t * t) if t else pa.array([], pa.string()),
             }
         )
 
@@ -118,8 +130,14 @@ class AffinityMatrix:
         t = len(self.tasks)
         if self.kind != "distance" or len(members) < 2 or t < 2:
             return float("nan")
-        idx = [self.tasks.index(m) for m in members]
+        idx = positions(self.tasks, members)
         sub = self.values[np.ix_(idx, idx)]
         within = sub[~np.eye(len(idx), dtype=bool)].mean()
-        overall = self.values[~np.eye(t, dtype=bool)].mean()
+        overall = self._off_diagonal_mean
         return float(within / overall) if overall > 0 else float("nan")
+
+    @functools.cached_property
+    def _off_diagonal_mean(self) -> float:
+        """Mean off-diagonal value (computed once: the report asks for every group's cohesion)."""
+        t = len(self.tasks)
+        return float(self.values[~np.eye(t, dtype=bool)].mean())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,3 +158,30 @@ def silhouette_precomputed(d: np.ndarray, labels: np.ndarray) -> float:
         s = (b - a) / np.maximum(a, b)
     s[own == 1] = 0.0
     return float(np.mean(np.nan_to_num(s)))
+
+
+def adjusted_rand(truth: Sequence[object] | np.ndarray, found: Sequence[object] | np.ndarray) -> float:
+    """Adjusted Rand index of two labelings of the same items (Hubert and Arabie, 1985), as scikit-learn defines it.
+
+    ``(index - expected) / (max - expected)`` over the pair counts of the contingency
+    table; 1.0 when both labelings put every item in one cluster, or every item alone
+    (no pair to disagree on). Written out so that a run's report does not import
+    scikit-learn (1.1 s of adding one task to a grouping).
+    """
+    if len(truth) != len(found):
+        raise ValueError(f"labelings of different lengths: {len(truth)} and {len(found)}")
+    _, a = np.unique(np.asarray([str(v) for v in truth]), return_inverse=True)
+    _, b = np.unique(np.asarray([str(v) for v in found]), return_inverse=True)
+    n = len(a)
+    table = np.zeros((int(a.max(initial=-1)) + 1, int(b.max(initial=-1)) + 1), np.int64)
+    np.add.at(table, (a, b), 1)
+
+    def pairs(counts: np.ndarray) -> float:
+        c = counts.astype(np.float64)
+        return float((c * (c - 1) / 2).sum())
+
+    index, rows, cols, total = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0)), n * (n - 1) / 2
+    if rows == cols == 0 or rows == cols == total:  # (n <= 1 included): the labelings cannot disagree
+        return 1.0
+    expected = rows * cols / total
+    return (index - expected) / ((rows + cols) / 2 - expected)

@@ -15,7 +15,7 @@ from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.evaluate import CONTROLS, SETTINGS, setting_totals
 from taskgrouping.models.verdict import analyse
 from taskgrouping.report import chance_tasks, changes_markdown, heatmap_png, render_report
-from taskgrouping.selectors.base import Grouping
+from taskgrouping.selectors.base import Grouping, adjusted_rand
 from taskgrouping.storage import Store
 from taskgrouping.storage.integrity import intact_bytes, recorded
 from taskgrouping.storage.store import atomic_write_bytes
@@ -25,7 +25,7 @@ AFFINITY_TABLE_MAX = 100
 """Largest task count whose affinity matrix is published as a UI table."""
 
 
-HEATMAP_CODE = "1"
+HEATMAP_CODE = "2"
 """Bump when :func:`~taskgrouping.report.heatmap_png` draws differently (stored heatmaps are keyed by it)."""
 
 
@@ -73,9 +73,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
     ari = None
     truth = extra.get("ground_truth")
     if truth and all(t in truth for t in tasks):
-        from sklearn.metrics import adjusted_rand_score
-
-        ari = float(adjusted_rand_score([truth[t] for t in tasks], grouping.labels(tasks)))
+        ari = adjusted_rand([truth[t] for t in tasks], grouping.labels(tasks))
 
     run_dir = st.run_dir(run_id)
     artifacts = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -185,8 +184,9 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
 
     def compute_rows(rows: list[int]) -> np.ndarray:
         data = st.read_prepared(dataset_key, tasks=[])
-        with ThreadPoolExecutor(max_workers=4) as pool:  # Parquet decoding releases the GIL
-            loaded = list(pool.map(st.read_probe, probe_keys))
+        # one after the other: a probe is one read and zero-copy views (1,000 in 0.07 s); a thread
+        # pool took 0.21 s (the reads are too short to gain from releasing the GIL)
+        loaded = [st.read_probe(k) for k in probe_keys]
         return distances_from_probes(loaded, data.x[data.probe_idx], s, seed, rows=rows, device=device)
 
     return _incremental_affinity(st, names, probe_keys, pairs_key, cache_key, compute_rows, run_id)
