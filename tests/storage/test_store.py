@@ -107,3 +107,27 @@ def test_an_affinity_read_again_comes_from_memory_until_the_file_changes(tmp_pat
     path.write_bytes(bytes(data))  # changed on disk: read (and found damaged), not served from memory
     with pytest.raises(DamagedFile):
         st.read_affinity(path)
+
+
+def test_stored_probes_are_read_when_asked_for_and_give_the_same_distances(tmp_path, monkeypatch):
+    from taskgrouping.methods.swola import SwolaSettings, distances_from_probes, probe_tasks
+    from taskgrouping.storage.store import StoredProbes
+
+    data = prepare(synthetic(tasks=6, groups=2, samples=120), 0, 60)
+    x, y = data.x[data.probe_idx], data.y[data.probe_idx]
+    s = SwolaSettings(hidden=8)
+    probes = probe_tasks(x, y, data.tasks, s, 0)
+    st = Store(tmp_path / "s")
+    for i, p in enumerate(probes):
+        st.write_probe(f"k{i}", p, {"task": data.tasks[i].name})
+    reads: list[str] = []
+    real = Store.read_probe
+    monkeypatch.setattr(Store, "read_probe", lambda self, key: reads.append(key) or real(self, key))
+    lazy = StoredProbes(st, [f"k{i}" for i in range(6)])
+    assert len(lazy) == 6 and not reads
+    np.testing.assert_array_equal(lazy[2].deltas, probes[2].deltas)
+    assert [p.labelled.sum() for p in lazy[1:3]] == [p.labelled.sum() for p in probes[1:3]]
+    reads.clear()
+    got = distances_from_probes(lazy, x, s, 0, rows=[5])
+    np.testing.assert_allclose(got, distances_from_probes(probes, x, s, 0, rows=[5]), rtol=1e-12)
+    assert sorted(reads) == sorted([f"k{i}" for i in range(6)] + ["k0", "k5"])  # each once, the row again

@@ -617,7 +617,7 @@ ERROR_CHUNK = 16
 16 took 0.17 s for one row against 1,000 tasks, 64 took 0.20 s, 256 took 0.5 s)."""
 
 
-def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSettings, seed: int,
+def distances_from_probes(probes: Sequence[Probe], x: np.ndarray, settings: SwolaSettings, seed: int,
                           rows: list[int] | None = None, device: str = "cpu") -> np.ndarray:
     """SWOLA distances from stored probes and the probe features ``x`` (n, d) they were taken on.
 
@@ -625,17 +625,20 @@ def distances_from_probes(probes: list[Probe], x: np.ndarray, settings: SwolaSet
     and normalises the probes (:func:`weighted_errors`, :data:`ERROR_CHUNK` at a time), and
     returns the distances of ``rows`` (default: all) against every task. A few rows (the
     tasks just added) never hold the other tasks' weighted errors all at once: they are
-    compared chunk by chunk as they are weighted.
+    compared chunk by chunk as they are weighted, and ``probes`` may be a sequence that
+    reads each probe when asked for it (each is asked for once, or twice for a row), so
+    the other tasks' probes are never all in memory either.
     """
     if probes and probes[0].kind != "delta":
-        return _distances_any(probes, settings, rows, device)
+        return _distances_any(list(probes), settings, rows, device)
     dev = resolve_device(device)
     weights = torch.as_tensor(unit_weights(x, settings, seed), device=dev)
     t = len(probes)
 
     def errors(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        deltas = torch.as_tensor(np.stack([probes[i].deltas for i in idx]), dtype=torch.float32, device=dev)
-        masks = torch.as_tensor(np.stack([probes[i].labelled for i in idx]), device=dev)
+        chunk = [probes[i] for i in idx]  # once each: ``probes`` may read them from the store
+        deltas = torch.as_tensor(np.stack([p.deltas for p in chunk]), dtype=torch.float32, device=dev)
+        masks = torch.as_tensor(np.stack([p.labelled for p in chunk]), device=dev)
         return weighted_errors(deltas, masks, weights, settings), masks
 
     scale = settings.lr / settings.trunks
