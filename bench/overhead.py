@@ -62,11 +62,11 @@ def main() -> None:
             wall, sec = one(root / "store", args.data, cache)
             if name == "identical rerun":
                 stages = sec["total"]
-                ratio = f"{wall / first_wall:.0%}"
+                ratio = f"{wall / first_wall:.1%}"
             else:
                 stages, first_wall, ratio = sec["total"], wall, "100%"
-            row = (f"| {rep} | {name} | {wall:.1f} | {stages:.1f} | {wall - stages:.1f} | "
-                   f"{(wall - stages) / wall:.0%} | {ratio} |")
+            row = (f"| {rep} | {name} | {wall:.2f} | {stages:.2f} | {wall - stages:.2f} | "
+                   f"{(wall - stages) / wall:.1%} | {ratio} |")
             print(row, flush=True)
             lines.append(row)
             if name != "fresh store":
@@ -81,8 +81,8 @@ def main() -> None:
         with local_server(root / "own-server") as api:
             wall, sec = one(root / "store", args.data, cache, api)
         stages = sec["total"]
-        row = (f"| own | fresh store, your own server (`PREFECT_API_URL`) | {wall:.1f} | {stages:.1f} | "
-               f"{wall - stages:.1f} | {(wall - stages) / wall:.0%} | 100% |")
+        row = (f"| own | fresh store, your own server (`PREFECT_API_URL`) | {wall:.2f} | {stages:.2f} | "
+               f"{wall - stages:.2f} | {(wall - stages) / wall:.1%} | 100% |")
         print(row, flush=True)
         lines.append(row)
         shutil.rmtree(root, ignore_errors=True)
