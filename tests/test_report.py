@@ -130,3 +130,47 @@ def test_an_identical_heatmap_is_copied_from_the_store_and_a_changed_one_drawn_a
     with pytest.raises(DamagedFile):
         st.copy_file(path, tmp_path / "run" / "again.parquet")
     assert not (tmp_path / "run" / "again.parquet").exists()
+
+
+def test_past_80_tasks_the_heatmap_is_a_raster_with_group_lines_a_scale_and_no_matplotlib():
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from taskgrouping.report import LABELLED_TASKS_MAX, _colours
+
+    n = 90
+    labels = np.arange(n) % 3  # three planted groups, interleaved in the task order
+    rng = np.random.default_rng(0)
+    d = np.where(labels[:, None] == labels[None, :], 1.0, 5.0) + 0.1 * rng.random((n, n))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    tasks = [f"t{i:02d}" for i in range(n)]
+    aff = AffinityMatrix(tasks, d, "distance")
+    groups = [[t for t, g in zip(tasks, labels, strict=True) if g == k] for k in range(3)]
+    png = heatmap_png(aff, groups, label="swola distance")
+    img = Image.open(io.BytesIO(png))
+    assert n > LABELLED_TASKS_MAX and img.mode == "RGB"
+    s = 800 // n  # pixels per cell
+    size = n * s + 2  # two red lines between three groups
+    rgb = np.asarray(img)
+    assert img.size[1] == size + 20
+    m0 = 10  # margin
+    red = np.array([220, 30, 30])
+    for line in (30 * s, 60 * s + 1):  # after group 0's cells, then group 1's (and the first line)
+        assert (rgb[m0 + line, m0 : m0 + size] == red).all() and (rgb[m0 : m0 + size, m0 + line] == red).all()
+    near, far = rgb[m0 + 1, m0 + s + 1], rgb[m0 + 1, m0 + 30 * s + 5]  # within group 0; group 0 against 1
+    assert near.sum() > far.sum()  # close tasks light (viridis reversed for distances), far ones dark
+    bar = m0 + size + 12 + 8
+    np.testing.assert_array_equal(rgb[m0, bar], _colours(np.array([1.0]), reverse=True)[0])  # top: the high end
+    np.testing.assert_array_equal(rgb[m0 + size - 1, bar], _colours(np.array([0.0]), reverse=True)[0])
+    assert "off-diagonal scale" in img.info["Description"] and img.info["Title"].startswith("Task affinity")
+    np.testing.assert_array_equal(_colours(np.array([np.nan]), reverse=False)[0], [128, 128, 128])
+    code = ("import numpy as np, sys; from taskgrouping.methods.base import AffinityMatrix; "
+            "from taskgrouping.report import heatmap_png; t=[f't{i}' for i in range(100)]; "
+            "heatmap_png(AffinityMatrix(t, np.ones((100, 100)) - np.eye(100), 'distance'), [t]); "
+            "print('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
