@@ -97,6 +97,11 @@ def test_an_affinity_read_again_comes_from_memory_until_the_file_changes(tmp_pat
     d = rng.random((5, 5))
     aff = AffinityMatrix([f"t{i}" for i in range(5)], d + d.T, "distance")
     path = st.write_affinity(st.affinity_path("k"), aff)
+    import pyarrow.parquet as pq
+
+    plain = pq.read_table(path)  # as any reader sees it: names as strings, not dictionaries
+    assert [str(f.type) for f in plain.schema] == ["string", "string", "double", "string"]
+    assert plain.column("task_a").to_pylist()[:6] == ["t0"] * 5 + ["t1"]
     first = st.read_affinity(path)
     np.testing.assert_array_equal(first.values, aff.values)
     assert first.tasks == aff.tasks and first.kind == "distance"

@@ -221,6 +221,11 @@ def _check_schema(actual: pa.Schema, expected: pa.Schema, path: Path) -> None:
             raise ValueError(f"{path}: column {f.name!r} has type {got}, expected {f.type}")
 
 
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with each dictionary column as its value type (what the column holds)."""
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema])
+
+
 class StoredProbes(Sequence["Probe"]):
     """The probes of ``keys`` as a sequence that reads each one from the store when it is asked for.
 
@@ -537,8 +542,7 @@ class Store:
             return None
         # the keys as Parquet holds them (a dictionary per column chunk): 4x faster than a million strings
         table = pq.read_table(pa.BufferReader(data), read_dictionary=["key_a", "key_b"])
-        plain = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema])
-        _check_schema(plain, PAIRS_SCHEMA, path)
+        _check_schema(_decoded(table.schema), PAIRS_SCHEMA, path)
         return table
 
     def read_pairs(self, key: str) -> PairCache:
@@ -696,8 +700,7 @@ class Store:
     def write_affinity(self, path: Path, affinity: AffinityMatrix) -> Path:
         """An affinity matrix in long form (``task_a, task_b, value, kind``)."""
         table = affinity.to_table(dictionary=True)
-        _check_schema(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                                 for f in table.schema]), AFFINITY_SCHEMA, path)
+        _check_schema(_decoded(table.schema), AFFINITY_SCHEMA, path)
         with atomic_path(path) as tmp:  # no Arrow schema stored: the names read back as strings
             pq.write_table(table, tmp, compression="zstd", store_schema=False)
         if not np.isnan(affinity.values).any():  # what reading it back gives (a missing pair raises there)
