@@ -603,12 +603,15 @@ def swola_distances(errors: np.ndarray, masks: np.ndarray, settings: SwolaSettin
         (len(rows), T) float64 distances ``lr / trunks * mean_i ||.||_1``.
     """
     dev = resolve_device(device)
-    e = torch.as_tensor(errors, device=dev)
-    m = torch.as_tensor(masks, device=dev)
-    if rows is None or list(rows) == list(range(len(errors))):
+    return _scaled_l1(torch.as_tensor(errors, device=dev), torch.as_tensor(masks, device=dev), settings, rows)
+
+
+def _scaled_l1(e: torch.Tensor, m: torch.Tensor, settings: SwolaSettings, rows: Sequence[int] | None) -> np.ndarray:
+    """:func:`masked_l1_cross` of ``rows`` (default: all, computed symmetrically) against all, times ``lr / trunks``."""
+    if rows is None or list(rows) == list(range(len(e))):
         d = masked_l1_cross(e, m, e, m, block=settings.block)
     else:
-        d = masked_l1_cross(e[rows], m[rows], e, m, block=settings.block)
+        d = masked_l1_cross(e[list(rows)], m[list(rows)], e, m, block=settings.block)
     return (d * (settings.lr / settings.trunks)).cpu().numpy()
 
 
@@ -641,7 +644,6 @@ def distances_from_probes(probes: Sequence[Probe], x: np.ndarray, settings: Swol
         masks = torch.as_tensor(np.stack([p.labelled for p in chunk]), device=dev)
         return weighted_errors(deltas, masks, weights, settings), masks
 
-    scale = settings.lr / settings.trunks
     if rows is None or 2 * len(rows) > t:
         n, m = x.shape[0], settings.trunks * weights.shape[2]
         e = torch.empty((t, n, m), dtype=torch.float32, device=dev)
@@ -649,17 +651,13 @@ def distances_from_probes(probes: Sequence[Probe], x: np.ndarray, settings: Swol
         for start in range(0, t, ERROR_CHUNK):
             part = range(start, min(t, start + ERROR_CHUNK))
             e[part.start : part.stop], mask[part.start : part.stop] = errors(part)
-        if rows is None or list(rows) == list(range(t)):
-            d = masked_l1_cross(e, mask, e, mask, block=settings.block)
-        else:
-            d = masked_l1_cross(e[list(rows)], mask[list(rows)], e, mask, block=settings.block)
-        return (d * scale).cpu().numpy()
+        return _scaled_l1(e, mask, settings, rows)
     ea, ma = errors(list(rows))
     parts = []
     for start in range(0, t, ERROR_CHUNK):
         eb, mb = errors(range(start, min(t, start + ERROR_CHUNK)))
         parts.append(masked_l1_cross(ea, ma, eb, mb, block=settings.block))
-    return (torch.cat(parts, dim=1) * scale).cpu().numpy()
+    return (torch.cat(parts, dim=1) * (settings.lr / settings.trunks)).cpu().numpy()
 
 
 def _distances_any(probes: list[Probe], settings: SwolaSettings, rows: list[int] | None,
