@@ -63,7 +63,7 @@ def test_estimator_protocol():
     ({}, np.zeros((5, 3)), {"y": np.zeros(4)}, "X has 5 rows but Y has 4"),
     ({}, np.zeros((5, 3)), {}, "Y has no task columns"),
     ({"method": "magic"}, None, None, "unknown --method 'magic'; known methods: swola, tag, datamaps, hoa"),
-    ({"selector": "kmeans"}, None, None, "unknown --selector 'kmeans'; known selectors: spectral, gat, network, mip"),
+    ({"selector": "kmeans"}, None, None, "unknown --selector 'kmeans'; known selectors: graph, spectral, gat, network, mip"),
     ({"n_groups": 9}, None, None, "--groups 9 is outside 1..8 (the number of tasks)"),
     ({"n_groups": "many"}, None, None, "n_groups must be an integer or 'auto', got 'many'"),
     ({"trunk": 3}, None, None, "trunk must be a name (mlp, cnn, resnet, PATH.py:FUNCTION, package.module:FUNCTION) "

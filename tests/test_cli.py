@@ -17,13 +17,13 @@ def _csv(tmp_path, n=40):
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "magic"], "unknown --method 'magic'; known methods: swola, tag, datamaps, hoa"),
-    (["--selector", "kmeans"], "unknown --selector 'kmeans'; known selectors: spectral, gat, network, mip"),
+    (["--selector", "kmeans"], "unknown --selector 'kmeans'; known selectors: graph, spectral, gat, network, mip"),
     (["--exhaustive"], "--exhaustive trains every subset and selects exactly on the measured losses: "
                        "use it with --method hoa --selector network"),
     (["--membership-weighted", "--method", "tag"], "--membership-weighted applies to --method datamaps only"),
     (["--tag-every", "0"], "--tag-every must be at least 1, got 0"),
     (["--max-group-size", "0", "--selector", "mip"], "--max-group-size must be at least 1, got 0"),
-    (["--no-overlap"], "--selector spectral takes no overlap, size or cost constraints; use one of network, mip"),
+    (["--no-overlap"], "--selector graph takes no overlap, size or cost constraints; use one of network, mip"),
     (["--samples", "0"], "--samples must be a positive integer, got 0"),
     (["--evaluate", "some"], "--evaluate must be one of all, grouped, none, got 'some'"),
     (["--groups", "3"], "--groups 3 is outside 1..2 (the number of tasks)"),

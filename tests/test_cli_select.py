@@ -79,7 +79,7 @@ LONG = pl.DataFrame({"task_a": ["a", "a", "b", "b"], "task_b": ["a", "b", "a", "
 @pytest.mark.parametrize("make, args, message", [
     (lambda p: str(p / "none.csv"), [], "none.csv: no such file"),
     (lambda p: write_csv(p / "m.csv", ["a", "b"], [[0, 1], [1, 0]]), ["--selector", "magic"],
-     "unknown --selector 'magic'; known selectors: spectral, gat, network, mip"),
+     "unknown --selector 'magic'; known selectors: graph, spectral, gat, network, mip"),
     (lambda p: write_csv(p / "m.csv", ["a", "b"], [[0, 1]], rows=["a"]), [],
      "the matrix has 1 rows and 2 task columns; it must be square"),
     (lambda p: write_csv(p / "m.csv", ["a", "b"], [[0, 1], [1, 0]], rows=["a", "c"]), [],

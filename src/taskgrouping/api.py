@@ -119,7 +119,7 @@ class TaskGrouper:
         ``swola-meta`` probes each task on its own samples (tasks that share none; ``swola``
         switches to it by itself when some pair shares fewer than 30 labelled probe samples);
         ``tag``, ``datamaps`` and ``principled`` train one joint model.
-    selector : {"spectral", "gat", "network", "mip"}
+    selector : {"graph", "spectral", "gat", "network", "mip"}
     n_groups : int or "auto"
     n_samples : int
         Probe samples (training rows).
@@ -158,7 +158,7 @@ class TaskGrouper:
     2
     """
 
-    def __init__(self, method: str = "swola", selector: str = "spectral", n_groups: int | str = "auto",
+    def __init__(self, method: str = "swola", selector: str = "graph", n_groups: int | str = "auto",
                  n_samples: int = 512, trunk: Any = None, checkpoint: str | None = None, device: str = "cpu",
                  store: str | None = None, random_state: int = 0, head: str = "fitted", normalise: str = "task",
                  sketch: str = "auto", hidden: int = 64, task_kinds: dict[str, str] | None = None) -> None:

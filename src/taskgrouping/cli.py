@@ -120,7 +120,8 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
         parser.add_argument("--overlap", action="store_true",
                             help="allow a task in several groups (served by the first, a helper in the others)")
     else:
-        parser.add_argument("--selector", default="spectral", help="group selector: spectral, gat, network, mip")
+        parser.add_argument("--selector", default="graph",
+                            help="group selector: graph (the kNN task graph and its communities), spectral, gat, network, mip")
         parser.add_argument("--groups", type=_groups, default="auto", help="number of groups, or auto")
         parser.add_argument("--regroup", default="incremental", choices=["incremental", "full"],
                             help="incremental: tasks added since the last version join their nearest groups, "
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_Help)
     sel.add_argument("--affinity", required=True, metavar="FILE", help="the matrix (.parquet or .csv)")
     sel.add_argument("--groups", type=_groups, default="auto", help="at most this many groups (B), or auto")
-    sel.add_argument("--selector", default="network", help="network, mip, spectral or gat")
+    sel.add_argument("--selector", default="network", help="network, mip, graph, spectral or gat")
     sel.add_argument("--kind", default=None, choices=["gain", "distance"],
                      help="what the values mean; default the file's kind column, else gain")
     sel.add_argument("--no-overlap", action="store_true", help="every task in exactly one group (network allows helpers)")
@@ -300,7 +301,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data = str(Path(data).expanduser().resolve())
     return RunConfig(
         data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
-        lineage=args.lineage, method=args.method, selector=getattr(args, "selector", "spectral"),
+        lineage=args.lineage, method=args.method, selector=getattr(args, "selector", "graph"),
         input_shape=args.input_shape, given_groups=None if given is None else tuple(tuple(g) for g in given),
         trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
         sketch=args.sketch, images=args.images, image_size=args.image_size,

@@ -78,7 +78,7 @@ class RunConfig:
     image_root: str | None = None
     image_size: tuple[int, int] | None = None
     method: str = "swola"
-    selector: str = "spectral"
+    selector: str = "graph"
     groups: int | None = None
     samples: int = 512
     seed: int = 0

@@ -38,7 +38,7 @@ from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models import losses, train, trunk, trunks
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import base as selectors_base
-from taskgrouping.selectors import gat, mip, network, spectral
+from taskgrouping.selectors import gat, graph, mip, network, spectral
 from taskgrouping.selectors.base import SelectSettings
 
 
@@ -65,7 +65,7 @@ def distance_code() -> str:
 
 def selection_code() -> str:
     """Code the selectors depend on."""
-    return code_version(methods_base, selectors_base, spectral, gat, network, mip, hoa)
+    return code_version(methods_base, selectors_base, graph, spectral, gat, network, mip, hoa)
 
 
 def training_code() -> str:

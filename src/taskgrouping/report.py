@@ -435,6 +435,40 @@ def _kinds_section(kinds: dict[str, dict[str, str]]) -> list[str]:
     return lines + [""]
 
 
+GRAPH_ROWS = 30
+"""The report's neighbour table shows this many tasks; ``neighbours.parquet`` has them all."""
+
+
+def graph_section(graph: dict[str, Any], rows: list[dict[str, Any]], kind: str) -> list[str]:
+    """What the task graph saw: k and its rule, the chosen partition and why, modularity, each task's partners."""
+    value = "distance" if kind == "distance" else "mutual gain"
+    lines = ["## Task graph", "",
+             f"Each task is joined to its {graph.get('neighbours')} nearest partners ({graph.get('neighbour_rule')}), "
+             f"weighted by a local-scale kernel; {graph.get('edges')} edges were kept (an edge must be short on the "
+             f"scale of both its tasks, `d^2 <= {graph.get('prune')}^2 sigma_i sigma_j`). Partition: "
+             f"{graph.get('chosen')}; chosen by {graph.get('rule')}. Modularity of the groups: "
+             f"**{float(graph.get('modularity') or 0.0):.3f}**.", ""]
+    alone = graph.get("isolated") or []
+    if alone:
+        lines += ["Left alone (no partner is near on both tasks' scales): "
+                  + ", ".join(f"`{t}`" for t in alone[:20]) + (f" and {len(alone) - 20} more" if len(alone) > 20 else "")
+                  + ".", ""]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["task"], []).append(r)
+    if by:
+        lines += [f"Nearest partners ({value}; an edge the graph kept is marked, `neighbours.parquet` has every "
+                  "task):", "", "| task | partners |", "|---|---|"]
+        for t, rs in list(by.items())[:GRAPH_ROWS]:
+            cells = ", ".join(f"`{r['partner']}` {r['value']:.3g}{'' if r['edge'] else ' (pruned)'}"
+                              for r in sorted(rs, key=lambda r: r["rank"]))
+            lines.append(f"| `{t}` | {cells} |")
+        if len(by) > GRAPH_ROWS:
+            lines.append(f"| ... | {len(by) - GRAPH_ROWS} more tasks in `neighbours.parquet` |")
+        lines.append("")
+    return lines
+
+
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
                   totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
     """The markdown report of one run."""
@@ -525,6 +559,8 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         if summary.get("objective") is not None:
             diag["objective"] = _short(float(summary["objective"]))
         lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
+    if summary.get("graph"):
+        lines += graph_section(summary["graph"], info.get("neighbours") or [], affinity.kind)
     lines += ["![affinity heatmap](heatmap.png)", ""]
     by = {(r["setting"], r["task"]): r for r in rows if int(r.get("repeat", 0)) == 0}
     kinds = info.get("task_kinds") or {}

@@ -125,7 +125,14 @@ def test_cli_on_a_csv_with_every_task_kind(prefect_api, tmp_path, capsys):
     assert expected <= set(summary)
     assert summary["tasks"] == ["y_bin", "y_reg", "y_cls"]
     assert set(summary["served"]) == set(summary["tasks"]) and len(summary["groups"]) == 2
-    assert set(summary["artifacts"]) == {"affinity", "groups", "metrics", "report", "heatmap"}
+    assert set(summary["artifacts"]) == {"affinity", "groups", "metrics", "report", "heatmap", "neighbours"}
+    # the default selector is the task graph: what it saw is in the summary, the report and a Parquet file
+    assert summary["selector"] == "graph" and summary["graph"]["neighbours"] == 2
+    assert set(summary["graph"]["nearest"]) == set(summary["tasks"]) and "modularity" in summary["graph"]
+    nb = pq.read_table(summary["artifacts"]["neighbours"]).to_pylist()
+    assert sorted((r["task"], r["rank"]) for r in nb) == sorted((t, r) for t in summary["tasks"] for r in (1, 2))
+    report = Path(summary["artifacts"]["report"]).read_text()
+    assert "## Task graph" in report and "Modularity of the groups" in report
     assert {"sample", "probe", "affinity", "select", "train", "total"} <= set(summary["seconds"])
     metrics = pq.read_table(summary["artifacts"]["metrics"]).to_pylist()
     kinds = {r["task"]: (r["kind"], r["metric_name"]) for r in metrics if r["setting"] == "grouped"}

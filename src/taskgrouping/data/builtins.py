@@ -85,6 +85,7 @@ def synthetic(
     random: int = 0,
     missing: float = 0.0,
     seed: int = 0,
+    sizes: str | None = None,
 ) -> Dataset:
     """Binary tasks with planted groups; the ground truth is kept in ``Dataset.ground_truth``.
 
@@ -97,7 +98,12 @@ def synthetic(
     Extras: ``complement`` tasks that are exact complements (1 - y) of planted tasks
     (ground truth: their twin's group), and ``random`` tasks with random labels (their
     own group id, -1, -2, ...). ``missing`` is the fraction of labels removed at random.
+    ``sizes`` (e.g. ``"2/12/4"``) plants groups of unequal sizes (then ``tasks`` and
+    ``groups`` are its sum and length).
     """
+    counts = _group_sizes(sizes) if sizes is not None else None
+    if counts is not None:
+        tasks, groups = sum(counts), len(counts)
     if tasks < 1 or groups < 1 or groups > tasks:
         raise InputError(f"builtin:synthetic: need 1 <= groups <= tasks, got tasks={tasks}, groups={groups}")
     if samples < 40:
@@ -107,7 +113,8 @@ def synthetic(
     mats = [rng.standard_normal((features, rank)) * (2.0 / np.sqrt(features)) for _ in range(groups)]
     bases = [rng.standard_normal(rank) for _ in range(groups)]
     latents = [np.tanh(x @ a) for a in mats]
-    assign = rng.permutation(np.arange(tasks) % groups)
+    planted = np.repeat(np.arange(groups), counts) if counts is not None else np.arange(tasks) % groups
+    assign = rng.permutation(planted)
     names = [f"y_{i:02d}" for i in range(tasks)]
     cols: list[np.ndarray] = []
     truth: dict[str, int] = {}
@@ -398,15 +405,27 @@ def mmaml(modes: int = 3, train: int = 6, heldout: int = 20, samples: int = 200,
     )
 
 
+def _group_sizes(sizes: str) -> list[int]:
+    """``"2/12/4"`` -> ``[2, 12, 4]``; every size a positive integer."""
+    try:
+        counts = [int(p) for p in sizes.split("/")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise InputError(f"builtin:synthetic: sizes={sizes!r} must be positive group sizes joined by '/', e.g. 2/12/4")
+    return counts
+
+
 BUILTINS: dict[str, Callable[..., Dataset]] = {"digits": digits, "digits-images": digits_images,
                                                "synthetic": synthetic, "shapes": shapes, "subsets": subsets,
                                                "mmaml": mmaml}
 _INT_OPTS = {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "size", "per",
              "subset", "mixed", "modes", "train", "heldout", "query"}
 _FLOAT_OPTS = {"noise", "jitter", "missing", "vary"}
+_STR_OPTS = {"sizes"}
 _ALLOWED = {"digits": {"seed"}, "digits-images": {"seed"}, "shapes": {"samples", "size", "per", "noise", "seed"},
             "synthetic": {"tasks", "groups", "samples", "features", "rank", "complement", "random", "seed", "noise",
-                          "jitter", "missing"},
+                          "jitter", "missing", "sizes"},
             "subsets": {"tasks", "groups", "samples", "features", "subset", "vary", "noise", "missing", "complement",
                         "random", "mixed", "seed"},
             "mmaml": {"modes", "train", "heldout", "samples", "query", "noise", "seed"}}
@@ -418,12 +437,15 @@ def load_builtin(spec: str) -> Dataset:
     name, _, opts = body.partition(":")
     if name not in BUILTINS:
         raise InputError(f"unknown built-in dataset {name!r}; known: {', '.join(sorted(BUILTINS))}")
-    kwargs: dict[str, int | float] = {}
+    kwargs: dict[str, int | float | str] = {}
     allowed = _ALLOWED[name]
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, value = item.partition("=")
         if not eq or key not in allowed:
             raise InputError(f"{spec}: unknown option {item!r}; options: {', '.join(sorted(allowed))}")
+        if key in _STR_OPTS:
+            kwargs[key] = value
+            continue
         try:
             kwargs[key] = int(value) if key in _INT_OPTS else float(value)
         except ValueError:

@@ -665,7 +665,7 @@ def select_stage(run: _Run, aff: _Affinity) -> dict[str, Any]:
             old = run.store.run_dir(previous["run_id"]) / "affinity.parquet"
             prev_aff = run.store.read_affinity(old) if intact(old) else None
             grouping, why = incremental_grouping(run.store.read_affinity(Path(aff.path)), previous, cfg.groups,
-                                                 prev_aff)
+                                                 prev_aff, selector=cfg.selector)
             if grouping is not None:
                 log.info("select: incremental (%s)", why["reason"])
                 return selection_result(grouping, run.run_id) | {"regroup": why}

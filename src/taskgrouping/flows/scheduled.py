@@ -23,12 +23,12 @@ def _name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    return f"scheduled {p.get('data', '?')} {p.get('method', 'swola')}/{p.get('selector', 'spectral')}"
+    return f"scheduled {p.get('data', '?')} {p.get('method', 'swola')}/{p.get('selector', 'graph')}"
 
 
 @flow(name="regroup-scheduled", flow_run_name=_name, log_prints=False)
 def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping-store", method: str = "swola",
-                      selector: str = "spectral", groups: int | None = None, tasks: str | None = None,
+                      selector: str = "graph", groups: int | None = None, tasks: str | None = None,
                       samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200,
                       evaluate: str = "all", features: str | None = None, lineage: str | None = None,
                       task_kinds: dict[str, str] | None = None, repeats: int = 1, regroup: str = "incremental",

@@ -7,6 +7,7 @@ import functools
 from taskgrouping.errors import InputError
 from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.selectors.base import Grouping, Selector, SelectSettings
+from taskgrouping.selectors.graph import select_graph
 from taskgrouping.selectors.mip import select_mip
 from taskgrouping.selectors.network import select_network
 from taskgrouping.selectors.spectral import select_spectral
@@ -23,7 +24,7 @@ def select_gat(affinity: AffinityMatrix, n_groups: int | None, seed: int) -> Gro
     return gat(affinity, n_groups, seed)
 
 
-SELECTORS: dict[str, Selector] = {"spectral": select_spectral, "gat": select_gat,
+SELECTORS: dict[str, Selector] = {"graph": select_graph, "spectral": select_spectral, "gat": select_gat,
                                   "network": select_network, "mip": select_mip}
 KNOWN_SELECTORS: tuple[str, ...] = tuple(SELECTORS)
 CONSTRAINED: tuple[str, ...] = ("network", "mip")

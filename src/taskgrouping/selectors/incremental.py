@@ -16,6 +16,11 @@ selection runs instead when *drift* says the old groups no longer describe the t
 * ``affinity``: the old tasks' affinity is not what the previous version was chosen on
   (other data, settings or method: TAG's and data maps' joint training changes every
   value when a task is added, so they always regroup in full).
+
+With the ``graph`` selector a new task is placed by the same task graph the groups came
+from (:func:`taskgrouping.selectors.graph.place_by_graph`): it joins the group its kept
+edges weigh most towards, and ``fit`` drift is the graph leaving it alone (no partner
+near on both tasks' scales), where a full selection will make it a group of its own.
 """
 
 from __future__ import annotations
@@ -47,11 +52,13 @@ def _closeness(affinity: AffinityMatrix, task: str, members: list[str], where: d
 
 
 def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_groups: int | None,
-                         previous_affinity: AffinityMatrix | None) -> tuple[Grouping | None, dict[str, Any]]:
+                         previous_affinity: AffinityMatrix | None,
+                         selector: str | None = None) -> tuple[Grouping | None, dict[str, Any]]:
     """The previous grouping extended by the new tasks, or ``None`` when drift asks for a full selection.
 
     Returns ``(grouping or None, info)``; ``info`` has ``mode`` (``incremental`` or
     ``full``), ``reason``, ``new`` (the tasks placed) and, per placed task, its group.
+    ``selector``: the one the previous version was chosen by (``graph`` places by the task graph).
     """
     tasks = list(affinity.tasks)
     old_served: dict[str, int] = {t: int(g) for t, g in previous["served"].items() if t in set(tasks)}
@@ -80,7 +87,16 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
         return None, full | {"reason": "drift (groups): a group lost every task it served"}
     placed: dict[str, int] = {}
     where = {t: i for i, t in enumerate(affinity.tasks)}
-    for t in new:
+    if selector == "graph" and new:
+        from taskgrouping.selectors.graph import build_graph, place_by_graph
+
+        graph = build_graph(affinity)
+        for t in new:
+            best_or_none, why = place_by_graph(affinity, t, serving, where, graph)
+            if best_or_none is None:
+                return None, full | {"reason": why}
+            placed[t] = best_or_none
+    for t in new if selector != "graph" else []:
         scores = [_closeness(affinity, t, s, where) for s in serving]
         best = int(np.argmax(scores))
         members = serving[best]

@@ -74,6 +74,22 @@ AFFINITY_SCHEMA = pa.schema(
 PAIR_SEGMENTS_MAX = 32
 """Pair-cache segments kept before they are folded into the compacted file."""
 
+NEIGHBOURS_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("partner", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("edge", pa.bool_(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),
+    ]
+)
+"""``runs/<id>/neighbours.parquet``: each task's k nearest partners in the task graph (the ``graph`` selector).
+
+``rank`` 1 is the nearest; ``value`` is the affinity's own value (symmetrised: distance, or
+mutual gain); ``edge`` whether the graph kept the edge, ``weight`` its kernel weight (0 when pruned).
+"""
+
 GROUPS_SCHEMA = pa.schema(
     [
         pa.field("group", pa.int32(), nullable=False),
@@ -735,6 +751,11 @@ class Store:
                 for gi, g in enumerate(grouping.groups) for t in g]
         return atomic_write_table(self.run_dir(run_id) / "groups.parquet",
                                   pa.Table.from_pylist(rows, schema=GROUPS_SCHEMA), GROUPS_SCHEMA)
+
+    def write_neighbours(self, run_id: str, rows: list[dict[str, Any]]) -> Path:
+        """``runs/<id>/neighbours.parquet`` (:data:`NEIGHBOURS_SCHEMA`)."""
+        return atomic_write_table(self.run_dir(run_id) / "neighbours.parquet",
+                                  pa.Table.from_pylist(rows, schema=NEIGHBOURS_SCHEMA), NEIGHBOURS_SCHEMA)
 
     def write_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> Path:
         """``runs/<id>/metrics.parquet``: per setting, group and task."""

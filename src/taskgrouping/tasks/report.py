@@ -51,6 +51,13 @@ def _heatmap(st: Store, affinity_path: Path, affinity: AffinityMatrix, grouping:
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
+def graph_summary(info: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``graph``: how k and the partition were chosen, modularity, and each task's nearest partner."""
+    keep = ("neighbours", "neighbour_rule", "edges", "prune", "modularity", "chosen", "rule", "candidates", "isolated")
+    nearest = {r["task"]: [r["partner"], r["value"]] for r in rows if r["rank"] == 1}
+    return {k: info[k] for k in keep if k in info} | {"nearest": nearest}
+
+
 def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection: dict[str, Any],
                 affinity_path: str, group_results: dict[str, list[dict[str, Any]]],
                 counts: dict[str, int], seconds: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +91,12 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "heatmap": str(st.write_run_file(run_id, "heatmap.png", _heatmap(
             st, Path(affinity_path), affinity, grouping, f"{config['method']} {affinity.kind}"))),
     }
+    graph = None
+    if config["selector"] == "graph" and len(tasks) > 1:
+        from taskgrouping.selectors.graph import build_graph, neighbour_rows
+
+        graph = neighbour_rows(affinity, build_graph(affinity))
+        artifacts["neighbours"] = str(st.write_neighbours(run_id, graph))
     summary: dict[str, Any] = {
         "run_id": run_id,
         "store": str(st.root),
@@ -119,6 +132,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "distance": extra.get("distance"),
         "head": extra.get("head"),
         "meta_training": extra.get("meta_training"),
+        "graph": None if graph is None else graph_summary(selection["info"], graph),
     }
     if analysis is not None:
         summary |= analysis.summary()
@@ -150,6 +164,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
             "train_rows": extra.get("train_rows"), "task_kinds": extra.get("task_kinds"),
             "chance": chance_tasks(rows, extra.get("test_counts") or {}),
             "per_task_ci": {} if analysis is None else {k: (e.mean, (e.hi - e.lo) / 2) for k, e in analysis.per_task.items()}}
+    info["neighbours"] = graph
     text = render_report(summary, affinity, rows, totals, info)
     st.write_run_file(run_id, "report.md", text.encode())
     st.write_run_file(run_id, "summary.json", json.dumps(summary, indent=2).encode())

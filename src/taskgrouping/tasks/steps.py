@@ -333,7 +333,9 @@ def _validation_losses(st: Store, models: list[list[Any]]) -> dict[frozenset[str
 
 def selection_result(grouping: Grouping, run_id: str) -> dict[str, Any]:
     """A grouping as a step result (JSON-able diagnostics only)."""
-    info = {k: v for k, v in grouping.info.items() if isinstance(v, int | float | str | dict) or v is None}
+    info = {k: v for k, v in grouping.info.items()
+            if isinstance(v, int | float | str | dict) or v is None
+            or (isinstance(v, list) and all(isinstance(x, int | float | str) for x in v))}
     return {"groups": grouping.groups, "served": grouping.served, "objective": grouping.objective,
             "info": info, "run_id": run_id}
 

@@ -1,0 +1,425 @@
+"""The task graph and its communities: a k-nearest-neighbour graph with local scales, then Leiden.
+
+Why (issue "the affinity knows the groups"): each task's nearest neighbour in SWOLA's
+matrix is in its planted group 89-100% of the time, and one global kernel bandwidth plus
+an eigengap over k (``spectral``) loses that when families have different scales. Here
+every task only ever looks at its own few nearest partners, on its own scale.
+
+The graph (docs/methods.md section 6, "graph"):
+
+1. **Dissimilarity.** ``distance``: the symmetrised D. ``gain`` (row = receiver): the
+   *mutual* gain ``G_m = (G + G^T) / 2`` (a partner is good when training together helps
+   both ways on average), turned into ``d = max(G_m) - G_m``; pairs whose mutual gain is
+   not positive are never joined (their training together hurts). Distances are shifted
+   by their smallest off-diagonal value the same way, so ``a * D + b`` (``a > 0``) and the
+   gain ``b - a * D`` (all positive) give the same graph and the same groups.
+2. **Neighbours.** ``k = max(2, round(ln T))``, at most ``T - 1``: ``ln T`` neighbours
+   is the order that keeps a random k-NN graph connected (Brito et al. 1997; von
+   Luxburg's tutorial, section 8), so one rule serves 16 tasks (k = 3) and 1,000
+   (k = 7) without tuning on a family. Ties break by the canonical task order.
+3. **Local scales** (Zelnik-Manor and Perona 2004): ``sigma_i`` = task i's distance to
+   its k-th neighbour; an edge joins i and j when either is among the other's k nearest,
+   weighted ``w_ij = exp(-d_ij^2 / (sigma_i sigma_j))``.
+4. **Pruning: unrelated tasks stay alone.** An edge is kept only if
+   ``d_ij^2 <= PRUNE^2 * sigma_i * sigma_j``: it must be short on the scale of *both*
+   ends. A random-label task's nearest partners are far on their own (tight) scale, so
+   its edges go and it ends up alone instead of glued to the nearest community; a small
+   group beside a large one keeps its inner edge and loses the long ones.
+5. **Communities**: Leiden on modularity (igraph's ``community_leiden``, Traag et al.
+   2019), seeded, :data:`RESTARTS` seeds per resolution (the most modular kept). The
+   resolutions are :data:`SCALED` multiples of :func:`resolution_unit`, the resolution
+   at which two groups of k + 1 mutual neighbours joined by one edge stop merging
+   (modularity's resolution limit grows with the graph: at 1,000 tasks plain modularity
+   merged 100 planted groups into 69).
+6. **Choosing** (``--groups auto``): the candidates are those partitions and the
+   successive average-linkage merges (on d) of the most modular one, tasks the graph
+   left alone staying alone; the highest silhouette on d wins. Modularity alone splits
+   a large loose group (12 tasks beside 2) into pieces; silhouette sees that the pieces
+   are closer to each other than to the other group. ``n_groups = N``: every partition
+   with at least N communities is merged by average linkage down to N, and the highest
+   silhouette wins, so N is always honoured exactly.
+
+Determinism: tasks are put in a canonical (sorted-name) order before the graph is
+built, and igraph draws from a ``random.Random`` seeded from ``seed``, so the same matrix
+and seed give the same groups whatever the task order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from taskgrouping.errors import InputError
+from taskgrouping.hashing import derive_seed
+from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.selectors.base import Grouping, silhouette
+
+SCALED: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+"""The candidate resolutions, in units of :func:`resolution_unit`."""
+RESTARTS = 4
+"""Leiden seeds per resolution (each seed derived from the run's)."""
+PRUNE = 1.5
+"""An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
+"""An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
+
+
+@dataclass(frozen=True)
+class TaskGraph:
+    """The k-nearest-neighbour task graph of an affinity matrix.
+
+    Attributes:
+        tasks: task ids in the affinity's order.
+        k: neighbours per task.
+        d: (T, T) the dissimilarity the graph was built on (shifted, symmetric, zero diagonal).
+        sigma: (T,) each task's local scale (its dissimilarity to its k-th neighbour).
+        neighbours: (T, k) each task's k nearest others (indices), nearest first.
+        edges: (E, 2) kept undirected edges ``i < j``; ``weights`` (E,) their kernel weights.
+        rule: how k was chosen, in words.
+    """
+
+    tasks: list[str]
+    k: int
+    d: np.ndarray
+    sigma: np.ndarray
+    neighbours: np.ndarray
+    edges: np.ndarray
+    weights: np.ndarray
+    rule: str
+
+    def isolated(self) -> list[int]:
+        """Tasks with no kept edge (they form groups of their own)."""
+        deg = np.zeros(len(self.tasks), int)
+        np.add.at(deg, self.edges.reshape(-1), 1)
+        return [int(i) for i in np.flatnonzero(deg == 0)]
+
+
+def neighbour_count(t: int) -> tuple[int, str]:
+    """The k for T tasks: ``max(2, round(ln T))``, at most T - 1, and the rule in words."""
+    k = max(1, min(t - 1, max(2, round(math.log(max(t, 2))))))
+    return k, f"k = max(2, round(ln T)) = {k} for T = {t} (the order that keeps a k-NN graph connected)"
+
+
+def check_matrix(affinity: AffinityMatrix) -> None:
+    """Refuse a matrix a graph cannot be built on: NaN or infinite entries (tasks sharing no samples)."""
+    v = affinity.values
+    bad = ~np.isfinite(v)
+    np.fill_diagonal(bad, False)
+    if bad.any():
+        rows = np.flatnonzero((bad | np.eye(len(v), dtype=bool)).all(axis=1))
+        if len(rows):
+            names = ", ".join(repr(affinity.tasks[i]) for i in rows[:5])
+            raise InputError(f"--selector graph: the affinity has no finite value for task(s) {names} "
+                             f"(a task that shares no labelled sample with any other); leave them out with "
+                             f"--tasks or use --method swola-meta")
+        i, j = np.argwhere(bad)[0]
+        raise InputError(f"--selector graph: the affinity of tasks {affinity.tasks[i]!r} and "
+                         f"{affinity.tasks[j]!r} is {v[i, j]} (they share no labelled sample); "
+                         f"use --method swola-meta for tasks that share no samples")
+
+
+def dissimilarity(affinity: AffinityMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """(d, allowed): the graph's symmetric dissimilarity (zero diagonal, min off-diagonal 0) and which pairs may join.
+
+    ``allowed`` is all off-diagonal pairs for distances, and pairs of positive mutual gain for gains.
+    """
+    t = len(affinity.tasks)
+    off = ~np.eye(t, dtype=bool)
+    sym = 0.5 * (affinity.values + affinity.values.T)
+    if affinity.kind == "distance":
+        d, allowed = sym.copy(), off.copy()
+    else:
+        d, allowed = -sym, off & (sym > 0)
+    if t > 1:
+        d = d - float(d[off].min())
+    np.fill_diagonal(d, 0.0)
+    return np.clip(d, 0.0, None), allowed
+
+
+def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: float = PRUNE) -> TaskGraph:
+    """The task graph of ``affinity`` (module docstring, steps 1-4); ``neighbours`` overrides the k rule."""
+    check_matrix(affinity)
+    t = len(affinity.tasks)
+    k, rule = neighbour_count(t)
+    if neighbours is not None:
+        k, rule = max(1, min(t - 1, neighbours)), f"k = {neighbours} (given)"
+    d, allowed = dissimilarity(affinity)
+    order = np.argsort(np.asarray(affinity.tasks, dtype=object), kind="stable")
+    rank = np.empty(t, int)
+    rank[order] = np.arange(t)  # canonical position: ties break by task name, not by input order
+    if t < 2:
+        return TaskGraph(list(affinity.tasks), 0, d, np.zeros(t), np.zeros((t, 0), int), np.zeros((0, 2), int),
+                         np.zeros(0), rule)
+    key = np.where(np.eye(t, dtype=bool), np.inf, d)
+    nb = nearest(key, rank, k)
+    sigma = d[np.arange(t), nb[:, -1]]
+    floor = float(d.max()) * 1e-9 or 1e-12  # duplicate tasks: a zero scale would divide by zero
+    sigma = np.maximum(sigma, floor)
+    pairs = np.stack([np.repeat(np.arange(t), k), nb.reshape(-1)], axis=1)
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    i, j = pairs[:, 0], pairs[:, 1]
+    keep = allowed[i, j] & (d[i, j] ** 2 <= prune**2 * sigma[i] * sigma[j])
+    i, j = i[keep], j[keep]
+    w = np.exp(-(d[i, j] ** 2) / (sigma[i] * sigma[j]))
+    return TaskGraph(list(affinity.tasks), k, d, sigma, nb, np.stack([i, j], axis=1), w, rule)
+
+
+def nearest(key: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
+    """(T, k) each row's k smallest entries of ``key`` (nearest first), ties broken by ``rank``.
+
+    A partition finds each row's k-th value; only the entries at or below it are sorted,
+    so exact ties (duplicate tasks) resolve by the canonical order, not by the input's.
+    """
+    kth = np.partition(key, k - 1, axis=1)[:, k - 1]
+    out = np.empty((len(key), k), int)
+    for r in range(len(key)):
+        c = np.flatnonzero(key[r] <= kth[r])
+        out[r] = c[np.lexsort((rank[c], key[r, c]))][:k]
+    return out
+
+
+class _Leiden:
+    """Leiden runs on one graph in canonical node order, memoised by (resolution, seed index)."""
+
+    def __init__(self, graph: TaskGraph, seed: int) -> None:
+        import igraph as ig
+
+        t = len(graph.tasks)
+        self.order = np.argsort(np.asarray(graph.tasks, dtype=object), kind="stable")
+        self.pos = np.empty(t, int)
+        self.pos[self.order] = np.arange(t)  # input index -> canonical node
+        e = self.pos[graph.edges] if len(graph.edges) else np.zeros((0, 2), int)
+        srt = np.lexsort((e[:, 1], e[:, 0])) if len(e) else np.zeros(0, int)
+        self.graph = ig.Graph(n=t, edges=[tuple(map(int, x)) for x in e[srt]])
+        self.w = [float(x) for x in graph.weights[srt]]
+        self.seed = seed
+        self.runs: dict[tuple[float, int], np.ndarray] = {}
+
+    def labels(self, resolution: float, restart: int) -> np.ndarray:
+        """(T,) labels in the input's task order."""
+        key = (resolution, restart)
+        if key not in self.runs:
+            import igraph as ig
+
+            rng = random.Random(derive_seed(self.seed, "leiden", resolution, restart))
+            ig.set_random_number_generator(rng)
+            try:
+                part = self.graph.community_leiden(objective_function="modularity", weights=self.w or None,
+                                                   resolution=resolution, n_iterations=-1)
+            finally:
+                ig.set_random_number_generator(random)
+            canonical = np.asarray(part.membership)
+            self.runs[key] = canonical[self.pos]
+        return self.runs[key]
+
+    def modularity(self, labels: np.ndarray) -> float:
+        """Standard (resolution 1) weighted modularity of input-order ``labels``; 0 for a graph with no edge."""
+        if not self.w:
+            return 0.0
+        return float(self.graph.modularity(labels[self.order].tolist(), weights=self.w))
+
+
+def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozenset(),  # type: ignore[assignment]
+                stop: int = 1) -> list[np.ndarray]:
+    """Successive average-linkage merges of ``labels``'s communities on ``d``, down to ``stop`` communities.
+
+    Average linkage (UPGMA) on the community level: the two communities with the smallest
+    mean ``d`` between their members merge. Communities that are a single task of
+    ``keep_alone`` never merge (an unrelated task stays alone). Kept as pair sums, so a
+    merge costs O(communities); returns each labelling after each merge, in order.
+    """
+    codes = np.unique(labels, return_inverse=True)[1]
+    g = int(codes.max()) + 1
+    members = np.zeros((len(labels), g))
+    members[np.arange(len(labels)), codes] = 1.0
+    sums = members.T @ np.asarray(d, np.float64) @ members  # (g, g) summed distances between communities
+    sizes = members.sum(axis=0)
+    alone = np.array([sizes[c] == 1 and int(np.flatnonzero(codes == c)[0]) in keep_alone for c in range(g)])
+    alive = ~alone
+    parent = np.arange(g)
+    out = []
+    while alive.sum() + alone.sum() > stop and alive.sum() > 1:
+        idx = np.flatnonzero(alive)
+        mean = sums[np.ix_(idx, idx)] / np.outer(sizes[idx], sizes[idx])
+        np.fill_diagonal(mean, np.inf)
+        x, y = np.unravel_index(int(np.argmin(mean)), mean.shape)
+        a, b = int(idx[min(x, y)]), int(idx[max(x, y)])
+        sums[a, :] += sums[b, :]
+        sums[:, a] += sums[:, b]
+        sizes[a] += sizes[b]
+        alive[b] = False
+        parent[parent == b] = a
+        out.append(parent[codes].copy())
+    return out
+
+
+def _count(labels: np.ndarray) -> int:
+    return len(np.unique(labels))
+
+
+def _best_of(leiden: _Leiden, resolution: float) -> np.ndarray:
+    """The restart with the highest modularity at ``resolution`` (ties: the first)."""
+    cands = [leiden.labels(resolution, r) for r in range(RESTARTS)]
+    scores = [leiden.modularity(c) for c in cands]
+    return cands[int(np.argmax(scores))]
+
+
+def _silhouette(graph: TaskGraph, labels: np.ndarray) -> float:
+    """Silhouette of ``labels`` on the graph's dissimilarity (-1 where undefined: one group, or all alone)."""
+    from taskgrouping.selectors.base import silhouette_precomputed
+
+    return silhouette_precomputed(graph.d, labels) if 1 < _count(labels) < len(labels) else -1.0
+
+
+Candidates = dict[tuple[int, ...], tuple[np.ndarray, str]]
+
+
+def _add(cands: Candidates, labels: np.ndarray, why: str) -> None:
+    cands.setdefault(tuple(_canonical_labels(labels).tolist()), (labels, why))
+
+
+def _pick(cands: Candidates, graph: TaskGraph) -> tuple[np.ndarray, str]:
+    """The candidate with the highest silhouette (ties: the first proposed)."""
+    scored = [(_silhouette(graph, lab), -i, lab, why) for i, (lab, why) in enumerate(cands.values())]
+    best = max(scored, key=lambda c: (c[0], c[1]))
+    return best[2], best[3]
+
+
+def resolution_unit(graph: TaskGraph) -> float:
+    """The resolution at which two (k+1)-task cliques joined by one edge stop merging: ``L / (2 l^2)``.
+
+    Merging two communities of ``l`` internal edges each and one edge between them raises
+    the generalised modularity when ``gamma < L / (2 l^2)`` (L: edges in the graph;
+    Fortunato and Barthelemy's resolution limit, 2007). With ``l = k (k + 1) / 2``, the
+    edges of a group of k + 1 mutual neighbours, this is the scale at which the graph's
+    smallest natural groups are resolved, whatever T: about 0.35 at 16 tasks, 2.7 at 1,000.
+    """
+    k = max(graph.k, 1)
+    return max(len(graph.edges), 1) / (2.0 * (k * (k + 1) / 2) ** 2)
+
+
+def resolutions(graph: TaskGraph) -> list[float]:
+    """The candidate resolutions: :data:`SCALED` multiples of :func:`resolution_unit`."""
+    unit = resolution_unit(graph)
+    return [round(unit * m, 4) for m in SCALED]
+
+
+def _auto(leiden: _Leiden, graph: TaskGraph) -> tuple[np.ndarray, dict[str, Any]]:
+    """``--groups auto``: Leiden's partitions at every resolution and the merges of the best, by silhouette."""
+    cands: Candidates = {}
+    for res in resolutions(graph):
+        _add(cands, _best_of(leiden, res), f"Leiden at resolution {res:.3g}")
+    top = max(cands.values(), key=lambda c: leiden.modularity(c[0]))
+    for lab in merge_chain(top[0], graph.d, set(graph.isolated())):
+        _add(cands, lab, f"{top[1]}, communities merged by average linkage to {_count(lab)}")
+    labels, why = _pick(cands, graph)
+    return labels, {"chosen": why, "candidates": len(cands),
+                    "rule": f"the highest silhouette (on the graph's dissimilarity) among Leiden's partitions at "
+                            f"resolutions {', '.join(f'{r:.3g}' for r in resolutions(graph))} ({RESTARTS} seeds each, the "
+                            "most modular kept) and the average-linkage merges of the most modular one "
+                            "(tasks the graph leaves alone stay alone)"}
+
+
+def _fixed_count(leiden: _Leiden, graph: TaskGraph, n: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Exactly ``n`` groups: Leiden's partitions with at least n communities, merged down to n, by silhouette."""
+    cands: Candidates = {}
+    res_list = resolutions(graph)
+    res = max(res_list)
+    while _count(_best_of(leiden, res)) < n and res < 2**16:  # finer until there are enough communities
+        res *= 2
+        res_list.append(res)
+    for res in res_list:
+        lab = _best_of(leiden, res)
+        c = _count(lab)
+        if c == n:
+            _add(cands, lab, f"Leiden at resolution {res:.3g}")
+        elif c > n:
+            _add(cands, merge_chain(lab, graph.d, stop=n)[-1],
+                 f"Leiden at resolution {res:.3g} ({c} communities), merged by average linkage to {n}")
+    if not cands:  # no resolution splits the graph into n (cannot happen past singletons; stay total)
+        _add(cands, merge_chain(np.arange(len(graph.tasks)), graph.d, stop=n)[-1], f"average linkage to {n}")
+    labels, why = _pick(cands, graph)
+    return labels, {"chosen": why, "candidates": len(cands),
+                    "rule": f"exactly {n} groups: the highest silhouette among Leiden's partitions with at least "
+                            f"{n} communities, each merged by average linkage to {n}"}
+
+
+def neighbour_rows(affinity: AffinityMatrix, graph: TaskGraph | None = None) -> list[dict[str, Any]]:
+    """Each task's k nearest partners, as :data:`~taskgrouping.storage.store.NEIGHBOURS_SCHEMA` rows.
+
+    ``value`` is the affinity's own value symmetrised (distance, or mutual gain); ``edge``
+    whether the graph kept that edge and ``weight`` its kernel weight (0 when pruned).
+    """
+    graph = graph or build_graph(affinity)
+    sym = 0.5 * (affinity.values + affinity.values.T)
+    kept = {(int(a), int(b)): float(w) for (a, b), w in zip(graph.edges.tolist(), graph.weights.tolist(), strict=True)}
+    rows = []
+    for i, t in enumerate(graph.tasks):
+        for r, j in enumerate(graph.neighbours[i].tolist()):
+            w = kept.get((min(i, j), max(i, j)))
+            rows.append({"task": t, "rank": r + 1, "partner": graph.tasks[j], "value": float(sym[i, j]),
+                         "edge": w is not None, "weight": w or 0.0})
+    return rows
+
+
+def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
+                 neighbours: int | None = None) -> Grouping:
+    """Groups as the communities of the task graph (module docstring).
+
+    ``info`` holds ``k``, ``neighbours`` (k per task) and ``neighbour_rule``,
+    ``chosen`` (which candidate partition) and ``rule`` (how it was chosen), ``modularity`` (standard, weighted), ``edges``,
+    ``isolated`` (tasks with no kept edge, each alone) and ``silhouette``.
+    """
+    t = len(affinity.tasks)
+    if n_groups is not None and not 1 <= n_groups <= t:
+        raise InputError(f"--groups {n_groups} is outside 1..{t} (the number of tasks)")
+    graph = build_graph(affinity, neighbours)
+    base: dict[str, Any] = {"neighbours": graph.k, "neighbour_rule": graph.rule, "edges": int(len(graph.edges)),
+                            "prune": PRUNE, "isolated": [graph.tasks[i] for i in graph.isolated()]}
+    if t < 2 or n_groups == t:
+        labels, how = np.arange(t), {"chosen": "every task alone", "rule": f"--groups {t}" if n_groups else "one task"}
+    elif n_groups == 1:
+        labels, how = np.zeros(t, int), {"chosen": "one group", "rule": "--groups 1"}
+    else:
+        leiden = _Leiden(graph, seed)
+        if n_groups is None:
+            labels, how = _auto(leiden, graph)
+        else:
+            labels, how = _fixed_count(leiden, graph, n_groups)
+        base["modularity"] = leiden.modularity(labels)
+    base.setdefault("modularity", 0.0)
+    info = base | how | {"k": _count(labels), "silhouette": silhouette(affinity, labels)}
+    return Grouping.from_labels(affinity.tasks, _canonical_labels(labels), info=info)
+
+
+def _canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Relabel so equal partitions give equal label arrays (first appearance order)."""
+    seen: dict[int, int] = {}
+    return np.array([seen.setdefault(int(v), len(seen)) for v in labels], int)
+
+
+def place_by_graph(affinity: AffinityMatrix, task: str, serving: Sequence[Sequence[str]],
+                   where: dict[str, int], graph: TaskGraph | None = None) -> tuple[int | None, str]:
+    """The group a new task joins by the task graph: where its kept edges weigh most.
+
+    Returns ``(group index, why)``; ``None`` when the new task has no kept edge to any
+    served old task (the graph would leave it alone: drift). Uses numpy only (no
+    igraph), so the ``+1`` path does not import it. ``graph``: the affinity's graph, when built already.
+    """
+    g = graph or build_graph(affinity)
+    i = where[task]
+    group_of = {where[m]: gi for gi, members in enumerate(serving) for m in members}
+    votes: dict[int, float] = {}
+    for (a, b), w in zip(g.edges.tolist(), g.weights.tolist(), strict=True):
+        other = b if a == i else a if b == i else None
+        if other is not None and other in group_of:
+            votes[group_of[other]] = votes.get(group_of[other], 0.0) + w
+    if not votes:
+        return None, (f"drift (fit): new task {task!r} has no edge in the task graph to any grouped task "
+                      f"(its {g.k} nearest partners are far on their own scales)")
+    best = max(votes, key=lambda gi: (votes[gi], -gi))
+    return best, f"joined group {best} (edge weight {votes[best]:.3g} of {sum(votes.values()):.3g})"
