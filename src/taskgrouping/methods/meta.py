@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -608,7 +609,55 @@ def _verdict(differences: dict[str, dict[str, dict[str, float]]], shots: Sequenc
                                     f"K: {detail}"}
 
 
-def meta_training_report(cfg: object, data: object, groups: list[list[str]]) -> dict[str, object]:
+class MetaRun(Protocol):
+    """What :func:`meta_training_report` reads of a run's configuration (``RunConfig`` has it all).
+
+    A protocol, not ``RunConfig`` itself: the configuration imports this module for its
+    settings types, so importing it back would make an import circle.
+    """
+
+    @property
+    def data(self) -> str:
+        """The run's ``data``."""
+        ...
+
+    @property
+    def held_out_tasks(self) -> str | None:
+        """The run's ``held_out_tasks``."""
+        ...
+
+    @property
+    def features(self) -> str | None:
+        """The run's ``features``."""
+        ...
+
+    @property
+    def task_kinds(self) -> tuple[tuple[str, str], ...]:
+        """The run's ``task_kinds``."""
+        ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The run's ``input_shape``."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The run's ``seed``."""
+        ...
+
+    @property
+    def meta(self) -> MetaSettings:
+        """The run's ``meta``."""
+        ...
+
+    @property
+    def meta_train(self) -> MetaTrainSettings:
+        """The run's ``meta_train``."""
+        ...
+
+
+def meta_training_report(cfg: MetaRun, data: object, groups: list[list[str]]) -> dict[str, object]:
     """The ``meta-train`` step's work: every setting's :func:`meta_evaluation` and the verdict.
 
     The training tasks come from the store, the held-out tasks from the source.
@@ -619,12 +668,11 @@ def meta_training_report(cfg: object, data: object, groups: list[list[str]]) -> 
     found group), ``random`` (``random_partitions`` partitions of the same sizes) and,
     when the data plants families, ``planted``.
     """
-    from taskgrouping.config import RunConfig
     from taskgrouping.data.dataset import PreparedData
     from taskgrouping.data.load import load_held_out
     from taskgrouping.errors import InputError
 
-    assert isinstance(cfg, RunConfig) and isinstance(data, PreparedData)
+    assert isinstance(data, PreparedData)
     held_ds = load_held_out(cfg.data, cfg.held_out_tasks, cfg.features, cfg.task_kinds, cfg.input_shape)
     kinds = {(t.kind, t.out_dim) for t in [*data.tasks, *held_ds.tasks]}
     if len(kinds) != 1:
