@@ -49,16 +49,16 @@ def problems(dev: bool) -> list[tuple[str, str, str]]:
     """(family, source, method) of every problem, seeds listed here."""
     off = 0 if dev else 1000
     out = []
-    for i in range(4 if dev else 12):
+    for i in range(8 if dev else 12):
         tasks, groups = (14, 18, 22, 26)[i % 4], (3, 4, 5)[i % 3]
         out.append(("subsets", f"builtin:subsets:tasks={tasks},groups={groups},seed={off + 100 + i}", "swola"))
     for i in range(4 if dev else 8):
         opts = ",".join(f"{k}={v}" for k, v in LEVELS[i % 4].items())
         out.append(("synthetic", f"builtin:synthetic:tasks=16,groups=4,{opts},seed={off + 200 + i}", "swola"))
-    for i, sizes in enumerate(UNEQUAL[: 3 if dev else 8]):
+    for i, sizes in enumerate(UNEQUAL[: 6 if dev else 8]):
         level = "noise=0.6,jitter=0.6" if i % 2 else "noise=0.3,jitter=0.35"
         out.append(("unequal", f"builtin:synthetic:sizes={sizes},{level},seed={off + 300 + i}", "swola"))
-    for i in range(1 if dev else 4):
+    for i in range(3 if dev else 4):
         out.append(("shapes", f"builtin:shapes:seed={off + 400 + i}", "swola"))
     for i, modes in enumerate((2, 3, 5) * (1 if dev else 2)):
         out.append(("mmaml", f"builtin:mmaml:modes={modes},seed={off + 500 + i}", "swola-meta"))

@@ -189,3 +189,23 @@ def test_tiny_inputs():
     two = AffinityMatrix(["a", "b"], np.array([[0, 1.0], [1.0, 0]]), "distance")
     assert select_graph(two, None, 0).groups in ([["a", "b"]], [["a"], ["b"]])
     assert select_graph(two, 2, 0).groups == [["a"], ["b"]] and select_graph(two, 1, 0).groups == [["a", "b"]]
+
+
+def test_placing_a_task_by_the_graph_does_not_import_igraph():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from taskgrouping.methods.base import AffinityMatrix\n"
+        "from taskgrouping.selectors.incremental import incremental_grouping\n"
+        "lab = np.repeat([0, 1], 6); d = np.where(lab[:, None] == lab[None, :], 1.0, 3.0)\n"
+        "d = np.pad(d, ((0, 1), (0, 1)), constant_values=3.0); d[-1, :6] = d[:6, -1] = 1.0\n"
+        "np.fill_diagonal(d, 0.0); names = [f't{i}' for i in range(13)]\n"
+        "prev = {'groups': [names[:6], names[6:12]], 'served': {t: int(i >= 6) for i, t in enumerate(names[:12])}}\n"
+        "old = AffinityMatrix(names[:12], d[:12, :12].copy(), 'distance')\n"
+        "g, info = incremental_grouping(AffinityMatrix(names, d, 'distance'), prev, None, old, selector='graph')\n"
+        "assert info['placed'] == {'t12': 0}, info\n"
+        "print('igraph' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,7 +20,7 @@ def planted(sizes=(4, 4, 3), noise=0.05, seed=0):
     return AffinityMatrix([f"t{i}" for i in range(len(labels))], d, "distance"), labels
 
 
-@pytest.mark.parametrize("name", ["spectral", "gat"])
+@pytest.mark.parametrize("name", ["graph", "spectral", "gat"])
 @pytest.mark.parametrize("k", [None, 3])
 def test_planted_groups_recovered(name, k):
     aff, labels = planted()
@@ -29,7 +29,7 @@ def test_planted_groups_recovered(name, k):
     assert sorted(t for grp in g.groups for t in grp) == sorted(aff.tasks)  # a partition
 
 
-@pytest.mark.parametrize("name", ["spectral", "gat"])
+@pytest.mark.parametrize("name", ["graph", "spectral", "gat"])
 def test_deterministic_and_trivial_budgets(name):
     aff, _ = planted(sizes=(3, 3, 3, 3), noise=0.3)
     sel = get_selector(name)
@@ -46,7 +46,7 @@ def test_gain_matrices_are_accepted():
 
 
 def test_unknown_selector_lists_known():
-    with pytest.raises(InputError, match="unknown --selector 'kmeans'; known selectors: spectral, gat"):
+    with pytest.raises(InputError, match="unknown --selector 'kmeans'; known selectors: graph, spectral, gat"):
         get_selector("kmeans")
 
 

@@ -148,10 +148,21 @@ def silhouette_precomputed(d: np.ndarray, labels: np.ndarray) -> float:
     members = np.zeros((n, k))
     members[np.arange(n), codes] = 1.0
     sums = np.asarray(d, np.float64) @ members  # (n, k): total distance from i to each cluster
-    sizes = members.sum(axis=0)
+    return silhouette_from_sums(sums, members.sum(axis=0), codes)
+
+
+def silhouette_from_sums(sums: np.ndarray, sizes: np.ndarray, codes: np.ndarray) -> float:
+    """:func:`silhouette_precomputed` from ``sums`` (n, k), each item's summed distance to each cluster.
+
+    ``sizes`` (k,) cluster sizes, ``codes`` (n,) each item's cluster. Clusters of size 0
+    are ignored. A caller that merges clusters one pair at a time keeps ``sums`` up to
+    date by adding two columns (the graph selector's average-linkage chains).
+    """
+    n = len(codes)
     own = sizes[codes]
     a = sums[np.arange(n), codes] / np.maximum(own - 1.0, 1.0)
-    means = sums / sizes
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(sizes > 0, sums / np.where(sizes > 0, sizes, 1.0), np.inf)
     means[np.arange(n), codes] = np.inf
     b = means.min(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

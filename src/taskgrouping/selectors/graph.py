@@ -26,18 +26,20 @@ The graph (docs/methods.md section 6, "graph"):
    its edges go and it ends up alone instead of glued to the nearest community; a small
    group beside a large one keeps its inner edge and loses the long ones.
 5. **Communities**: Leiden on modularity (igraph's ``community_leiden``, Traag et al.
-   2019), seeded, :data:`RESTARTS` seeds per resolution (the most modular kept). The
-   resolutions are :data:`SCALED` multiples of :func:`resolution_unit`, the resolution
-   at which two groups of k + 1 mutual neighbours joined by one edge stop merging
-   (modularity's resolution limit grows with the graph: at 1,000 tasks plain modularity
-   merged 100 planted groups into 69).
-6. **Choosing** (``--groups auto``): the candidates are those partitions and the
-   successive average-linkage merges (on d) of the most modular one, tasks the graph
-   left alone staying alone; the highest silhouette on d wins. Modularity alone splits
-   a large loose group (12 tasks beside 2) into pieces; silhouette sees that the pieces
-   are closer to each other than to the other group. ``n_groups = N``: every partition
-   with at least N communities is merged by average linkage down to N, and the highest
-   silhouette wins, so N is always honoured exactly.
+   2019), seeded, :data:`RESTARTS` seeds per resolution (the most modular kept), on two
+   graphs: all kept edges, and only those joining *mutual* neighbours. The mutual graph
+   is precise but cuts loose groups into pieces; the full one keeps loose groups whole
+   but lets a few edges cross. The resolutions are :data:`SCALED` multiples of
+   :func:`resolution_unit`, the resolution at which two groups of k + 1 mutual
+   neighbours joined by one edge stop merging (modularity's resolution limit grows
+   with the graph: at 1,000 tasks plain resolution 1 merged 100 planted groups into 69).
+6. **Choosing** (``--groups auto``): the candidates are those partitions and every
+   average-linkage merge (on d) of each of them, tasks the graph left alone staying
+   alone; the highest silhouette on d wins. Modularity alone splits a large loose group
+   (12 tasks beside 2) into pieces; silhouette sees that the pieces are closer to each
+   other than to the other group. ``n_groups = N``: every partition with at least N
+   communities is merged by average linkage down to N, and the highest silhouette
+   wins, so N is always honoured exactly.
 
 Determinism: tasks are put in a canonical (sorted-name) order before the graph is
 built, and igraph draws from a ``random.Random`` seeded from ``seed``, so the same matrix
@@ -79,6 +81,7 @@ class TaskGraph:
         sigma: (T,) each task's local scale (its dissimilarity to its k-th neighbour).
         neighbours: (T, k) each task's k nearest others (indices), nearest first.
         edges: (E, 2) kept undirected edges ``i < j``; ``weights`` (E,) their kernel weights.
+        mutual: (E,) whether each edge joins mutual neighbours (each among the other's k nearest).
         rule: how k was chosen, in words.
     """
 
@@ -89,6 +92,7 @@ class TaskGraph:
     neighbours: np.ndarray
     edges: np.ndarray
     weights: np.ndarray
+    mutual: np.ndarray
     rule: str
 
     def isolated(self) -> list[int]:
@@ -140,9 +144,10 @@ def dissimilarity(affinity: AffinityMatrix) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(d, 0.0, None), allowed
 
 
-def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: float = PRUNE) -> TaskGraph:
+def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: float | None = None) -> TaskGraph:
     """The task graph of ``affinity`` (module docstring, steps 1-4); ``neighbours`` overrides the k rule."""
     check_matrix(affinity)
+    prune = PRUNE if prune is None else prune
     t = len(affinity.tasks)
     k, rule = neighbour_count(t)
     if neighbours is not None:
@@ -153,19 +158,21 @@ def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: 
     rank[order] = np.arange(t)  # canonical position: ties break by task name, not by input order
     if t < 2:
         return TaskGraph(list(affinity.tasks), 0, d, np.zeros(t), np.zeros((t, 0), int), np.zeros((0, 2), int),
-                         np.zeros(0), rule)
+                         np.zeros(0), np.zeros(0, bool), rule)
     key = np.where(np.eye(t, dtype=bool), np.inf, d)
     nb = nearest(key, rank, k)
     sigma = d[np.arange(t), nb[:, -1]]
     floor = float(d.max()) * 1e-9 or 1e-12  # duplicate tasks: a zero scale would divide by zero
     sigma = np.maximum(sigma, floor)
     pairs = np.stack([np.repeat(np.arange(t), k), nb.reshape(-1)], axis=1)
+    knn = np.zeros((t, t), bool)
+    knn[pairs[:, 0], pairs[:, 1]] = True
     pairs = np.unique(np.sort(pairs, axis=1), axis=0)
     i, j = pairs[:, 0], pairs[:, 1]
     keep = allowed[i, j] & (d[i, j] ** 2 <= prune**2 * sigma[i] * sigma[j])
     i, j = i[keep], j[keep]
     w = np.exp(-(d[i, j] ** 2) / (sigma[i] * sigma[j]))
-    return TaskGraph(list(affinity.tasks), k, d, sigma, nb, np.stack([i, j], axis=1), w, rule)
+    return TaskGraph(list(affinity.tasks), k, d, sigma, nb, np.stack([i, j], axis=1), w, knn[i, j] & knn[j, i], rule)
 
 
 def nearest(key: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
@@ -183,19 +190,22 @@ def nearest(key: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
 
 
 class _Leiden:
-    """Leiden runs on one graph in canonical node order, memoised by (resolution, seed index)."""
+    """Leiden runs on the task graph (or its mutual edges only) in canonical node order, memoised."""
 
-    def __init__(self, graph: TaskGraph, seed: int) -> None:
+    def __init__(self, graph: TaskGraph, seed: int, mutual_only: bool = False) -> None:
         import igraph as ig
 
         t = len(graph.tasks)
+        self.name = "mutual-neighbour graph" if mutual_only else "neighbour graph"
         self.order = np.argsort(np.asarray(graph.tasks, dtype=object), kind="stable")
         self.pos = np.empty(t, int)
         self.pos[self.order] = np.arange(t)  # input index -> canonical node
-        e = self.pos[graph.edges] if len(graph.edges) else np.zeros((0, 2), int)
+        sel = graph.mutual if mutual_only else np.ones(len(graph.edges), bool)
+        e = self.pos[graph.edges[sel]] if sel.any() else np.zeros((0, 2), int)
         srt = np.lexsort((e[:, 1], e[:, 0])) if len(e) else np.zeros(0, int)
         self.graph = ig.Graph(n=t, edges=[tuple(map(int, x)) for x in e[srt]])
-        self.w = [float(x) for x in graph.weights[srt]]
+        self.w = [float(x) for x in graph.weights[sel][srt]]
+        self.unit = resolution_unit(len(self.w), graph.k)
         self.seed = seed
         self.runs: dict[tuple[float, int], np.ndarray] = {}
 
@@ -205,7 +215,7 @@ class _Leiden:
         if key not in self.runs:
             import igraph as ig
 
-            rng = random.Random(derive_seed(self.seed, "leiden", resolution, restart))
+            rng = random.Random(derive_seed(self.seed, "leiden", self.name, resolution, restart))
             ig.set_random_number_generator(rng)
             try:
                 part = self.graph.community_leiden(objective_function="modularity", weights=self.w or None,
@@ -224,19 +234,24 @@ class _Leiden:
 
 
 def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozenset(),  # type: ignore[assignment]
-                stop: int = 1) -> list[np.ndarray]:
+                stop: int = 1, scores: list[float] | None = None) -> list[np.ndarray]:
     """Successive average-linkage merges of ``labels``'s communities on ``d``, down to ``stop`` communities.
 
     Average linkage (UPGMA) on the community level: the two communities with the smallest
     mean ``d`` between their members merge. Communities that are a single task of
     ``keep_alone`` never merge (an unrelated task stays alone). Kept as pair sums, so a
-    merge costs O(communities); returns each labelling after each merge, in order.
+    merge costs O(communities); returns each labelling after each merge, in order. With
+    ``scores``, each labelling's silhouette on ``d`` is appended to it, kept up to date
+    in O(T) a merge (the per-task sums to each community add like the pair sums).
     """
+    from taskgrouping.selectors.base import silhouette_from_sums
+
     codes = np.unique(labels, return_inverse=True)[1]
     g = int(codes.max()) + 1
     members = np.zeros((len(labels), g))
     members[np.arange(len(labels)), codes] = 1.0
-    sums = members.T @ np.asarray(d, np.float64) @ members  # (g, g) summed distances between communities
+    to_comm = np.asarray(d, np.float64) @ members  # (T, g) summed distance from each task to each community
+    sums = members.T @ to_comm  # (g, g) summed distances between communities
     sizes = members.sum(axis=0)
     alone = np.array([sizes[c] == 1 and int(np.flatnonzero(codes == c)[0]) in keep_alone for c in range(g)])
     alive = ~alone
@@ -250,10 +265,16 @@ def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozen
         a, b = int(idx[min(x, y)]), int(idx[max(x, y)])
         sums[a, :] += sums[b, :]
         sums[:, a] += sums[:, b]
+        to_comm[:, a] += to_comm[:, b]
+        to_comm[:, b] = 0.0
         sizes[a] += sizes[b]
+        sizes[b] = 0.0
         alive[b] = False
         parent[parent == b] = a
         out.append(parent[codes].copy())
+        if scores is not None:
+            n_now = int((sizes > 0).sum())
+            scores.append(silhouette_from_sums(to_comm, sizes, out[-1]) if 1 < n_now < len(labels) else -1.0)
     return out
 
 
@@ -275,21 +296,32 @@ def _silhouette(graph: TaskGraph, labels: np.ndarray) -> float:
     return silhouette_precomputed(graph.d, labels) if 1 < _count(labels) < len(labels) else -1.0
 
 
-Candidates = dict[tuple[int, ...], tuple[np.ndarray, str]]
+Candidates = dict[tuple[int, ...], tuple[np.ndarray, str, float]]
+"""Canonical labels -> (labels, where the partition came from, its silhouette)."""
 
 
-def _add(cands: Candidates, labels: np.ndarray, why: str) -> None:
-    cands.setdefault(tuple(_canonical_labels(labels).tolist()), (labels, why))
+def _add(cands: Candidates, graph: TaskGraph, labels: np.ndarray, why: str, score: float | None = None) -> None:
+    key = tuple(_canonical_labels(labels).tolist())
+    if key not in cands:
+        cands[key] = (labels, why, _silhouette(graph, labels) if score is None else score)
 
 
-def _pick(cands: Candidates, graph: TaskGraph) -> tuple[np.ndarray, str]:
+def _pick(cands: Candidates) -> tuple[np.ndarray, str]:
     """The candidate with the highest silhouette (ties: the first proposed)."""
-    scored = [(_silhouette(graph, lab), -i, lab, why) for i, (lab, why) in enumerate(cands.values())]
-    best = max(scored, key=lambda c: (c[0], c[1]))
-    return best[2], best[3]
+    best = max(enumerate(cands.values()), key=lambda c: (c[1][2], -c[0]))[1]
+    return best[0], best[1]
 
 
-def resolution_unit(graph: TaskGraph) -> float:
+def _chains(cands: Candidates, graph: TaskGraph, sources: list[tuple[np.ndarray, str]], stop: int = 1) -> None:
+    """Add every average-linkage merge of each source partition (tasks the graph left alone stay alone)."""
+    alone = set(graph.isolated()) if stop == 1 else set()
+    for labels, why in sources:
+        scores: list[float] = []
+        for lab, sc in zip(merge_chain(labels, graph.d, alone, stop=stop, scores=scores), scores, strict=True):
+            _add(cands, graph, lab, f"{why}, merged by average linkage to {_count(lab)} groups", sc)
+
+
+def resolution_unit(edges: int, k: int) -> float:
     """The resolution at which two (k+1)-task cliques joined by one edge stop merging: ``L / (2 l^2)``.
 
     Merging two communities of ``l`` internal edges each and one edge between them raises
@@ -298,54 +330,57 @@ def resolution_unit(graph: TaskGraph) -> float:
     edges of a group of k + 1 mutual neighbours, this is the scale at which the graph's
     smallest natural groups are resolved, whatever T: about 0.35 at 16 tasks, 2.7 at 1,000.
     """
-    k = max(graph.k, 1)
-    return max(len(graph.edges), 1) / (2.0 * (k * (k + 1) / 2) ** 2)
+    k = max(k, 1)
+    return max(edges, 1) / (2.0 * (k * (k + 1) / 2) ** 2)
 
 
-def resolutions(graph: TaskGraph) -> list[float]:
-    """The candidate resolutions: :data:`SCALED` multiples of :func:`resolution_unit`."""
-    unit = resolution_unit(graph)
-    return [round(unit * m, 4) for m in SCALED]
+def resolutions(leiden: _Leiden) -> list[float]:
+    """The candidate resolutions of one graph: :data:`SCALED` multiples of its :func:`resolution_unit`."""
+    return [round(leiden.unit * m, 4) for m in SCALED]
 
 
-def _auto(leiden: _Leiden, graph: TaskGraph) -> tuple[np.ndarray, dict[str, Any]]:
-    """``--groups auto``: Leiden's partitions at every resolution and the merges of the best, by silhouette."""
+def _partitions(leidens: list[_Leiden], at_least: int = 1) -> list[tuple[np.ndarray, str]]:
+    """Each graph's most modular Leiden partition at each of its resolutions (finer until ``at_least`` communities)."""
+    out = []
+    for leiden in leidens:
+        res_list = resolutions(leiden)
+        while _count(_best_of(leiden, res_list[-1])) < at_least and res_list[-1] < 2**16:
+            res_list.append(res_list[-1] * 2)  # finer until there are enough communities
+        out += [(_best_of(leiden, r), f"Leiden on the {leiden.name} at resolution {r:.3g}") for r in res_list]
+    return out
+
+
+def _auto(leidens: list[_Leiden], graph: TaskGraph) -> tuple[np.ndarray, dict[str, Any]]:
+    """``--groups auto``: both graphs' Leiden partitions and all their average-linkage merges, by silhouette."""
     cands: Candidates = {}
-    for res in resolutions(graph):
-        _add(cands, _best_of(leiden, res), f"Leiden at resolution {res:.3g}")
-    top = max(cands.values(), key=lambda c: leiden.modularity(c[0]))
-    for lab in merge_chain(top[0], graph.d, set(graph.isolated())):
-        _add(cands, lab, f"{top[1]}, communities merged by average linkage to {_count(lab)}")
-    labels, why = _pick(cands, graph)
+    sources = _partitions(leidens)
+    for labels, why in sources:
+        _add(cands, graph, labels, why)
+    _chains(cands, graph, sources)
+    labels, why = _pick(cands)
     return labels, {"chosen": why, "candidates": len(cands),
-                    "rule": f"the highest silhouette (on the graph's dissimilarity) among Leiden's partitions at "
-                            f"resolutions {', '.join(f'{r:.3g}' for r in resolutions(graph))} ({RESTARTS} seeds each, the "
-                            "most modular kept) and the average-linkage merges of the most modular one "
-                            "(tasks the graph leaves alone stay alone)"}
+                    "rule": "the highest silhouette (on the graph's dissimilarity) among the Leiden partitions of "
+                            "the neighbour graph and of its mutual-neighbour edges, at resolutions "
+                            f"{', '.join(f'{m:g}' for m in SCALED)} x the graph's resolution unit ({RESTARTS} seeds "
+                            "each, the most modular kept), and every average-linkage merge of them (tasks the graph "
+                            "leaves alone stay alone)"}
 
 
-def _fixed_count(leiden: _Leiden, graph: TaskGraph, n: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Exactly ``n`` groups: Leiden's partitions with at least n communities, merged down to n, by silhouette."""
+def _fixed_count(leidens: list[_Leiden], graph: TaskGraph, n: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Exactly ``n`` groups: partitions with at least n communities, merged by average linkage to n, by silhouette."""
     cands: Candidates = {}
-    res_list = resolutions(graph)
-    res = max(res_list)
-    while _count(_best_of(leiden, res)) < n and res < 2**16:  # finer until there are enough communities
-        res *= 2
-        res_list.append(res)
-    for res in res_list:
-        lab = _best_of(leiden, res)
-        c = _count(lab)
-        if c == n:
-            _add(cands, lab, f"Leiden at resolution {res:.3g}")
-        elif c > n:
-            _add(cands, merge_chain(lab, graph.d, stop=n)[-1],
-                 f"Leiden at resolution {res:.3g} ({c} communities), merged by average linkage to {n}")
+    sources = [(lab, why) for lab, why in _partitions(leidens, at_least=n) if _count(lab) >= n]
+    for labels, why in sources:
+        if _count(labels) == n:
+            _add(cands, graph, labels, why)
+    _chains(cands, graph, [(lab, why) for lab, why in sources if _count(lab) > n], stop=n)
+    cands = {k: v for k, v in cands.items() if _count(v[0]) == n}
     if not cands:  # no resolution splits the graph into n (cannot happen past singletons; stay total)
-        _add(cands, merge_chain(np.arange(len(graph.tasks)), graph.d, stop=n)[-1], f"average linkage to {n}")
-    labels, why = _pick(cands, graph)
+        _add(cands, graph, merge_chain(np.arange(len(graph.tasks)), graph.d, stop=n)[-1], f"average linkage to {n}")
+    labels, why = _pick(cands)
     return labels, {"chosen": why, "candidates": len(cands),
-                    "rule": f"exactly {n} groups: the highest silhouette among Leiden's partitions with at least "
-                            f"{n} communities, each merged by average linkage to {n}"}
+                    "rule": f"exactly {n} groups: the highest silhouette among both graphs' Leiden partitions "
+                            f"with at least {n} communities, each merged by average linkage to {n}"}
 
 
 def neighbour_rows(affinity: AffinityMatrix, graph: TaskGraph | None = None) -> list[dict[str, Any]]:
@@ -385,12 +420,12 @@ def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
     elif n_groups == 1:
         labels, how = np.zeros(t, int), {"chosen": "one group", "rule": "--groups 1"}
     else:
-        leiden = _Leiden(graph, seed)
+        leidens = [_Leiden(graph, seed), _Leiden(graph, seed, mutual_only=True)]
         if n_groups is None:
-            labels, how = _auto(leiden, graph)
+            labels, how = _auto(leidens, graph)
         else:
-            labels, how = _fixed_count(leiden, graph, n_groups)
-        base["modularity"] = leiden.modularity(labels)
+            labels, how = _fixed_count(leidens, graph, n_groups)
+        base["modularity"] = leidens[0].modularity(labels)
     base.setdefault("modularity", 0.0)
     info = base | how | {"k": _count(labels), "silhouette": silhouette(affinity, labels)}
     return Grouping.from_labels(affinity.tasks, _canonical_labels(labels), info=info)
