@@ -445,20 +445,23 @@ def graph_section(graph: dict[str, Any], rows: list[dict[str, Any]], kind: str) 
     lines = ["## Task graph", "",
              f"Each task is joined to its {graph.get('neighbours')} nearest partners ({graph.get('neighbour_rule')}), "
              f"weighted by a local-scale kernel; {graph.get('edges')} edges were kept (an edge must be short on the "
-             f"scale of both its tasks, `d^2 <= {graph.get('prune')}^2 sigma_i sigma_j`). Partition: "
-             f"{graph.get('chosen')}; chosen by {graph.get('rule')}. Modularity of the groups: "
-             f"**{float(graph.get('modularity') or 0.0):.3f}**.", ""]
+             f"scale of both its tasks, `d^2 <= {graph.get('prune')}^2 sigma_i sigma_j`"
+             + (", and join tasks of positive mutual gain" if kind != "distance" else "") + ").", "",
+             f"Partition: {graph.get('chosen')}. Chosen by {graph.get('rule')}.", "",
+             f"Modularity of the groups on this graph: **{float(graph.get('modularity') or 0.0):.3f}**.", ""]
     alone = graph.get("isolated") or []
     if alone:
-        lines += ["Left alone (no partner is near on both tasks' scales): "
+        why = "no partner is near on both tasks' scales" + ("" if kind == "distance" else
+                                                            ", or no partner gains both ways")
+        lines += [f"Left alone ({why}): "
                   + ", ".join(f"`{t}`" for t in alone[:20]) + (f" and {len(alone) - 20} more" if len(alone) > 20 else "")
                   + ".", ""]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["task"], []).append(r)
     if by:
-        lines += [f"Nearest partners ({value}; an edge the graph kept is marked, `neighbours.parquet` has every "
-                  "task):", "", "| task | partners |", "|---|---|"]
+        lines += [f"Nearest partners ({value}; \"(pruned)\" marks a partner the graph did not join; "
+                  "`neighbours.parquet` has every task):", "", "| task | partners |", "|---|---|"]
         for t, rs in list(by.items())[:GRAPH_ROWS]:
             cells = ", ".join(f"`{r['partner']}` {r['value']:.3g}{'' if r['edge'] else ' (pruned)'}"
                               for r in sorted(rs, key=lambda r: r["rank"]))

@@ -209,3 +209,41 @@ def test_placing_a_task_by_the_graph_does_not_import_igraph():
         "print('igraph' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_modularity_matches_igraph_and_is_reported():
+    import igraph as ig
+
+    from taskgrouping.selectors.graph import graph_modularity
+
+    aff, _ = mixed_scales(4)
+    graph = build_graph(aff)
+    g = select_graph(aff, None, 0)
+    labels = g.labels(aff.tasks)
+    ref = ig.Graph(n=len(aff.tasks), edges=graph.edges.tolist()).modularity(labels.tolist(),
+                                                                           weights=graph.weights.tolist())
+    assert graph_modularity(graph, labels) == pytest.approx(ref, abs=1e-12)
+    assert g.info["modularity"] == pytest.approx(ref, abs=1e-12) and g.info["modularity"] > 0.5
+    assert select_graph(aff, 1, 0).info["modularity"] == pytest.approx(0.0, abs=1e-12)  # one group: Q = 0
+
+
+def test_tasks_without_structure_stay_together():
+    flat = AffinityMatrix([f"t{i}" for i in range(8)], 1.0 - np.eye(8), "distance")  # every pair equally far
+    assert select_graph(flat, None, 0).groups == [flat.tasks]
+
+
+def test_the_report_states_the_graph_after_an_incremental_regroup():
+    from taskgrouping.report import graph_section
+    from taskgrouping.tasks.report import graph_summary
+
+    aff, _ = mixed_scales(1, unrelated=0)
+    graph = build_graph(aff)
+    labels = select_graph(aff, None, 0).labels(aff.tasks)
+    rows = neighbour_rows(aff, graph)
+    regroup = {"mode": "incremental", "reason": "1 new task joined its nearest group; no drift"}
+    summary = graph_summary({"k": 4, "silhouette": 0.5, "regroup": "incremental"}, graph, labels, rows, regroup)
+    assert summary["neighbours"] == graph.k and summary["edges"] == len(graph.edges)
+    assert summary["chosen"] == "incremental: 1 new task joined its nearest group; no drift"
+    assert summary["modularity"] > 0.5 and set(summary["nearest"]) == set(aff.tasks)
+    text = "\n".join(graph_section(summary, rows, "distance"))
+    assert "None" not in text and f"its {graph.k} nearest partners" in text and "Modularity of the groups" in text

@@ -67,7 +67,6 @@ RESTARTS = 4
 """Leiden seeds per resolution (each seed derived from the run's)."""
 PRUNE = 1.5
 """An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
-"""An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ class TaskGraph:
 def neighbour_count(t: int) -> tuple[int, str]:
     """The k for T tasks: ``max(2, round(ln T))``, at most T - 1, and the rule in words."""
     k = max(1, min(t - 1, max(2, round(math.log(max(t, 2))))))
-    return k, f"k = max(2, round(ln T)) = {k} for T = {t} (the order that keeps a k-NN graph connected)"
+    return k, f"k = max(2, round(ln T)) = {k} at T = {t}, the order that keeps a k-NN graph connected"
 
 
 def check_matrix(affinity: AffinityMatrix) -> None:
@@ -151,7 +150,8 @@ def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: 
     t = len(affinity.tasks)
     k, rule = neighbour_count(t)
     if neighbours is not None:
-        k, rule = max(1, min(t - 1, neighbours)), f"k = {neighbours} (given)"
+        k = max(1, min(t - 1, neighbours))
+        rule = f"k = {k} (given)"
     d, allowed = dissimilarity(affinity)
     order = np.argsort(np.asarray(affinity.tasks, dtype=object), kind="stable")
     rank = np.empty(t, int)
@@ -274,7 +274,8 @@ def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozen
         out.append(parent[codes].copy())
         if scores is not None:
             n_now = int((sizes > 0).sum())
-            scores.append(silhouette_from_sums(to_comm, sizes, out[-1]) if 1 < n_now < len(labels) else -1.0)
+            scores.append(0.0 if n_now == 1 else  # as _silhouette scores one group
+                          silhouette_from_sums(to_comm, sizes, out[-1]) if n_now < len(labels) else -1.0)
     return out
 
 
@@ -290,10 +291,17 @@ def _best_of(leiden: _Leiden, resolution: float) -> np.ndarray:
 
 
 def _silhouette(graph: TaskGraph, labels: np.ndarray) -> float:
-    """Silhouette of ``labels`` on the graph's dissimilarity (-1 where undefined: one group, or all alone)."""
+    """Silhouette of ``labels`` on the graph's dissimilarity: 0 for one group, -1 for every task alone.
+
+    One group scores 0, so a partition wins only with a positive silhouette: where the
+    tasks have no structure (all distances equal) they stay together.
+    """
     from taskgrouping.selectors.base import silhouette_precomputed
 
-    return silhouette_precomputed(graph.d, labels) if 1 < _count(labels) < len(labels) else -1.0
+    c = _count(labels)
+    if c == 1:
+        return 0.0
+    return silhouette_precomputed(graph.d, labels) if c < len(labels) else -1.0
 
 
 Candidates = dict[tuple[int, ...], tuple[np.ndarray, str, float]]
@@ -357,6 +365,7 @@ def _auto(leidens: list[_Leiden], graph: TaskGraph) -> tuple[np.ndarray, dict[st
     for labels, why in sources:
         _add(cands, graph, labels, why)
     _chains(cands, graph, sources)
+    _add(cands, graph, np.zeros(len(graph.tasks), int), "one group (no partition has a positive silhouette)")
     labels, why = _pick(cands)
     return labels, {"chosen": why, "candidates": len(cands),
                     "rule": "the highest silhouette (on the graph's dissimilarity) among the Leiden partitions of "
@@ -405,9 +414,13 @@ def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
                  neighbours: int | None = None) -> Grouping:
     """Groups as the communities of the task graph (module docstring).
 
-    ``info`` holds ``k``, ``neighbours`` (k per task) and ``neighbour_rule``,
-    ``chosen`` (which candidate partition) and ``rule`` (how it was chosen), ``modularity`` (standard, weighted), ``edges``,
-    ``isolated`` (tasks with no kept edge, each alone) and ``silhouette``.
+    ``info`` holds ``k`` (the number of groups, as every selector's), ``neighbours`` (the
+    graph's k: partners per task) and ``neighbour_rule``, ``edges``, ``prune``,
+    ``isolated`` (tasks with no kept edge, each alone), ``chosen`` (which candidate
+    partition won) and ``rule`` (how), ``candidates`` (how many were scored),
+    ``modularity`` (:func:`graph_modularity` of the groups) and ``silhouette`` (as every
+    selector reports it, :func:`~taskgrouping.selectors.base.silhouette`; the choice itself
+    scores silhouettes on the graph's shifted dissimilarity).
     """
     t = len(affinity.tasks)
     if n_groups is not None and not 1 <= n_groups <= t:
@@ -425,10 +438,27 @@ def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
             labels, how = _auto(leidens, graph)
         else:
             labels, how = _fixed_count(leidens, graph, n_groups)
-        base["modularity"] = leidens[0].modularity(labels)
-    base.setdefault("modularity", 0.0)
+    base["modularity"] = graph_modularity(graph, labels)
     info = base | how | {"k": _count(labels), "silhouette": silhouette(affinity, labels)}
     return Grouping.from_labels(affinity.tasks, _canonical_labels(labels), info=info)
+
+
+def graph_modularity(graph: TaskGraph, labels: np.ndarray) -> float:
+    """Weighted modularity (resolution 1) of ``labels`` on the graph's kept edges; 0 for a graph with no edge.
+
+    ``Q = sum_c [ W_c / W - (S_c / 2W)^2 ]``: W the total edge weight, W_c the weight inside
+    community c, S_c the summed weighted degree of its tasks (Newman 2004). Numpy only,
+    so the report and the ``+1`` path do not import igraph; equal to igraph's (a test).
+    """
+    if not len(graph.edges):
+        return 0.0
+    lab = np.unique(np.asarray(labels), return_inverse=True)[1]
+    i, j, w = graph.edges[:, 0], graph.edges[:, 1], graph.weights
+    total = float(w.sum())
+    inside = np.bincount(lab[i][lab[i] == lab[j]], weights=w[lab[i] == lab[j]], minlength=lab.max() + 1)
+    degree = np.bincount(lab[i], weights=w, minlength=lab.max() + 1) + np.bincount(lab[j], weights=w,
+                                                                                 minlength=lab.max() + 1)
+    return float((inside / total - (degree / (2 * total)) ** 2).sum())
 
 
 def _canonical_labels(labels: np.ndarray) -> np.ndarray:

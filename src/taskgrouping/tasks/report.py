@@ -50,14 +50,29 @@ def _heatmap(st: Store, affinity_path: Path, affinity: AffinityMatrix, grouping:
     return png
 
 
+def graph_summary(info: dict[str, Any], graph: Any, labels: Any, rows: list[dict[str, Any]],
+                  regroup: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's ``graph``: how k and the partition were chosen, modularity, and each task's nearest partner.
+
+    ``info`` is the selection's diagnostics; after an incremental regroup (or any selection
+    that did not build the graph) the graph's own facts come from ``graph``, the one the
+    report built, and ``chosen`` says how the groups were kept.
+    """
+    from taskgrouping.selectors.graph import PRUNE, graph_modularity
+
+    out = {"neighbours": graph.k, "neighbour_rule": graph.rule, "edges": int(len(graph.edges)), "prune": PRUNE,
+           "isolated": [graph.tasks[i] for i in graph.isolated()]}
+    for k in ("chosen", "rule", "candidates"):
+        if k in info:
+            out[k] = info[k]
+    if "chosen" not in out and regroup:
+        out["chosen"] = f"{regroup.get('mode', 'kept')}: {regroup.get('reason', '')}"
+        out["rule"] = "the previous version's groups, new tasks placed by the task graph"
+    out["modularity"] = graph_modularity(graph, labels)
+    return out | {"nearest": {r["task"]: [r["partner"], r["value"]] for r in rows if r["rank"] == 1}}
+
+
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
-def graph_summary(info: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary's ``graph``: how k and the partition were chosen, modularity, and each task's nearest partner."""
-    keep = ("neighbours", "neighbour_rule", "edges", "prune", "modularity", "chosen", "rule", "candidates", "isolated")
-    nearest = {r["task"]: [r["partner"], r["value"]] for r in rows if r["rank"] == 1}
-    return {k: info[k] for k in keep if k in info} | {"nearest": nearest}
-
-
 def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection: dict[str, Any],
                 affinity_path: str, group_results: dict[str, list[dict[str, Any]]],
                 counts: dict[str, int], seconds: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
@@ -91,12 +106,15 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "heatmap": str(st.write_run_file(run_id, "heatmap.png", _heatmap(
             st, Path(affinity_path), affinity, grouping, f"{config['method']} {affinity.kind}"))),
     }
-    graph = None
+    graph, graph_info = None, None
     if config["selector"] == "graph" and len(tasks) > 1:
         from taskgrouping.selectors.graph import build_graph, neighbour_rows
 
-        graph = neighbour_rows(affinity, build_graph(affinity))
+        task_graph = build_graph(affinity)
+        graph = neighbour_rows(affinity, task_graph)
         artifacts["neighbours"] = str(st.write_neighbours(run_id, graph))
+        graph_info = graph_summary(selection["info"], task_graph, grouping.labels(affinity.tasks), graph,
+                                   selection.get("regroup"))
     summary: dict[str, Any] = {
         "run_id": run_id,
         "store": str(st.root),
@@ -132,7 +150,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "distance": extra.get("distance"),
         "head": extra.get("head"),
         "meta_training": extra.get("meta_training"),
-        "graph": None if graph is None else graph_summary(selection["info"], graph),
+        "graph": graph_info,
     }
     if analysis is not None:
         summary |= analysis.summary()
