@@ -25,6 +25,7 @@ near on both tasks' scales), where a full selection will make it a group of its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,32 @@ def _closeness(affinity: AffinityMatrix, task: str, members: list[str], where: d
     if affinity.kind == "distance":
         return -float(0.5 * (v[i, idx] + v[idx, i]).mean())
     return float(0.5 * (v[i, idx] + v[idx, i]).mean())
+
+
+def _nearest_group(affinity: AffinityMatrix, task: str, serving: list[list[str]],
+                   where: dict[str, int]) -> tuple[int | None, str]:
+    """The group ``task`` is closest to, or ``None`` and the reason when it fits no group (``fit`` drift)."""
+    scores = [_closeness(affinity, task, s, where) for s in serving]
+    best = int(np.argmax(scores))
+    members = serving[best]
+    if affinity.kind == "distance":
+        loosest = max((-_closeness(affinity, m, members, where) for m in members if len(members) > 1),
+                      default=None)
+        if loosest is not None and -scores[best] > loosest:
+            return None, (f"drift (fit): new task {task!r} is farther from its nearest group "
+                          f"({-scores[best]:.3g}) than that group's loosest member ({loosest:.3g})")
+    elif scores[best] < 0.0:
+        return None, f"drift (fit): new task {task!r} has a negative mean gain with every group"
+    return best, "nearest group"
+
+
+def _graph_placer(affinity: AffinityMatrix, serving: list[list[str]],
+                  where: dict[str, int]) -> Callable[[str], tuple[int | None, str]]:
+    """Places tasks by one task graph of ``affinity`` (built once for all new tasks)."""
+    from taskgrouping.selectors.graph import build_graph, place_by_graph
+
+    graph = build_graph(affinity)
+    return lambda task: place_by_graph(affinity, task, serving, where, graph)
 
 
 def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_groups: int | None,
@@ -87,29 +114,13 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
         return None, full | {"reason": "drift (groups): a group lost every task it served"}
     placed: dict[str, int] = {}
     where = {t: i for i, t in enumerate(affinity.tasks)}
-    if selector == "graph" and new:
-        from taskgrouping.selectors.graph import build_graph, place_by_graph
-
-        graph = build_graph(affinity)
-        for t in new:
-            best_or_none, why = place_by_graph(affinity, t, serving, where, graph)
-            if best_or_none is None:
-                return None, full | {"reason": why}
-            placed[t] = best_or_none
-    for t in new if selector != "graph" else []:
-        scores = [_closeness(affinity, t, s, where) for s in serving]
-        best = int(np.argmax(scores))
-        members = serving[best]
-        if affinity.kind == "distance":
-            loosest = max((-_closeness(affinity, m, members, where) for m in members if len(members) > 1),
-                          default=None)
-            if loosest is not None and -scores[best] > loosest:
-                return None, full | {"reason": f"drift (fit): new task {t!r} is farther from its nearest group "
-                                               f"({-scores[best]:.3g}) than that group's loosest member "
-                                               f"({loosest:.3g})"}
-        elif scores[best] < 0.0:
-            return None, full | {"reason": f"drift (fit): new task {t!r} has a negative mean gain with every group"}
-        placed[t] = best
+    place = _graph_placer(affinity, serving, where) if selector == "graph" and new else \
+        (lambda t: _nearest_group(affinity, t, serving, where))
+    for t in new:
+        best_or_none, why = place(t)
+        if best_or_none is None:
+            return None, full | {"reason": why}
+        placed[t] = best_or_none
     for t, gi in placed.items():  # placed against the old groups only, so the order of new tasks does not matter
         groups[gi].append(t)
     order = {t: i for i, t in enumerate(tasks)}
