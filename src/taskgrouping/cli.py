@@ -364,7 +364,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     leaves nothing behind.
     """
     from taskgrouping.flows.keeper import start_ahead
+    from taskgrouping.interrupt import end_on_signals
 
+    end_on_signals()
     store = Path(args.store).expanduser().resolve()
     ahead = start_ahead(store / "prefect" / "home")
     try:
@@ -622,9 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("taskgrouping: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from taskgrouping.interrupt import Terminated
+
+        term = isinstance(exc, Terminated)
+        print(f"taskgrouping: {'stopped by SIGTERM' if term else 'interrupted'}; the run did not finish "
+              "(what it finished is in the store and is reused by the next run)", file=sys.stderr)
+        return 143 if term else 130
     except Exception as exc:  # an internal failure: one line, exit 1 (--verbose for the traceback)
         if getattr(args, "verbose", False):
             raise

@@ -8,7 +8,8 @@ has been written to the store (counted across processes and runs of one store):
 * ACTION: ``kill-run`` sends SIGKILL to the whole process group (the run, its Dask
   workers and the Prefect server it started: ``kill -9`` of everything), and
   ``kill-worker`` sends SIGKILL to the current process only (on a Dask worker: a lost
-  worker).
+  worker), and ``hang`` makes the current process sleep for an hour right there (a step
+  that never ends: tests of signals and of killed runs send theirs while it hangs).
 
 The count lives in ``<store>/.faults/``, so the same setting does not fire again on
 the rerun that resumes the work. Real runs never set the variable.
@@ -22,7 +23,8 @@ from pathlib import Path
 
 ENV = "TASKGROUPING_FAULT"
 STAGES = ("sample", "probe", "affinity", "select", "train")
-ACTIONS = ("kill-run", "kill-worker")
+ACTIONS = ("kill-run", "kill-worker", "hang")
+HANG_SECONDS = 3600.0
 
 
 def parse(spec: str) -> tuple[str, int, str]:
@@ -56,6 +58,12 @@ def reached(store: str | os.PathLike[str], stage: str) -> None:
         return
     want, k, action = parse(spec)
     if want != stage or _count(Path(store), stage) != k:
+        return
+    if action == "hang":
+        (Path(store) / ".faults" / f"{stage}.hanging").write_text(str(os.getpid()))
+        import time
+
+        time.sleep(HANG_SECONDS)
         return
     if action == "kill-run":
         os.killpg(os.getpgid(0), signal.SIGKILL)

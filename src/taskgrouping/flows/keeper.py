@@ -5,7 +5,8 @@ on one store paid it every time. The first run now starts a *keeper* process, de
 from the run, which starts the server and records it in ``<home>/shared-server.json``.
 Later runs of the store find the record, check the server answers, and use it. Each run
 registers itself in ``<home>/users/<pid>.json`` while it uses the server and touches
-``<home>/shared-server.used`` when it starts and ends. The keeper stops the server once
+``<home>/shared-server.used`` when it starts and ends. Every few seconds the keeper
+marks Crashed what runs that died left Running (:mod:`taskgrouping.flows.orphans`). It stops the server once
 no live run uses it and the last use is ``idle`` seconds old, and stops with it; the
 server dies with its keeper (``PR_SET_PDEATHSIG`` on Linux).
 
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskgrouping.flows import orphans
 from taskgrouping.flows.server import (
     _alive,
     _die_with_parent,
@@ -271,11 +273,16 @@ def keep(home: Path, idle: float) -> int:
         if not seeded:
             save_template(home)  # before any run is let in: the copy holds no runs
         publish(True)
+    store = home.parent.parent  # home is <store>/prefect/home
+    swept = time.monotonic()
     try:
         while not stopping and server.poll() is None:
             time.sleep(POLL)
             if not home.is_dir():  # the store was removed
                 break
+            if time.monotonic() - swept >= orphans.SWEEP_EVERY:  # runs whose process died: Crashed
+                swept = time.monotonic()
+                orphans.sweep(store, url, own=True)
             with server_lock(home):
                 used = (home / USED).stat().st_mtime if (home / USED).exists() else 0.0
                 if not _users(home) and time.time() - used >= idle:

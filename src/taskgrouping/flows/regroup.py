@@ -21,6 +21,7 @@ from prefect.futures import as_completed
 
 from taskgrouping import keys
 from taskgrouping.config import RunConfig
+from taskgrouping.flows import orphans
 from taskgrouping.hashing import stable_hash
 from taskgrouping.methods.base import positions
 from taskgrouping.methods.swola import SwolaSettings
@@ -601,6 +602,8 @@ AFFINITY_STAGES = {"swola": _swola_affinity, "swola-meta": _meta_affinity, "tag"
 def regroup(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Regroup the tasks of a dataset; returns the run summary (contracts.md)."""
     cfg = RunConfig.from_dict(config)
+    orphans.sweep_at_start(cfg.store)
+    orphans.claim_current(cfg.store)
     store = Store(cfg.store)
     results = store.results_dir()
     results.mkdir(parents=True, exist_ok=True)
@@ -804,3 +807,4 @@ def run_regroup(cfg: RunConfig, run_id: str, address: str | None = None) -> dict
         return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)
     finally:
         release_kept()
+        orphans.release(cfg.store)

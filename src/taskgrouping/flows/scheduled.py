@@ -12,59 +12,122 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from taskgrouping.config import RunConfig
+from taskgrouping.errors import InputError
+
+DEFAULTS: dict[str, Any] = {"data": "builtin:digits", "store": "./taskgrouping-store", "method": "swola",
+                             "selector": "graph", "samples": 512, "seed": 0, "workers": 2, "max_epochs": 200,
+                             "evaluate": "all", "repeats": 1, "regroup": "incremental"}
+"""What a parameter left at ``null`` means when no ``config`` is given (the flow's defaults)."""
+
+PATHS = ("data", "store")
+
+
+def _given(params: dict[str, Any]) -> dict[str, Any]:
+    """The simple parameters a run was given (not ``null``): each one overrides ``config``'s field."""
+    return {k: v for k, v in params.items() if k != "config" and v is not None}
+
+
+def effective(params: dict[str, Any]) -> dict[str, Any]:
+    """The data, method and selector a run with these parameters runs: the given ones, else ``config``'s, else the defaults."""
+    config = params.get("config") or {}
+    given = _given(params)
+    return {k: given.get(k, config.get(k, DEFAULTS.get(k))) for k in ("data", "method", "selector")}
+
+
+def data_label(data: str) -> str:
+    """How a run's name shows its data: a built-in as written, a file by its name."""
+    return data if str(data).startswith("builtin:") else Path(str(data)).name
 
 
 def _name() -> str:
     from prefect.runtime import flow_run
 
-    p = flow_run.parameters
-    return f"scheduled {p.get('data', '?')} {p.get('method', 'swola')}/{p.get('selector', 'graph')}"
+    e = effective(dict(flow_run.parameters))
+    return f"scheduled {data_label(e['data'])} {e['method']}/{e['selector']}"
+
+
+def build_config(params: dict[str, Any]) -> RunConfig:
+    """The run's :class:`RunConfig`: ``config`` (or the defaults), with every given parameter on top.
+
+    A triggered run of a served deployment (whose only parameter is ``config``) with
+    ``--param data=OTHER`` runs OTHER: a given parameter always wins over ``config``.
+    Relative paths are resolved against the working directory. ``groups`` takes ``auto``
+    (or ``null`` without ``config``) for the automatic count.
+    """
+    from dataclasses import replace
+
+    given = _given(params)
+    for key in PATHS:
+        if key in given and not (key == "data" and str(given[key]).startswith("builtin:")):
+            given[key] = str(Path(str(given[key])).expanduser().resolve())
+    if params.get("config") is not None:
+        base = RunConfig.from_dict(params["config"])
+    else:
+        base = RunConfig(data=given.get("data", DEFAULTS["data"]),
+                         store=given.get("store", str(Path(DEFAULTS["store"]).resolve())))
+        given = {**{k: v for k, v in DEFAULTS.items() if k not in PATHS}, **given}
+    if "groups" in given:
+        groups = given["groups"]
+        if isinstance(groups, str):
+            if groups.strip().lower() != "auto":
+                raise InputError(f"parameter groups={groups!r}: need a whole number or 'auto'")
+            groups = None
+        given["groups"] = groups
+    if "task_kinds" in given:
+        given["task_kinds"] = tuple(dict(given["task_kinds"]).items())
+    max_epochs = given.pop("max_epochs", None)
+    cfg = replace(base, **given)
+    if max_epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, max_epochs=int(max_epochs)))
+    return cfg
 
 
 @flow(name="regroup-scheduled", flow_run_name=_name, log_prints=False)
-def scheduled_regroup(data: str = "builtin:digits", store: str = "./taskgrouping-store", method: str = "swola",
-                      selector: str = "graph", groups: int | None = None, tasks: str | None = None,
-                      samples: int = 512, seed: int = 0, workers: int = 2, max_epochs: int = 200,
-                      evaluate: str = "all", features: str | None = None, lineage: str | None = None,
-                      task_kinds: dict[str, str] | None = None, repeats: int = 1, regroup: str = "incremental",
+def scheduled_regroup(data: str | None = None, store: str | None = None, method: str | None = None,
+                      selector: str | None = None, groups: int | str | None = None, tasks: str | None = None,
+                      samples: int | None = None, seed: int | None = None, workers: int | None = None,
+                      max_epochs: int | None = None, evaluate: str | None = None, features: str | None = None,
+                      lineage: str | None = None, task_kinds: dict[str, str] | None = None,
+                      repeats: int | None = None, regroup: str | None = None,
                       config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Regroup ``data`` into the versioned store ``store``; returns the run summary.
+
+    Every parameter left ``null`` takes ``config``'s value if ``config`` is given (a whole
+    :class:`RunConfig` as a dict: what ``taskgrouping serve`` passes, so that every ``run``
+    option is available), else its default (:data:`DEFAULTS`: ``builtin:digits``,
+    ``./taskgrouping-store``, ``swola``, ``graph``, 512 samples, seed 0, 2 workers, 200
+    epochs, ``evaluate=all``, 1 repeat, ``regroup=incremental``). A parameter that is
+    given always wins over ``config``: a triggered run of a served deployment with
+    ``--param data=OTHER`` runs OTHER.
 
     A relative ``store`` or data path is relative to the deployment's working
     directory (the folder ``prefect deploy`` ran in, for a process work pool).
     ``task_kinds`` maps a task name or glob to its kind (``--task-kind``); ``repeats``
-    trains every setting that many times (``--repeats``); ``regroup`` is ``--regroup``. ``config``,
-    a whole :class:`RunConfig` as a dict (what ``taskgrouping serve`` passes, so that
-    every ``run`` option is available), replaces every other parameter.
+    trains every setting that many times (``--repeats``); ``regroup`` is ``--regroup``.
     Prints one line per run: the version and what changed.
     """
-    from dataclasses import replace
-    from pathlib import Path
-
+    from taskgrouping.flows import orphans
     from taskgrouping.flows.regroup import run_regroup
     from taskgrouping.report import run_line
 
-    if config is not None:
-        cfg = RunConfig.from_dict(config)
-    else:
-        if not data.startswith("builtin:"):
-            data = str(Path(data).expanduser().resolve())
-        cfg = RunConfig(data=data, tasks=tasks, features=features, method=method, selector=selector,
-                        groups=groups, samples=samples, seed=seed, store=str(Path(store).expanduser().resolve()),
-                        workers=workers, evaluate=evaluate,  # type: ignore[arg-type]  # checked in RunConfig
-                        lineage=lineage, repeats=repeats, regroup=regroup,  # type: ignore[arg-type]
-                        task_kinds=tuple((task_kinds or {}).items()))
-        cfg = replace(cfg, train=replace(cfg.train, max_epochs=max_epochs))
+    params = {k: v for k, v in locals().items() if k in _PARAMS}
+    cfg = build_config(params)
     cfg.check_data()
+    orphans.claim_current(cfg.store)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     summary = run_regroup(cfg, run_id)
     print(run_line(summary), flush=True)
     return summary
+
+
+_PARAMS = ("data", "store", "method", "selector", "groups", "tasks", "samples", "seed", "workers", "max_epochs",
+           "evaluate", "features", "lineage", "task_kinds", "repeats", "regroup", "config")
 
 
 def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str, Any],

@@ -22,6 +22,7 @@ states and logs) before it exits, since a forked process skips Python's exit hoo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import MutableMapping
@@ -60,6 +61,22 @@ def keep_only_snapshot(environ: MutableMapping[str, str]) -> None:
 
 
 keep_only_snapshot(os.environ)
+
+
+def ignore_sigint() -> None:
+    """A run's worker ignores SIGINT: a ``kill -INT`` of the run's process group is the run's to handle.
+
+    The run closes its workers as it stops (:mod:`taskgrouping.interrupt`); a worker that
+    died of the signal by itself left its steps' results missing and printed a traceback.
+    """
+    import signal
+
+    if ENV_KEYS in os.environ:
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to set
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+ignore_sigint()
 
 import prefect.context  # noqa: E402
 
