@@ -564,7 +564,7 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         lines += ["Selector diagnostics: " + ", ".join(f"{k} = {v}" for k, v in diag.items()), ""]
     if summary.get("graph"):
         lines += graph_section(summary["graph"], info.get("neighbours") or [], affinity.kind)
-    lines += ["![affinity heatmap](heatmap.png)", ""]
+    lines += ["![affinity heatmap](heatmap.png)", ""]  # tasks/report.py HEATMAP_LINK
     by = {(r["setting"], r["task"]): r for r in rows if int(r.get("repeat", 0)) == 0}
     kinds = info.get("task_kinds") or {}
     if rows:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from taskgrouping.hashing import stable_hash
+
+
+def data_label(data: str) -> str:
+    """How run names and artifact keys show a data source: a built-in as written, a file by its name."""
+    return data if str(data).startswith("builtin:") else Path(str(data)).name
 
 
 def lineage_key(data: str, method: str, selector: str, name: str | None = None) -> str:

@@ -69,10 +69,12 @@ def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path):
             keys = {a.key for a in client.read_artifacts()}
     assert run.state.is_completed(), run.state
     assert deployment.schedules and deployment.schedules[0].schedule.cron == "0 3 * * 1"
-    assert {"taskgrouping-groups", "taskgrouping-affinity", "taskgrouping-settings", "taskgrouping-changes",
-            "taskgrouping-report"} <= keys
     (summary_file,) = store.glob("runs/*/summary.json")
     summary = json.loads(summary_file.read_text())
+    from taskgrouping.tasks.report import artifact_suffix
+
+    assert {f"taskgrouping-{k}-{artifact_suffix(summary)}" for k in (
+        "groups", "affinity", "settings", "changes", "report", "heatmap")} <= keys
     assert summary["version"] == 1 and summary["counts"]["probes_computed"] == 4
     assert list(store.glob("groupings/*/v0001.json"))
     assert _git_status() == before  # deploying wrote nothing into the repository

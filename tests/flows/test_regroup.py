@@ -1,7 +1,9 @@
 """The regroup flow for real: Prefect server, a local Dask process cluster, the store."""
 
 import json
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -87,10 +89,30 @@ def test_existing_dask_scheduler_and_artifacts(prefect_api, tmp_path):
         summary = run_regroup(_cfg(tmp_path / "s", dask_address=cluster.scheduler_address), "on-cluster")
     assert summary["counts"]["probes_computed"] == 6
     assert Path(summary["artifacts"]["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from taskgrouping.tasks.report import artifact_suffix
+
+    suffix = artifact_suffix(summary)  # per lineage: each dataset's history is its own in the UI
+    assert re.fullmatch(r"[a-z0-9-]+", suffix) and suffix.endswith(summary["lineage"][:8])
     with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts()}
-    assert {"taskgrouping-groups", "taskgrouping-settings", "taskgrouping-report", "taskgrouping-affinity",
-            "taskgrouping-changes"} <= keys
+        arts = {a.key: a for a in client.read_artifacts() if a.key and a.key.endswith(suffix)}
+        logs = [log.message for log in client.read_logs()]
+    assert {f"taskgrouping-{k}-{suffix}" for k in ("groups", "settings", "report", "affinity", "changes",
+                                                    "heatmap")} == set(arts)
+    image = arts[f"taskgrouping-heatmap-{suffix}"]
+    assert image.type == "image" and str(image.data).startswith("data:image/png;base64,iVBORw0KGgo")
+    report = str(arts[f"taskgrouping-report-{suffix}"].data)
+    assert "![affinity heatmap](data:image/png;base64," in report and "](heatmap.png)" not in report
+    assert any(m.startswith("select: 2 groups") for m in logs)  # the progress lines reach the UI
+    deadline = time.monotonic() + 30
+    events: list = []
+    while not events and time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            events = [e for e in client.request("POST", "/events/filter", json={"filter": {"event": {
+                "prefix": ["taskgrouping.grouping."]}}}).json()["events"]
+                if e["resource"]["prefect.resource.id"] == f"taskgrouping.lineage.{summary['lineage']}"]
+        time.sleep(0.5)
+    assert [e["event"] for e in events] == ["taskgrouping.grouping.changed"]
+    assert events[0]["payload"]["tasks_added"] == summary["tasks"] and events[0]["payload"]["version"] == 1
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 

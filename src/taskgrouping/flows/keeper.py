@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskgrouping.flows import orphans
-from taskgrouping.flows.server import (
+from taskgrouping.flows.serverproc import (
     _alive,
     _die_with_parent,
     _start_time,

@@ -804,7 +804,42 @@ def run_regroup(cfg: RunConfig, run_id: str, address: str | None = None) -> dict
 
     Path(cfg.store).mkdir(parents=True, exist_ok=True)
     try:
-        return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)
+        with logs_to_prefect():
+            return regroup.with_options(task_runner=make_task_runner(cfg, address))(cfg.to_dict(), run_id)
     finally:
         release_kept()
         orphans.release(cfg.store)
+
+
+class _InRun(logging.Filter):
+    """Pass a record only inside a flow or task run (Prefect's API handler has nowhere else to send it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+@contextlib.contextmanager
+def logs_to_prefect() -> Any:
+    """Send the ``taskgrouping`` progress and warning lines to the flow run's logs in the UI too.
+
+    The CLI prints them on stderr (``[taskgrouping] ...``); a served or deployed run had
+    none in the UI ("This run didn't generate logs"). Prefect's own API handler is added
+    to the ``taskgrouping`` logger for the run (records outside a run are not sent).
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    log = logging.getLogger("taskgrouping")
+    handler = APILogHandler()
+    handler.addFilter(_InRun())
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    level = log.level
+    if level == logging.NOTSET or level > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)

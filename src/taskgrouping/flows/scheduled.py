@@ -19,6 +19,7 @@ from prefect import flow
 
 from taskgrouping.config import RunConfig
 from taskgrouping.errors import InputError
+from taskgrouping.versions import data_label
 
 DEFAULTS: dict[str, Any] = {"data": "builtin:digits", "store": "./taskgrouping-store", "method": "swola",
                              "selector": "graph", "samples": 512, "seed": 0, "workers": 2, "max_epochs": 200,
@@ -38,11 +39,6 @@ def effective(params: dict[str, Any]) -> dict[str, Any]:
     config = params.get("config") or {}
     given = _given(params)
     return {k: given.get(k, config.get(k, DEFAULTS.get(k))) for k in ("data", "method", "selector")}
-
-
-def data_label(data: str) -> str:
-    """How a run's name shows its data: a built-in as written, a file by its name."""
-    return data if str(data).startswith("builtin:") else Path(str(data)).name
 
 
 def _name() -> str:

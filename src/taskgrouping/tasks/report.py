@@ -19,7 +19,7 @@ from taskgrouping.selectors.base import Grouping, adjusted_rand
 from taskgrouping.storage import Store
 from taskgrouping.storage.integrity import intact_bytes, recorded
 from taskgrouping.storage.store import atomic_write_bytes
-from taskgrouping.versions import grouping_changes, lineage_key
+from taskgrouping.versions import data_label, grouping_changes, lineage_key
 
 AFFINITY_TABLE_MAX = 100
 """Largest task count whose affinity matrix is published as a UI table."""
@@ -195,14 +195,15 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
     """Groups, affinity, the four-setting table, the changes and the report as Prefect artifacts (the UI)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    suffix = artifact_suffix(summary)
     create_table_artifact(
-        key="taskgrouping-groups",
+        key=f"taskgrouping-groups-{suffix}",
         table=[{"group": gi, "tasks": ", ".join(g)} for gi, g in enumerate(summary["groups"])],
         description=f"Task groups of run {summary['run_id']}",
     )
     ci, costs = summary.get("metrics_ci") or {}, summary.get("costs") or {}
     create_table_artifact(
-        key="taskgrouping-settings",
+        key=f"taskgrouping-settings-{suffix}",
         table=[{"setting": s, "models": costs.get(s, {}).get("models"),
                 "total_selection_loss": round(v["sel_loss"], 5), "total_test_loss": round(v["test_loss"], 5),
                 "test_ci_low": round(ci[s][0], 5) if s in ci else None,
@@ -212,19 +213,85 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
     )
     if len(affinity.tasks) <= AFFINITY_TABLE_MAX:
         create_table_artifact(
-            key="taskgrouping-affinity",
+            key=f"taskgrouping-affinity-{suffix}",
             table={"task": affinity.tasks} | {b: [round(float(v), 6) for v in affinity.values[:, j]]
                                               for j, b in enumerate(affinity.tasks)},
             description=f"Affinity ({affinity.kind}; row = receiver, column = source) of run {summary['run_id']}",
         )
     else:  # a T x T table is too large for the UI (a million cells at 1,000 tasks)
         create_markdown_artifact(
-            key="taskgrouping-affinity",
+            key=f"taskgrouping-affinity-{suffix}",
             markdown=f"The {len(affinity.tasks)} x {len(affinity.tasks)} affinity ({affinity.kind}) is in "
                      f"`{summary['artifacts']['affinity']}` (long form: task_a, task_b, value, kind); "
                      f"tables are published up to {AFFINITY_TABLE_MAX} tasks.",
             description=f"Affinity of run {summary['run_id']}",
         )
-    create_markdown_artifact(key="taskgrouping-changes", markdown=changes_markdown(summary),
+    create_markdown_artifact(key=f"taskgrouping-changes-{suffix}", markdown=changes_markdown(summary),
                              description="What changed since the previous grouping version")
-    create_markdown_artifact(key="taskgrouping-report", markdown=text, description="Run report")
+    image = heatmap_data_url(summary)
+    if image is not None:
+        from prefect.artifacts import create_image_artifact
+
+        create_image_artifact(image_url=image, key=f"taskgrouping-heatmap-{suffix}",
+                              description=f"Affinity heatmap of run {summary['run_id']}, tasks ordered by group")
+        text = text.replace(f"]({HEATMAP_LINK})", f"]({image})")
+    create_markdown_artifact(key=f"taskgrouping-report-{suffix}", markdown=text, description="Run report")
+    emit_grouping_event(summary)
+
+
+HEATMAP_LINK = "heatmap.png"
+"""How ``report.md`` links its heatmap (beside it in the run folder); the UI's report gets the image inline."""
+
+INLINE_MAX = 4 * 2**20
+"""Largest heatmap PNG (bytes) put inline in the UI's report and image artifact."""
+
+
+def artifact_suffix(summary: dict[str, Any]) -> str:
+    """The lineage part of the run's artifact keys: each grouping's history is its own in the UI.
+
+    Prefect keys hold lowercase letters, digits and dashes: the lineage name (or the data's
+    file name or built-in), the method and the selector, made so, then 8 characters of the
+    lineage key (two data files of one name stay apart).
+    """
+    import re
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+    name = slug(summary.get("lineage_name") or data_label(str(summary["data"])))[:40].strip("-")
+    return f"{name}-{slug(summary['method'])}-{slug(summary['selector'])}-{str(summary['lineage'])[:8]}"
+
+
+def heatmap_data_url(summary: dict[str, Any]) -> str | None:
+    """The run's heatmap as a ``data:image/png;base64,...`` URL (None when missing or over :data:`INLINE_MAX`)."""
+    import base64
+
+    path = Path(str((summary.get("artifacts") or {}).get("heatmap", "")))
+    if not path.is_file() or path.stat().st_size > INLINE_MAX:
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def emit_grouping_event(summary: dict[str, Any]) -> None:
+    """``taskgrouping.grouping.changed`` (or ``.unchanged``) for the run's lineage, with what changed and the verdict.
+
+    The resource is ``taskgrouping.lineage.<lineage key>`` (named by :func:`artifact_suffix`), related to
+    the flow run, so an automation can match one lineage or all (``deployments/README.md``).
+    """
+    from prefect.events import emit_event
+    from prefect.runtime import flow_run
+
+    c = summary["changes"]
+    verdict = summary.get("verdict") or {}
+    related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run"}] \
+        if flow_run.id else []
+    emit_event(
+        event=f"taskgrouping.grouping.{'changed' if c['changed'] else 'unchanged'}",
+        resource={"prefect.resource.id": f"taskgrouping.lineage.{summary['lineage']}",
+                  "prefect.resource.name": artifact_suffix(summary)},
+        related=related,
+        payload={"run_id": summary["run_id"], "data": summary["data"], "version": summary.get("version"),
+                 "previous_version": summary.get("previous_version"), "groups": summary["groups"],
+                 "tasks_added": c.get("tasks_added", []), "tasks_removed": c.get("tasks_removed", []),
+                 "moved": c.get("moved", []), "verdict": {k: verdict.get(k) for k in ("setting", "pays", "reason")}},
+    )
