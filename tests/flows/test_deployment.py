@@ -43,8 +43,21 @@ def _git_status():
         return ""
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, monkeypatch):
+    """The server's database: Prefect's SQLite, or a real PostgreSQL (``PREFECT_API_DATABASE_CONNECTION_URL``)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from pg import postgres
+
+    with postgres() as url:
+        monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", url)
+        yield url
+
+
 @pytest.mark.flow
-def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path):
+def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path, database):
     home, store = tmp_path / "home", tmp_path / "store"
     before = _git_status()
     with local_server(home) as url:
@@ -53,6 +66,7 @@ def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path):
                 "PREFECT_LOGGING_LEVEL": "WARNING"}
         _run([*PREFECT, "work-pool", "create", "taskgrouping", "--type", "process"], env)
         _run([*PREFECT, "--no-prompt", "deploy", "--all"], env)
+        _run([*PREFECT, "automation", "create", "--from-file", "deployments/automations.yaml"], env)
         params = {"data": "builtin:synthetic:tasks=4,groups=2,samples=200,noise=0.2", "store": str(store),
                   "samples": 48, "workers": 1, "groups": 2, "max_epochs": 3}
         out = _run([*PREFECT, "deployment", "run", "regroup-scheduled/weekly-regroup",
@@ -67,7 +81,12 @@ def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path):
             run = client.read_flow_run(run_id)
             deployment = client.read_deployment(run.deployment_id)
             keys = {a.key for a in client.read_artifacts()}
+            automations = {a.name: a for a in client.read_automations()}
+        if database is not None:  # the server really ran on PostgreSQL: no SQLite database was made
+            assert not (home / "prefect.db").exists()
     assert run.state.is_completed(), run.state
+    assert {"taskgrouping-crash-zombie-runs", "taskgrouping-grouping-changed"} <= set(automations)
+    assert automations["taskgrouping-crash-zombie-runs"].trigger.within.total_seconds() == 90
     assert deployment.schedules and deployment.schedules[0].schedule.cron == "0 3 * * 1"
     (summary_file,) = store.glob("runs/*/summary.json")
     summary = json.loads(summary_file.read_text())
@@ -77,4 +96,5 @@ def test_deploy_from_prefect_yaml_and_run_with_a_worker(tmp_path):
         "groups", "affinity", "settings", "changes", "report", "heatmap")} <= keys
     assert summary["version"] == 1 and summary["counts"]["probes_computed"] == 4
     assert list(store.glob("groupings/*/v0001.json"))
+
     assert _git_status() == before  # deploying wrote nothing into the repository
