@@ -20,7 +20,8 @@ then the record is removed. Sweeps run
 On your own server, Prefect's heartbeats and its zombie-run automation cover flow runs
 that no later run on the store would sweep (``deployments/README.md``).
 
-Only the standard library here: the keeper imports this, and it stays a small process.
+Only the standard library here (and :mod:`~taskgrouping.flows.serverproc`'s pid checks): the keeper
+imports this, and it stays a small process.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from taskgrouping.flows.serverproc import _alive, _start_time
+
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 SWEEP_EVERY = 5.0
@@ -46,23 +49,6 @@ STOPPED = "the run (pid {pid}) stopped before this finished: a signal or an erro
 def owners_dir(store: str | os.PathLike[str]) -> Path:
     """Where a store's owner records are: ``<store>/prefect/owners``."""
     return Path(store) / "prefect" / "owners"
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start is None or _start_time(pid) in (None, start)
 
 
 def own_server(store: str | os.PathLike[str]) -> bool:
