@@ -109,7 +109,8 @@ def test_existing_dask_scheduler_and_artifacts(prefect_api, tmp_path):
         with get_client(sync_client=True) as client:
             events = [e for e in client.request("POST", "/events/filter", json={"filter": {"event": {
                 "prefix": ["taskgrouping.grouping."]}}}).json()["events"]
-                if e["resource"]["prefect.resource.id"] == f"taskgrouping.lineage.{summary['lineage']}"]
+                if e["resource"]["prefect.resource.id"] == f"taskgrouping.lineage.{summary['lineage']}"
+                and e["payload"]["run_id"] == summary["run_id"]]  # other tests on this server share the lineage
         time.sleep(0.5)
     assert [e["event"] for e in events] == ["taskgrouping.grouping.changed"]
     assert events[0]["payload"]["tasks_added"] == summary["tasks"] and events[0]["payload"]["version"] == 1
