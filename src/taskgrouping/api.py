@@ -47,35 +47,58 @@ def _labels_frame(Y: Any) -> Any:
     return frame.with_columns([pl.col(c).fill_nan(None) for c in floats]) if floats else frame
 
 
-def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] = (), source: str = "arrays") -> Any:
+def _is_table(X: Any) -> bool:
+    """Whether ``X`` is a polars or pandas DataFrame or a pyarrow Table (features with column names)."""
+    module = type(X).__module__
+    return (module.startswith(("polars", "pandas")) and hasattr(X, "columns")) or \
+        (module.startswith("pyarrow") and hasattr(X, "column_names"))
+
+
+def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] = (), source: str = "arrays",
+                        impute: str = "none", skip_unusable: bool = False) -> Any:
     """A validated :class:`~taskgrouping.data.dataset.Dataset` from features ``X`` and labels ``Y``.
 
     ``X``: numpy or torch, ``(n, d)`` (features ``x_0`` .. ``x_{d-1}``) or ``(n, C, H, W)`` (one
-    image input ``x``). Every column of ``Y`` is a task; labels are validated and their
-    kinds inferred exactly as for a file.
+    image input ``x``); or a polars/pandas DataFrame or pyarrow Table, whose columns are
+    chosen, named and checked exactly as the CLI does for a table (every numeric column;
+    ID-like, constant and text columns are warnings), so the API and the CLI share a
+    store's data, probes and pairs on the same table. Every column of ``Y`` is a task;
+    labels are validated and their kinds inferred exactly as for a file.
     """
     from taskgrouping.data.dataset import Dataset
-    from taskgrouping.data.load import labels_dataset
+    from taskgrouping.data.load import dataset_from_frame, labels_dataset
 
+    frame = _labels_frame(Y)
+    if frame.width == 0:
+        raise InputError("Y has no task columns")
+    if _is_table(X):
+        import polars as pl
+
+        fx = _labels_frame(X)
+        if fx.height != frame.height:
+            raise InputError(f"X has {fx.height} rows but Y has {frame.height}")
+        clash = [c for c in fx.columns if c in frame.columns]
+        if clash:
+            raise InputError(f"X and Y both have the column {clash[0]!r}; a column is a feature or a task")
+        both = pl.concat([fx, frame], how="horizontal")
+        return dataset_from_frame(both, source, ",".join(frame.columns), None, task_kinds, impute=impute,
+                                  skip_unusable=skip_unusable)
     if type(X).__module__.startswith("torch"):
         X = X.detach().cpu().numpy()
     x = np.asarray(X, dtype=np.float32)
     if x.ndim < 2:
         raise InputError(f"X must be (n, d) or (n, C, H, W), got shape {x.shape}")
-    frame = _labels_frame(Y)
-    if frame.width == 0:
-        raise InputError("Y has no task columns")
     if frame.height != x.shape[0]:
         raise InputError(f"X has {x.shape[0]} rows but Y has {frame.height}")
     if not np.isfinite(x).all():
         col = int(np.flatnonzero((~np.isfinite(x.reshape(len(x), -1))).any(axis=0))[0])
         raise InputError(f"X has NaN or inf values (first at flat feature {col})")
-    base = labels_dataset(frame, source, ",".join(frame.columns), task_kinds)
+    base = labels_dataset(frame, source, ",".join(frame.columns), task_kinds, skip_unusable)
     flat = x.reshape(x.shape[0], -1)
     shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
     names = ["x"] if shape is not None else [f"x_{i}" for i in range(flat.shape[1])]
     return Dataset(features=flat, labels=base.labels, tasks=base.tasks, feature_names=names, source=source,
-                   input_shape=shape)
+                   input_shape=shape, warnings=base.warnings)
 
 
 def _trunk_name(trunk: Any) -> str:
@@ -136,10 +159,17 @@ class TaskGrouper:
     head, normalise, sketch, hidden, task_kinds
         SWOLA's head mode, normalisation and sketch, the trunk width, and kind overrides
         (``{"NAME or glob": "binary|multiclass|regression"}``).
+    impute : {"none", "median", "mean"}
+        Missing feature values of a frame ``X``: an error naming the column, or filled.
+    skip_unusable_tasks : bool
+        Leave out (with a warning in ``warnings_``) the columns of ``Y`` whose labels cannot be
+        used, instead of raising one error that names them all.
 
     Attributes
     ----------
     tasks_ : list of str
+    features_ : list of str, the feature names (a frame's columns; ``x_0`` .. for arrays)
+    warnings_ : list of dict, ``{"column", "kind", "message"}`` as in the CLI summary
     groups_ : list of list of str
     served_ : dict, task -> index of the group that serves it
     affinity_ : ndarray of shape (n_tasks, n_tasks), rows and columns in ``tasks_`` order
@@ -161,7 +191,8 @@ class TaskGrouper:
     def __init__(self, method: str = "swola", selector: str = "graph", n_groups: int | str = "auto",
                  n_samples: int = 512, trunk: Any = None, checkpoint: str | None = None, device: str = "cpu",
                  store: str | None = None, random_state: int = 0, head: str = "fitted", normalise: str = "task",
-                 sketch: str = "auto", hidden: int = 64, task_kinds: dict[str, str] | None = None) -> None:
+                 sketch: str = "auto", hidden: int = 64, task_kinds: dict[str, str] | None = None,
+                 impute: str = "none", skip_unusable_tasks: bool = False) -> None:
         """Store every argument unchanged (scikit-learn's rule); nothing is checked before ``fit``."""
         self.method = method
         self.selector = selector
@@ -177,6 +208,8 @@ class TaskGrouper:
         self.sketch = sketch
         self.hidden = hidden
         self.task_kinds = task_kinds
+        self.impute = impute
+        self.skip_unusable_tasks = skip_unusable_tasks
 
     # --- scikit-learn's parameter protocol --------------------------------------------------------
     @classmethod
@@ -259,7 +292,11 @@ class TaskGrouper:
         check_store(str(root))
         t_start = time.perf_counter()
         cfg = self._config(root, "arrays")
-        ds = dataset_from_arrays(X, Y, cfg.task_kinds)
+        from taskgrouping.data.load import IMPUTE
+
+        if self.impute not in IMPUTE:
+            raise InputError(f"impute must be one of {', '.join(IMPUTE)}, got {self.impute!r}")
+        ds = dataset_from_arrays(X, Y, cfg.task_kinds, impute=self.impute, skip_unusable=bool(self.skip_unusable_tasks))
         if cfg.groups is not None and not 1 <= cfg.groups <= len(ds.tasks):
             raise InputError(f"--groups {cfg.groups} is outside 1..{len(ds.tasks)} (the number of tasks)")
         cfg.check_device()
@@ -281,6 +318,8 @@ class TaskGrouper:
         seconds["total"] = time.perf_counter() - t_start
         affinity = st.read_affinity(Path(aff.path))
         self.tasks_ = list(stage.names)
+        self.features_ = list(ds.feature_names)
+        self.warnings_ = [dict(w) for w in ds.warnings]
         order = positions(affinity.tasks, self.tasks_)
         self.affinity_ = affinity.values[np.ix_(order, order)]
         self.affinity_kind_ = affinity.kind
@@ -309,8 +348,8 @@ class TaskGrouper:
         return pl.DataFrame({"task_a": [self.tasks_[i] for i in a.ravel()], "task_b": [self.tasks_[j] for j in b.ravel()],
                              "value": self.affinity_.ravel(), "kind": [self.affinity_kind_] * (t * t)})
 
-    def plot_affinity(self, ax: Any = None) -> Any:
-        """Draw the report's heatmap (ordered by group, off-diagonal colour scale) on ``ax``; return ``ax``."""
+    def plot_affinity(self, ax: Any = None, colorbar: bool = True) -> Any:
+        """Draw the report's heatmap (ordered by group, off-diagonal colour scale, a colour bar) on ``ax``; return ``ax``."""
         import matplotlib.pyplot as plt
 
         from taskgrouping.methods.base import AffinityMatrix
@@ -323,7 +362,10 @@ class TaskGrouper:
         m = self.affinity_[np.ix_(idx, idx)]
         ax = ax or plt.gca()
         vmin, vmax = colour_limits(m, self.affinity_kind_)
-        ax.imshow(m, cmap="viridis_r" if self.affinity_kind_ == "distance" else "viridis", vmin=vmin, vmax=vmax)
+        image = ax.imshow(m, cmap="viridis_r" if self.affinity_kind_ == "distance" else "viridis", vmin=vmin,
+                          vmax=vmax)
+        if colorbar:
+            ax.figure.colorbar(image, ax=ax, label=f"{self.method} {self.affinity_kind_}", fraction=0.046, pad=0.04)
         ax.set_xticks(range(len(order)), labels=order, rotation=90, fontsize=7)
         ax.set_yticks(range(len(order)), labels=order, fontsize=7)
         for pos in bounds:
@@ -516,6 +558,10 @@ def evaluate(groups: Sequence[Sequence[str]], **options: Any) -> RunSummary:
 def _command(command: str, options: dict[str, Any]) -> RunSummary:
     """Parse ``options`` as the CLI's ``command`` would, run the flow, return its summary."""
     from taskgrouping.cli import build_parser, config_from_args, run_config
+    from taskgrouping.mainguard import check_main_guard
+
+    if not options.get("dask_address"):  # local workers import the calling script again
+        check_main_guard(f"taskgrouping.{command}")
 
     parser = build_parser()
     argv = [command]

@@ -99,6 +99,12 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--task-kind", action="append", default=None, metavar="NAME=KIND", dest="task_kind",
                         help="binary, multiclass or regression for the tasks NAME (a name or glob) matches, "
                              "instead of the inferred kind; repeatable")
+    parser.add_argument("--impute", default="none", choices=["none", "median", "mean"],
+                        help="missing feature values: an error naming the column (none), or filled with the "
+                             "column's median or mean (a warning in the report; exported models fill the same)")
+    parser.add_argument("--skip-unusable-tasks", action="store_true", dest="skip_unusable_tasks",
+                        help="leave out, with a warning, task columns whose labels cannot be used (too few values, "
+                             "classes or labelled rows) instead of stopping")
     parser.add_argument("--method", default="swola",
                         help="affinity method: swola, swola-meta (tasks that share no samples: each task probed on "
                              "its own samples), tag, datamaps, hoa, principled")
@@ -239,14 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
     sel.add_argument("--json", action="store_true", help="print {groups, served, objective} as JSON")
 
-    exp = sub.add_parser("export", help="write a run's grouped models for use outside the tool",
-                         description="Write one folder per group of a run: safetensors weights, model.json (trunk, "
-                                     "feature columns and scaling, tasks and kinds) and a README. Load one with "
-                                     "taskgrouping.load_group_model(FOLDER).",
+    exp = sub.add_parser("export", help="write a run's models (the recommended setting) for use outside the tool",
+                         description="Write one folder per model of a run's setting: safetensors weights, model.json "
+                                     "(setting, trunk, feature columns and scaling, tasks and kinds), a README, and "
+                                     "a file factory trunk's source; export.json says which folder serves which task. "
+                                     "Load one with taskgrouping.load_group_model(FOLDER).",
                          formatter_class=_Help)
     exp.add_argument("--run", required=True, metavar="ID", help="the run id (runs/<ID>/ in the store)")
     exp.add_argument("--store", default="./taskgrouping-store", help="the store folder")
     exp.add_argument("--out", required=True, metavar="DIR", help="a new folder for the export")
+    exp.add_argument("--setting", default="recommended",
+                     choices=["recommended", "grouped", "all_together", "single_task"],
+                     help="which models: the run's recommendation, one per group (group-<i>/), one for all tasks "
+                          "(all-together/) or one per task (task-<name>/)")
+
+    his = sub.add_parser("history", help="the store's groupings: every lineage, its versions and what changed",
+                         description="List every lineage (a grouping's history) of a store with its readable name, "
+                                     "and each version's date, run, task and group counts and changes.",
+                         formatter_class=_Help)
+    his.add_argument("--store", default="./taskgrouping-store", help="the store folder")
+    his.add_argument("--lineage", default=None, metavar="NAME",
+                     help="only this lineage: its --lineage name, its data (path or file name), or its key")
+    his.add_argument("--json", action="store_true", help="print [{lineage, name, data, method, selector, "
+                                                         "versions: [...]}] as JSON")
 
     ver = sub.add_parser("verify", help="check every store file against its recorded checksum",
                          description="Check every file of a store against the SHA-256 recorded when it was "
@@ -301,6 +322,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data = str(Path(data).expanduser().resolve())
     return RunConfig(
         data=data, tasks=args.tasks, features=args.features, task_kinds=parse_task_kinds(args.task_kind),
+        impute=args.impute, skip_unusable_tasks=args.skip_unusable_tasks,
         lineage=args.lineage, method=args.method, selector=getattr(args, "selector", "graph"),
         input_shape=args.input_shape, given_groups=None if given is None else tuple(tuple(g) for g in given),
         trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
@@ -556,9 +578,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     root = Path(args.store).expanduser().resolve()
     if not root.is_dir() or not is_store(root):
         raise InputError(f"--store {args.store}: not a taskgrouping store")
-    folders = Store(root).export_run(args.run, Path(args.out).expanduser().resolve())
+    setting, folders = Store(root).export_run(args.run, Path(args.out).expanduser().resolve(), args.setting)
+    asked = "" if args.setting == setting else f" ({args.setting})"
+    print(f"exported setting {setting}{asked} of run {args.run}: {len(folders)} model folder"
+          f"{'' if len(folders) == 1 else 's'}", file=sys.stderr)
     for folder in folders:
         print(folder)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """``taskgrouping history``: every lineage of a store with its versions (or one, ``--lineage``)."""
+    from taskgrouping.history import history, history_text
+    from taskgrouping.storage.integrity import is_store
+
+    root = Path(args.store).expanduser().resolve()
+    if not root.is_dir() or not is_store(root):
+        raise InputError(f"--store {args.store}: not a taskgrouping store")
+    lineages = history(root, args.lineage)
+    if args.json:
+        print(json.dumps(lineages))
+    else:
+        print(history_text(lineages, root), end="")
     return 0
 
 
@@ -620,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "history":
+            return cmd_history(args)
         parser.error(f"unknown command {args.command!r}")
     except InputError as exc:
         print(f"taskgrouping: error: {exc}", file=sys.stderr)

@@ -63,12 +63,17 @@ class RunConfig:
     ``training``: ``joint`` trains multi-task models; ``meta`` meta-trains one
     initialisation per group and evaluates it on ``held_out_tasks`` (names or globs kept
     out of the grouping; ``builtin:mmaml`` declares its own).
+    ``impute`` (``none``, ``median``, ``mean``) fills missing feature values;
+    ``skip_unusable_tasks`` leaves out task columns whose labels cannot be used, with a
+    warning (:func:`~taskgrouping.data.load.load_dataset`).
     """
 
     data: str = "builtin:digits"
     tasks: str | None = None
     features: str | None = None
     task_kinds: tuple[tuple[str, str], ...] = ()
+    impute: str = "none"
+    skip_unusable_tasks: bool = False
     lineage: str | None = None
     input_shape: tuple[int, ...] | None = None
     trunk: str = "auto"
@@ -134,6 +139,10 @@ class RunConfig:
         if self.held_out_tasks is not None and self.training != "meta":
             raise InputError("--held-out-tasks names the tasks meta-learning is evaluated on: use it with "
                              "--training meta")
+        from taskgrouping.data.load import IMPUTE
+
+        if self.impute not in IMPUTE:
+            raise InputError(f"--impute must be one of {', '.join(IMPUTE)}, got {self.impute!r}")
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         object.__setattr__(self, "task_kinds", parse_task_kinds([f"{p}={k}" for p, k in self.task_kinds]))
@@ -217,7 +226,8 @@ class RunConfig:
 
             held = load_held_out(self.data, self.held_out_tasks, self.features, self.task_kinds, self.input_shape)
         ds = load_dataset(self.data, self.grouped_tasks, self.features, self.task_kinds, self.input_shape,
-                          self.image_spec(), decode=False, keep=True)  # the run's sample step takes it
+                          self.image_spec(), decode=False, keep=True, impute=self.impute,
+                          skip_unusable=self.skip_unusable_tasks)  # the run's sample step takes it
         shape = tuple(ds.input_shape) if ds.input_shape is not None else (ds.features.shape[1],)
         self.check_trunk(shape)
         n_tasks = len(ds.tasks)

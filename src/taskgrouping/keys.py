@@ -168,7 +168,8 @@ def gains_key(group_keys: list[tuple[str, str]]) -> str:
 
 def source_key(source: str, file_hash: str | None, tasks: str | None, features: str | None,
                seed: int, samples: int, task_kinds: tuple[tuple[str, str], ...] = (),
-               input_shape: tuple[int, ...] | None = None, images: object = None) -> str:
+               input_shape: tuple[int, ...] | None = None, images: object = None, impute: str = "none",
+               skip_unusable: bool = False) -> str:
     """The sampling step's input: the source's content hash and selection options."""
     extra: list[object] = []  # keys of runs without these options stay as they were
     if task_kinds:
@@ -177,5 +178,9 @@ def source_key(source: str, file_hash: str | None, tasks: str | None, features: 
         extra.append(["input_shape", list(input_shape)])
     if images is not None:  # the files' content is checked by the decode cache's own content key
         extra.append(["images", asdict(images)])  # type: ignore[call-overload]
+    if impute != "none":
+        extra.append(["impute", impute])
+    if skip_unusable:
+        extra.append(["skip-unusable"])
     return stable_hash("source", data_code(), source, file_hash, tasks, features, seed, samples, *extra)
 

@@ -218,24 +218,58 @@ def changes_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def chance_tasks(rows: list[dict[str, Any]], counts: dict[str, list[int]]) -> dict[str, float]:
-    """Binary tasks whose single-task test AUROC is not significantly above 0.5: ``{task: auroc}``.
+def chance_tasks(rows: list[dict[str, Any]], refs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Tasks whose single-task test result is not significantly better than a trivial predictor (one-sided 5%).
 
-    ``counts`` gives each binary task's ``[positives, negatives]`` on the test split; the
-    standard error of the AUROC of an uninformative score is ``sqrt((n1 + n0 + 1) / (12 n1 n0))``.
+    ``refs[task]`` describes the task's test split:
+
+    * binary, ``[positives, negatives]`` (or ``{"kind": "binary", "counts": [...]}``): the
+      AUROC against 0.5, whose standard error for an uninformative score is
+      ``sqrt((n1 + n0 + 1) / (12 n1 n0))``;
+    * ``{"kind": "multiclass", "counts": [per class]}``: the accuracy against the majority
+      class's rate ``p0``, standard error ``sqrt(p0 (1 - p0) / n)``;
+    * ``{"kind": "regression", "z": z, "rmse_mean": r}``: the paired z of the per-sample
+      squared errors of the training mean minus the model's (computed by the flow from the
+      model's held-out losses), and the mean's RMSE.
+
+    Returns ``{task: {"metric", "value", "reference"}}`` (the trivial predictor's value).
     """
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r["setting"] != "single_task" or r.get("metric_name") != "auroc" or r["task"] not in counts \
-                or int(r.get("repeat", 0)) != 0:
+        t = r["task"]
+        if r["setting"] != "single_task" or t not in refs or int(r.get("repeat", 0)) != 0 or r.get("metric") is None:
             continue
-        n1, n0 = counts[r["task"]]
-        if n1 < 1 or n0 < 1:
-            continue
-        se = float(np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
-        if (r["metric"] - 0.5) / se < CHANCE_Z:
-            out[r["task"]] = float(r["metric"])
+        ref = refs[t]
+        if isinstance(ref, list | tuple):
+            ref = {"kind": "binary", "counts": list(ref)}
+        kind = ref.get("kind")
+        if kind == "binary" and r.get("metric_name") == "auroc":
+            n1, n0 = ref["counts"]
+            if n1 < 1 or n0 < 1:
+                continue
+            se = float(np.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0)))
+            if (r["metric"] - 0.5) / se < CHANCE_Z:
+                out[t] = {"metric": "AUROC", "value": float(r["metric"]), "reference": 0.5}
+        elif kind == "multiclass" and r.get("metric_name") == "accuracy":
+            counts = [int(c) for c in ref["counts"]]
+            n = sum(counts)
+            if n < 1:
+                continue
+            p0 = max(counts) / n
+            se = float(np.sqrt(max(p0 * (1 - p0), 1e-12) / n))
+            if (r["metric"] - p0) / se < CHANCE_Z:
+                out[t] = {"metric": "accuracy", "value": float(r["metric"]), "reference": p0}
+        elif kind == "regression" and r.get("metric_name") == "rmse" and ref.get("z") is not None:
+            if float(ref["z"]) < CHANCE_Z:
+                out[t] = {"metric": "RMSE", "value": float(r["metric"]), "reference": float(ref["rmse_mean"])}
     return out
+
+
+def _chance_text(t: str, c: dict[str, Any]) -> str:
+    trivial = {"AUROC": "", "accuracy": f", majority class {c['reference']:.2f}",
+               "RMSE": f", the training mean's {_short(c['reference'])}"}.get(c["metric"], "")
+    value = _short(c["value"]) if c["metric"] == "RMSE" else f"{c['value']:.2f}"
+    return f"`{t}` ({c['metric']} {value}{trivial})"
 
 
 def run_line(summary: dict[str, Any]) -> str:
@@ -313,12 +347,23 @@ def _short(v: Any) -> Any:
     return float(f"{v:.3g}") if isinstance(v, float) else v
 
 
+def _fixed(v: float, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals, or 3 significant digits when that would print a non-zero as 0 (-0.000)."""
+    text = f"{v:.{digits}f}"
+    if v != 0 and float(text) == 0:
+        return f"{v:.3g}"
+    return text
+
+
 def _count(n: float) -> str:
-    """A large count for people: 1,234 / 12.3k / 4.56M / 7.89G."""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= 10 * div:
-            return f"{n / div:.3g}{unit}"
-    return f"{int(n):,}"
+    """A large count for people: 1,234 / 12.3k / 4.56M / 7.89G (never ``1.03e+03k``)."""
+    if abs(n) < 10_000:
+        return f"{int(n):,}"
+    for div, unit in ((1e3, "k"), (1e6, "M"), (1e9, "G"), (1e12, "T")):
+        text = f"{n / div:.3g}"
+        if "e" not in text and abs(float(text)) < 1000:
+            return f"{text}{unit}"
+    return f"{n:.3g}"
 
 
 def settings_table(summary: dict[str, Any], totals: dict[str, dict[str, float]]) -> str:
@@ -472,11 +517,25 @@ def graph_section(graph: dict[str, Any], rows: list[dict[str, Any]], kind: str) 
     return lines
 
 
+def trunk_line(trunk: dict[str, Any]) -> str:
+    """The report's line naming the trunk every probe and model used, its size and its checkpoint."""
+    shape = trunk.get("input_shape")
+    shown = "x".join(map(str, shape)) if shape else "?"
+    params = trunk.get("parameters")
+    size = f", {params:,} trunk parameters per model" if isinstance(params, int) else ""
+    given = trunk.get("name") if trunk.get("name") == trunk.get("resolved") else \
+        f"{trunk.get('name')} (resolved to {trunk.get('resolved')})"
+    start = (f"; every probe and model starts from the checkpoint `{trunk['checkpoint']}`" if trunk.get("checkpoint")
+             else "; no checkpoint: a seeded initialisation")
+    return f"Trunk `{given}` on inputs of shape {shown}{size}{start}."
+
+
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],
                   totals: dict[str, dict[str, float]], info: dict[str, Any]) -> str:
     """The markdown report of one run."""
     opening = meta_what_to_do(summary) if summary.get("meta_training") else what_to_do(summary, totals)
-    lines = [f"# taskgrouping run {summary['run_id']}", "", opening, ""]
+    title = "taskgrouping evaluate" if summary.get("selector") == "given" else "taskgrouping run"
+    lines = [f"# {title} {summary['run_id']}", "", opening, ""]
     lines.append(f"Data `{info['data']}`, {len(summary['tasks'])} tasks, method `{summary['method']}`, "
                  f"selector `{summary['selector']}`, seed {info['seed']}, {_probe_samples(info)}.")
     lines.append("")
@@ -497,6 +556,19 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
                                                                if len(features) > 20 else "")
         lines += [f"Features ({len(features)}): {feats}. Label columns (`y_*` or named by `--tasks`) are never "
                   "features unless `--features` names them.", ""]
+    trunk = summary.get("trunk")
+    if trunk:
+        lines += [trunk_line(trunk), ""]
+    warned = summary.get("warnings") or []
+    if warned:
+        what = {"id": "ID-like", "constant": "constant", "dropped": "left out", "imputed": "imputed",
+                "skipped": "task left out"}
+        lines += [f"**Column warnings** ({len(warned)}; which columns are used changes only with `--features`, "
+                  "`--tasks`, `--impute` or `--skip-unusable-tasks`):", "", "| column | what | why |", "|---|---|---|"]
+        lines += [f"| `{w['column']}` | {what.get(w['kind'], w['kind'])} | {w['message']} |" for w in warned[:50]]
+        if len(warned) > 50:
+            lines.append(f"| ... | | {len(warned) - 50} more in the summary's `warnings` |")
+        lines.append("")
     if totals:
         v = summary.get("verdict") or {}
         lines += ["## Recommendation", ""]
@@ -526,9 +598,10 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
                   "the groups as a weak preference and let the table above decide.", ""]
     chance = info.get("chance") or {}
     if chance:
-        flagged = ", ".join(f"`{t}` (AUROC {a:.2f})" for t, a in chance.items())
-        lines += [f"**At chance**: {flagged}: trained alone, the model does not rank the test samples better than "
-                  "chance (one-sided 5%). They stay in the groups the affinity chose (a task nothing predicts "
+        flagged = ", ".join(_chance_text(t, c) for t, c in chance.items())
+        lines += [f"**At chance**: {flagged}: trained alone, the model does no better on the test samples than "
+                  "chance: a binary task's ranking than a coin, a multi-class task's accuracy than always the "
+                  "majority class, a regression than the training mean (one-sided 5%). They stay in the groups the affinity chose (a task nothing predicts "
                   "neither helps nor is helped much, and moving it would change the selection); if they are "
                   "noise, leave them out with `--tasks '" + ",".join(f"!{t}" for t in chance) + "'`.", ""]
     if affinity.kind == "distance":
@@ -542,7 +615,7 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
         for t in g:
             helpers |= served[t] != gi
             shown.append(f"`{t}`" if served[t] == gi else f"(`{t}`)")
-        quality = "– (one task)" if len(g) < 2 else f"{_group_quality(affinity, g):.3f}"
+        quality = "– (one task)" if len(g) < 2 else _fixed(_group_quality(affinity, g))
         lines.append(f"| {gi} | {', '.join(shown)} | {quality} |")
     lines.append("")
     if helpers:

@@ -54,6 +54,9 @@ class Dataset:
             plain vector of ``n_features``. Rows are the inputs flattened in C order.
         held_out: tasks kept out of the grouping, for meta-learning's evaluation on unseen
             tasks (``builtin:mmaml`` declares its own; ``--held-out-tasks`` names them in a file).
+        warnings: what the user should know about the table's columns, ``{"column", "kind",
+            "message"}`` (:func:`~taskgrouping.data.load.column_warnings`, imputed and skipped columns).
+        imputed: ``{feature column: fill value}`` of the columns whose missing values were filled.
     """
 
     features: np.ndarray
@@ -64,6 +67,8 @@ class Dataset:
     ground_truth: dict[str, int] | None = None
     input_shape: tuple[int, ...] | None = None
     held_out: tuple[str, ...] = ()
+    warnings: tuple[dict[str, str], ...] = ()
+    imputed: dict[str, float] = field(default_factory=dict)
 
     @property
     def task_names(self) -> list[str]:
@@ -72,6 +77,9 @@ class Dataset:
 
     def features_fingerprint(self) -> str:
         """Content hash of the feature matrix and its column names."""
+        if self.imputed:  # the fill values are part of what a model of these features expects
+            return stable_hash("features", self.feature_names, sorted(self.imputed.items()),
+                               self.features.astype(np.float32))
         if self.input_shape is None:  # vector inputs keep the keys they always had
             return stable_hash("features", self.feature_names, self.features.astype(np.float32))
         return stable_hash("features", self.feature_names, list(self.input_shape), self.features.astype(np.float32))
@@ -113,6 +121,7 @@ class PreparedData:
     x_mean: np.ndarray | None = field(default=None)
     x_std: np.ndarray | None = field(default=None)
     y_mean: np.ndarray | None = field(default=None)
+    imputed: dict[str, float] = field(default_factory=dict)
 
     @property
     def task_names(self) -> list[str]:
@@ -285,4 +294,5 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
         x_mean=mu,
         x_std=sd,
         y_mean=y_mean,
+        imputed=dict(ds.imputed),
     )

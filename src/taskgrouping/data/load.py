@@ -77,7 +77,8 @@ def release_kept() -> None:
 def load_dataset(source: str, tasks: str | None = None, features: str | None = None,
                  task_kinds: tuple[tuple[str, str], ...] = (), input_shape: tuple[int, ...] | None = None,
                  images: ImageSpec | None = None, image_cache: ImageCache | None = None,
-                 decode: bool = True, keep: bool = False) -> Dataset:
+                 decode: bool = True, keep: bool = False, impute: str = "none",
+                 skip_unusable: bool = False) -> Dataset:
     """Load and validate a dataset.
 
     Args:
@@ -101,16 +102,27 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
         keep: keep the loaded table (no images) for the next identical call to take instead
             of loading it again: the check before a run hands its table to the run's sample
             step (0.16 s of a 1,001-task table). The file's status is part of "identical".
+        impute: ``none`` (a missing feature value is an error naming the column), ``median``
+            or ``mean``: missing (null or NaN) values of a numeric feature column are filled
+            with the column's median or mean over its present values; every filled column
+            is a warning (kind ``imputed``) and the fill values travel with exported models.
+        skip_unusable: leave out, with a warning (kind ``skipped``), every task column whose
+            labels cannot be used (too few values, classes or labelled rows); without it
+            they are all named in one error.
 
     Returns:
         A validated :class:`Dataset`.
     """
-    key = None if images is not None else _handoff_key(source, tasks, features, task_kinds, input_shape)
+    if impute not in IMPUTE:
+        raise InputError(f"--impute {impute!r}: use one of {', '.join(IMPUTE)}")
+    key = None if images is not None else _handoff_key(source, tasks, features, task_kinds, input_shape, impute,
+                                                        skip_unusable)
     if key is not None:
         kept = _HANDOFF.pop(key, None)
         if kept is not None:
             return kept
-    ds = _load(source, tasks, features, task_kinds, input_shape, images, image_cache, decode)
+    ds = _load(source, tasks, features, task_kinds, input_shape, images, image_cache, decode, impute,
+               skip_unusable)
     if keep and key is not None:
         _HANDOFF.clear()
         _HANDOFF[key] = ds
@@ -119,7 +131,7 @@ def load_dataset(source: str, tasks: str | None = None, features: str | None = N
 
 def _load(source: str, tasks: str | None, features: str | None, task_kinds: tuple[tuple[str, str], ...],
           input_shape: tuple[int, ...] | None, images: ImageSpec | None, image_cache: ImageCache | None,
-          decode: bool) -> Dataset:
+          decode: bool, impute: str = "none", skip_unusable: bool = False) -> Dataset:
     """:func:`load_dataset` without the hand-off."""
     if source.startswith("builtin:"):
         if images is not None:
@@ -144,8 +156,9 @@ def _load(source: str, tasks: str | None, features: str | None, task_kinds: tupl
         return ds
     frame = read_table(source)
     if images is not None:
-        return _image_dataset(frame, source, tasks, task_kinds, images, image_cache, decode)
-    return dataset_from_frame(frame, source, tasks, features, task_kinds, input_shape, tensor_shapes(source))
+        return _image_dataset(frame, source, tasks, task_kinds, images, image_cache, decode, skip_unusable)
+    return dataset_from_frame(frame, source, tasks, features, task_kinds, input_shape, tensor_shapes(source),
+                              impute=impute, skip_unusable=skip_unusable)
 
 
 def _subset_tasks(ds: Dataset, keep: list[str]) -> Dataset:
@@ -180,7 +193,8 @@ def load_held_out(source: str, held_out: str | None, features: str | None = None
 
 
 def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kinds: tuple[tuple[str, str], ...],
-                   spec: ImageSpec, cache: ImageCache | None, decode: bool) -> Dataset:
+                   spec: ImageSpec, cache: ImageCache | None, decode: bool,
+                   skip_unusable: bool = False) -> Dataset:
     """A table whose input is the image files one column names; every other selected column is a task."""
     if spec.column not in frame.columns:
         raise InputError(f"{source}: --images names column {spec.column!r}, which is not in the table")
@@ -189,7 +203,7 @@ def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kin
     labels_only = frame.drop(spec.column)
     if tasks is None and not any(c.startswith("y_") for c in labels_only.columns):
         tasks = ",".join(c for c in labels_only.columns)  # an attribute table: every other column is a task
-    base = labels_dataset(labels_only, source, tasks, task_kinds)
+    base = labels_dataset(labels_only, source, tasks, task_kinds, skip_unusable)
     if not decode:
         x = np.zeros((frame.height, 0), np.float32)
     elif cache is None:
@@ -197,11 +211,11 @@ def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kin
     else:
         x = cache(content_key(paths, shape), lambda: decode_images(paths, shape))
     return Dataset(features=x, labels=base.labels, tasks=base.tasks, feature_names=[spec.column], source=source,
-                   input_shape=shape)
+                   input_shape=shape, warnings=base.warnings)
 
 
 def labels_dataset(frame: pl.DataFrame, source: str, tasks: str | None,
-                   task_kinds: tuple[tuple[str, str], ...]) -> Dataset:
+                   task_kinds: tuple[tuple[str, str], ...], skip_unusable: bool = False) -> Dataset:
     """The label columns of ``frame``, validated and encoded exactly as for a table.
 
     For an input that comes from elsewhere (image files, arrays): the returned features
@@ -210,7 +224,7 @@ def labels_dataset(frame: pl.DataFrame, source: str, tasks: str | None,
     import polars as pl
 
     return dataset_from_frame(frame.with_columns(pl.lit(0.0).alias("__tg_zero__")), source, tasks, "__tg_zero__",
-                              task_kinds)
+                              task_kinds, skip_unusable=skip_unusable, column_checks=False)
 
 
 def tensor_shapes(source: str) -> dict[str, tuple[int, ...]]:
@@ -394,8 +408,13 @@ def _kind_overrides(task_cols: list[str], task_kinds: tuple[tuple[str, str], ...
 def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = None,
                        features: str | None = None, task_kinds: tuple[tuple[str, str], ...] = (),
                        input_shape: tuple[int, ...] | None = None,
-                       tensors: dict[str, tuple[int, ...]] | None = None) -> Dataset:
-    """Select and validate tasks and features from a frame (see :func:`load_dataset`)."""
+                       tensors: dict[str, tuple[int, ...]] | None = None, impute: str = "none",
+                       skip_unusable: bool = False, column_checks: bool = True) -> Dataset:
+    """Select and validate tasks and features from a frame (see :func:`load_dataset`).
+
+    ``column_checks``: look for ID-like, constant and left-out text columns
+    (:func:`column_warnings`); off where the frame's only feature is a placeholder.
+    """
     if frame.height == 0:
         raise InputError(f"{source}: the table is empty (0 rows)")
     columns = frame.columns
@@ -429,7 +448,11 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         raise InputError(f"{source}: no numeric feature columns besides the labels (columns named y_* or "
                          "named by --tasks); name the features with --features")
 
-    x, names = _feature_matrix(frame, feat_cols, source)
+    x, names, filled = _feature_matrix(frame, feat_cols, source, impute)
+    warnings = column_warnings(frame, task_cols, feat_cols, others if features is None else feat_cols,
+                               labels) if column_checks else []
+    warnings += [{"column": c, "kind": "imputed", "message": f"{n} missing values filled with the column's "
+                  f"{impute} {v:.6g} (--impute {impute})"} for c, (v, n) in filled.items()]
     shape = input_shape
     tensor_cols = [c for c in feat_cols if c in tensors]
     if tensor_cols:
@@ -446,12 +469,90 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         names = list(feat_cols)  # a shaped input is named by its column(s), not by every value
     kinds = _kind_overrides(task_cols, task_kinds, source)
     specs: list[TaskSpec] = []
-    ys = np.empty((frame.height, len(task_cols)), dtype=np.float32)
-    for j, c in enumerate(task_cols):
-        spec, y = _encode_labels(frame[c], source, kinds.get(c))
+    columns_y: list[np.ndarray] = []
+    unusable: list[tuple[str, str]] = []
+    for c in task_cols:
+        try:
+            spec, y = _encode_labels(frame[c], source, kinds.get(c))
+        except InputError as exc:
+            unusable.append((c, str(exc).removeprefix(f"{source}: ")))
+            continue
         specs.append(spec)
-        ys[:, j] = y
-    return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source, input_shape=shape)
+        columns_y.append(y)
+    if unusable and not skip_unusable:
+        if len(unusable) == 1:
+            raise InputError(f"{source}: {unusable[0][1]}")
+        leave = ",".join(f"!{c}" for c, _ in unusable)
+        raise InputError(f"{source}: {len(unusable)} task columns cannot be used: "
+                         + "; ".join(why for _, why in unusable)
+                         + f". Leave them out (--tasks 'y_*,{leave}') or pass --skip-unusable-tasks")
+    if not specs:
+        raise InputError(f"{source}: no task column can be used: " + "; ".join(why for _, why in unusable))
+    warnings += [{"column": c, "kind": "skipped", "message": f"task left out (--skip-unusable-tasks): {why}"}
+                 for c, why in unusable]
+    ys = np.stack(columns_y, axis=1).astype(np.float32) if columns_y else np.empty((frame.height, 0), np.float32)
+    return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source, input_shape=shape,
+                   warnings=tuple(warnings), imputed={c: v for c, (v, _) in filled.items()})
+
+
+IMPUTE = ("none", "median", "mean")
+"""What ``--impute`` takes: how missing feature values are filled (``none``: they are an error)."""
+
+ID_MIN_ROWS = 20
+"""A column is ID-like only on a table of at least this many rows (a distinct value per row)."""
+
+TEXT_MANY = 50
+"""A left-out text column with more distinct values than this is called high-cardinality."""
+
+
+def column_warnings(frame: pl.DataFrame, task_cols: list[str], feat_cols: list[str], considered: list[str],
+                    labels: frozenset[str]) -> list[dict[str, str]]:
+    """What a user should know about the table's columns: ``[{"column", "kind", "message"}]``.
+
+    ``kind`` is ``id`` (a distinct integer or string on every row: an identifier; used as a
+    feature when numeric), ``constant`` (one value on every row: a feature that carries
+    nothing) or ``dropped`` (a column of ``considered`` that is not a feature: text, dates
+    and other non-numeric types). Which columns are used does not change: ``--features``
+    chooses them.
+    """
+    import polars as pl
+
+    out: list[dict[str, str]] = []
+    n = frame.height
+    used = set(feat_cols)
+    for c in considered:
+        if c in task_cols or (c in labels and c not in used):
+            continue
+        s = frame[c]
+        dt = s.dtype
+        textual = dt in (pl.String, pl.Categorical) or isinstance(dt, pl.Enum)
+        try:
+            distinct = int(s.drop_nulls().n_unique())
+        except Exception:  # a type polars cannot hash (nested lists): no per-row identity to test
+            distinct = -1
+        unique_rows = distinct == n and n >= ID_MIN_ROWS
+        if c in used:
+            if unique_rows and dt.is_integer():
+                out.append({"column": c, "kind": "id", "message": f"a distinct integer on each of the {n} rows "
+                            "looks like an identifier, and it is used as a feature; leave it out with --features"})
+            elif distinct == 1:
+                out.append({"column": c, "kind": "constant", "message": f"the same value ({s.drop_nulls()[0]}) on "
+                            "every row: a feature that carries no information"})
+            continue
+        if textual and unique_rows:
+            out.append({"column": c, "kind": "id", "message": f"text with a distinct value on each of the {n} rows "
+                        "(an identifier?), not a feature"})
+            continue
+        if textual:
+            what = (f"high-cardinality text ({distinct} distinct values)" if distinct > TEXT_MANY
+                    else f"text ({distinct} distinct values)")
+            why = "not numeric, so not a feature (encode it as numbers to use it)"
+        elif _is_numeric(dt) or _is_numeric_list(dt):
+            what, why = "numeric", "not a feature (the input is " + ", ".join(feat_cols) + ")"
+        else:
+            what, why = f"dtype {dt}", "not numeric, so not a feature (encode it as numbers to use it)"
+        out.append({"column": c, "kind": "dropped", "message": f"{what}: {why}"})
+    return out
 
 
 def _is_numeric(dt: pl.DataType) -> bool:
@@ -465,11 +566,13 @@ def _is_numeric_list(dt: pl.DataType) -> bool:
     return isinstance(dt, pl.List | pl.Array) and inner is not None and _is_numeric(inner)
 
 
-def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[np.ndarray, list[str]]:
-
+def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str,
+                    impute: str = "none") -> tuple[np.ndarray, list[str], dict[str, tuple[float, int]]]:
+    """The features as float32 ``(n, d)``, their names, and ``{column: (fill value, count)}`` of imputed ones."""
     import polars as pl
     blocks: list[np.ndarray] = []
     names: list[str] = []
+    filled: dict[str, tuple[float, int]] = {}
     for c in cols:
         s = frame[c]
         if _is_numeric_list(s.dtype):
@@ -483,6 +586,14 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[
             names.extend(f"{c}[{k}]" for k in range(arr.shape[1]))
         else:
             arr = s.cast(pl.Float64).to_numpy()
+            missing = np.isnan(arr)
+            if impute != "none" and missing.any() and not np.isinf(arr).any():
+                present = arr[~missing]
+                if present.size == 0:
+                    raise InputError(f"{source}: feature column {c!r} has no values to impute from (all missing)")
+                value = float(np.median(present) if impute == "median" else present.mean())
+                arr = np.where(missing, value, arr)
+                filled[c] = (value, int(missing.sum()))
             blocks.append(arr.reshape(-1, 1))
             names.append(c)
     x = np.concatenate(blocks, axis=1)
@@ -490,16 +601,18 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str) -> tuple[
     if bad.any():
         col = int(np.flatnonzero(bad.any(axis=0))[0])
         row = int(np.flatnonzero(bad[:, col])[0])
+        inf = bool(np.isinf(x[:, col]).any())
         raise InputError(
             f"{source}: feature column {names[col]!r} has {int(bad[:, col].sum())} missing, NaN or inf "
-            f"values (first at row {row})"
+            f"values (first at row {row})" + ("" if inf or impute != "none" else
+                                              "; pass --impute median (or mean) to fill missing values")
         )
     huge = np.abs(x) > FLOAT32_MAX
     if huge.any():
         col = int(np.flatnonzero(huge.any(axis=0))[0])
         raise InputError(f"{source}: feature column {names[col]!r} has {int(huge[:, col].sum())} values beyond "
                          f"±{FLOAT32_MAX:.1e} (the float32 range features are kept in); rescale it")
-    return x.astype(np.float32), names
+    return x.astype(np.float32), names, filled
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

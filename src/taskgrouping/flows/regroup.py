@@ -109,7 +109,10 @@ def cluster_kwargs(cfg: RunConfig) -> dict[str, Any]:
     _forkserver()
     kwargs: dict[str, Any] = {"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
                               "dashboard_address": None, "silence_logs": logging.WARNING,
-                              "preload": [WORKER_PRELOAD], "env": worker_env()}
+                              "preload": [WORKER_PRELOAD], "env": worker_env(),
+                              # no dashboard, and the scheduler's health/metrics server on a free port: on 8787
+                              # every run warned "Port 8787 is already in use" while another cluster was up
+                              "scheduler_kwargs": {"dashboard_address": ":0"}}
     if cfg.device == "cuda":
         kwargs["resources"] = {"GPU": 1}
     return kwargs
@@ -695,13 +698,18 @@ def _full_selection(run: _Run, aff: _Affinity) -> dict[str, Any]:
 def _sample(cfg: RunConfig, run_id: str, store: Store, results: Path) -> tuple[_Run, Any, dict[str, Any], list[str]]:
     """The sample stage of the flow: load, split and store the data (a cached step)."""
     source_key = keys.source_key(cfg.data, file_hash(cfg.data), cfg.grouped_tasks, cfg.features, cfg.seed, cfg.samples,
-                                 cfg.task_kinds, cfg.input_shape, cfg.image_spec())
+                                 cfg.task_kinds, cfg.input_shape, cfg.image_spec(), cfg.impute,
+                                 cfg.skip_unusable_tasks)
     sample_args = (cfg.store, cfg.data, cfg.grouped_tasks, cfg.features, cfg.seed, cfg.samples)
     data = _run_step(sample_step, results, lambda r: store.has_prepared(r["dataset_key"]), *sample_args,
                      cache_key=source_key, run_id=run_id, task_kinds=[list(k) for k in cfg.task_kinds] or None,
                      input_shape=list(cfg.input_shape) if cfg.input_shape else None,
-                     images=None if cfg.images is None else asdict(cfg.image_spec()))
+                     images=None if cfg.images is None else asdict(cfg.image_spec()), impute=cfg.impute,
+                     skip_unusable=cfg.skip_unusable_tasks)
     run, prepared, meta = make_run(cfg, run_id, store, results, data["dataset_key"])
+    meta = {**meta, "warnings": data.get("warnings", [])}  # the table's, not the content's: kept with the sample step
+    for w in meta["warnings"]:
+        log.warning("column %r (%s): %s", w["column"], w["kind"], w["message"])
     return run, prepared, meta, run.names
 
 
@@ -761,14 +769,22 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
     group_results = {setting: [job_results(j) for j in setting_jobs] for setting, setting_jobs in jobs.items()}
     models = {str(sel["served"][j.serves[0]]): str(store.model_dir(_job_model(run, j)[0]))
               for j in jobs.get("grouped", []) if j.repeat == 0}
+    # every exportable setting's first-repeat models, for ``taskgrouping export --setting``
+    setting_models = {s: [{"members": list(j.members), "serves": list(j.serves),
+                           "folder": str(store.model_dir(_job_model(run, j)[0]))}
+                          for j in setting_jobs if j.repeat == 0]
+                      for s, setting_jobs in jobs.items() if s in ("grouped", "all_together", "single_task")}
     summary: dict[str, Any] = report_step(
         cfg.to_dict(), run_id, names, sel, aff.path, group_results, counts, seconds,
         {"probe_bytes_mean": aff.extra.get("probe_bytes_mean"), "ground_truth": meta.get("ground_truth"),
          "method_info": aff.extra.get("method_info"), "features": meta["feature_names"],
          "task_kinds": {t["name"]: {"kind": t["kind"], "reason": t.get("reason", "")} for t in meta["tasks"]},
          "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
-         "test_counts": _test_counts(store, run.dataset_key, meta) if "single_task" in jobs else {},
+         "test_counts": _chance_refs(store, run.dataset_key, meta, [
+             (j.serves[0], _job_model(run, j)[0]) for j in jobs.get("single_task", []) if j.repeat == 0]),
+         "trunk": _trunk_info(cfg, meta, store, next(iter(unique), None)),
          "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
+         "warnings": meta.get("warnings", []), "setting_models": setting_models,
          "meta_training": meta_training, "head": _head_info(cfg, aff)})
     return summary
 
@@ -782,17 +798,54 @@ def _head_info(cfg: RunConfig, aff: _Affinity) -> dict[str, Any] | None:
             "scored": int(aff.extra.get("heads_scored") or 0), "given": cfg.swola.head_c is not None}
 
 
-def _test_counts(store: Store, dataset_key: str, meta: dict[str, Any]) -> dict[str, list[int]]:
-    """``[positives, negatives]`` of every binary task on the test split (for the at-chance flag)."""
-    binary = [t["name"] for t in meta["tasks"] if t["kind"] == "binary"]
-    if not binary:
+def _chance_refs(store: Store, dataset_key: str, meta: dict[str, Any],
+                 single: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """What each single-task model's test result is compared with to flag it at chance (:func:`~taskgrouping.report.chance_tasks`).
+
+    ``single``: ``(task, model key)`` of the single-task models. Binary and multi-class
+    tasks get their test split's class counts; a regression task the paired z of the
+    training mean's per-sample squared error minus the model's, and the mean's RMSE.
+    """
+    if not single:
         return {}
-    data = store.read_prepared(dataset_key, tasks=binary)
-    out = {}
-    for j, t in enumerate(binary):
-        y = data.y[data.parts(j) == 3, j]
-        out[t] = [int(np.sum(y == 1)), int(np.sum(y == 0))]
+    kinds = {t["name"]: t["kind"] for t in meta["tasks"]}
+    names = [t for t, _ in single]
+    data = store.read_prepared(dataset_key, tasks=names)
+    out: dict[str, dict[str, Any]] = {}
+    for j, (task, key) in enumerate(single):
+        test = data.parts(j) == 3
+        y = data.y[test, j]
+        kind = kinds[task]
+        if kind == "binary":
+            out[task] = {"kind": kind, "counts": [int(np.sum(y == 1)), int(np.sum(y == 0))]}
+        elif kind == "multiclass":
+            n_classes = int(data.tasks[j].n_classes)
+            out[task] = {"kind": kind, "counts": np.bincount(y.astype(np.int64), minlength=n_classes).tolist()}
+        else:
+            rows, losses = store.read_model_heldout(key).get(task, {}).get("test", (np.array([]), np.array([])))
+            if len(rows) < 2:
+                continue
+            mean_loss = data.y[rows, j].astype(np.float64) ** 2  # the training mean is 0 once standardised
+            d = mean_loss - losses.astype(np.float64)
+            sd = float(d.std(ddof=1))
+            z = float(d.mean() / (sd / np.sqrt(d.size))) if sd > 0 else (np.inf if d.mean() > 0 else -np.inf)
+            out[task] = {"kind": kind, "z": z,
+                         "rmse_mean": float(np.sqrt(mean_loss.mean()) * float(data.y_scale[j]))}
     return out
+
+
+def _trunk_info(cfg: RunConfig, meta: dict[str, Any], store: Store, model_key: str | None) -> dict[str, Any]:
+    """The trunk the run used, for the report: name as given and resolved, input shape, checkpoint, size."""
+    from taskgrouping.models.trunks import resolve_trunk_name
+
+    shape = list(meta.get("input_shape") or [len(meta.get("x_mean") or meta["feature_names"])])
+    params = None
+    if model_key is not None:
+        with contextlib.suppress(Exception):  # a model the report cannot read is named by `verify`, not here
+            params = int(sum(v.numel() for k, v in store.read_model_state(model_key).items()
+                             if k.startswith("trunk.")))
+    return {"name": cfg.trunk, "resolved": resolve_trunk_name(cfg.trunk, tuple(shape)), "input_shape": shape,
+            "checkpoint": cfg.checkpoint, "parameters": params}
 
 
 def run_regroup(cfg: RunConfig, run_id: str, address: str | None = None) -> dict[str, Any]:

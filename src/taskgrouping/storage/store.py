@@ -365,6 +365,7 @@ class Store:
             "x_std": None if data.x_std is None else np.asarray(data.x_std, np.float64).tolist(),
             "y_mean": None if data.y_mean is None else np.asarray(data.y_mean, np.float64).tolist(),
             "probe_overlap": probe_overlap(data.y[data.probe_idx]),
+            "imputed": dict(data.imputed),
         }
         return self.write_json(folder / "meta.json", meta)
 
@@ -402,6 +403,7 @@ class Store:
             x_mean=None if meta.get("x_mean") is None else np.asarray(meta["x_mean"]),
             x_std=None if meta.get("x_std") is None else np.asarray(meta["x_std"]),
             y_mean=None if meta.get("y_mean") is None else np.asarray(meta["y_mean"])[pos],
+            imputed=dict(meta.get("imputed") or {}),
         )
 
     # --- probes ----------------------------------------------------------------
@@ -792,19 +794,26 @@ class Store:
         return x
 
     # --- exports ---------------------------------------------------------------
-    def export_run(self, run_id: str, out: Path) -> list[Path]:
-        """Write one folder per group of run ``run_id`` under ``out`` (which must not exist); return them.
+    def export_run(self, run_id: str, out: Path, setting: str = "recommended") -> tuple[str, list[Path]]:
+        """Write the models of one setting of run ``run_id`` under ``out`` (which must not exist).
 
-        Each folder holds the group model's safetensors weights, ``model.json`` and a
-        README (:mod:`taskgrouping.models.export`). The whole export is written in a
-        temporary folder beside ``out`` and renamed into place, so ``out`` is complete or absent.
+        ``setting``: ``recommended`` (the run's verdict; ``grouped`` when it has none),
+        ``grouped`` (``group-<i>/`` per group), ``all_together`` (``all-together/``) or
+        ``single_task`` (``task-<name>/`` per task). Each folder holds the model's
+        safetensors weights, ``model.json`` (with its ``setting``), a README and, for a
+        file factory trunk, the factory's source (:mod:`taskgrouping.models.export`);
+        ``out/export.json`` says which folder serves which task. The whole export is
+        written in a temporary folder beside ``out`` and renamed into place, so ``out`` is
+        complete or absent. Returns the setting written and the folders.
         """
         import shutil
         import tempfile
 
         from taskgrouping.errors import InputError
-        from taskgrouping.models.export import group_readme, group_spec
+        from taskgrouping.models.export import EXPORT_SETTINGS, export_plan, write_export_folder
 
+        if setting not in ("recommended", *EXPORT_SETTINGS):
+            raise InputError(f"--setting {setting!r}: use recommended, {', '.join(EXPORT_SETTINGS)}")
         summary_path = self.run_dir(run_id) / "summary.json"
         if not summary_path.is_file():
             raise InputError(f"--run {run_id}: no such run in {self.root} (no runs/{run_id}/summary.json)")
@@ -814,26 +823,26 @@ class Store:
                              "or by an older version); run it again with --evaluate grouped or all")
         if out.exists():
             raise InputError(f"--out {out}: already exists; name a new folder")
+        chosen, plan = export_plan(summary, setting)
         meta = self.read_prepared_meta(summary["dataset_key"])
-        about = {"run_id": run_id, "data": summary.get("data"), "method": summary.get("method"),
-                 "selector": summary.get("selector")}
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            for gi, members in enumerate(summary["groups"]):
-                folder = summary["models"].get(str(gi))
-                if folder is None:
-                    continue  # a group that serves no task (helpers only) has no model of its own
-                info = self.read_json(Path(folder) / "info.json")
-                served = [t for t in members if summary["served"][t] == gi]
-                spec = group_spec(meta, list(info["members"]), served, summary["settings"]["train"], about)
-                target = tmp / f"group-{gi}"
+            index = []
+            for name, entry in plan:
+                folder = Path(entry["folder"])
+                info = self.read_json(folder / "info.json")
+                target = tmp / name
                 target.mkdir()
-                shutil.copyfile(verified(Path(folder) / "model.safetensors"), target / "model.safetensors")
-                (target / "model.json").write_text(json.dumps(spec, indent=2))
-                (target / "README.md").write_text(group_readme(spec, gi))
+                shutil.copyfile(verified(folder / "model.safetensors"), target / "model.safetensors")
+                write_export_folder(target, summary, meta, chosen, list(info["members"]), list(entry["serves"]),
+                                    name)
+                index.append({"folder": name, "serves": list(entry["serves"]), "members": list(info["members"])})
+            (tmp / "export.json").write_text(json.dumps({
+                "run_id": run_id, "setting": chosen, "asked": setting, "data": summary.get("data"),
+                "recommended": summary.get("recommended"), "models": index}, indent=2))
             tmp.rename(out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return sorted(out.iterdir())
+        return chosen, [out / name for name, _ in plan]

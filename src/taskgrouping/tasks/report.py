@@ -143,6 +143,9 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "features": extra.get("features", []),
         "task_kinds": {t: k["kind"] for t, k in (extra.get("task_kinds") or {}).items()},
         "models": extra.get("models", {}),
+        "setting_models": extra.get("setting_models", {}),
+        "trunk": extra.get("trunk"),
+        "warnings": list(extra.get("warnings") or []),
         "dataset_key": extra.get("dataset_key"),
         "probe_samples": extra.get("probe_samples"),
         "at_chance": sorted(chance_tasks(rows, extra.get("test_counts") or {})),
@@ -168,6 +171,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         version = st.add_version(lineage, current | {
             "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": config["data"],
             "method": config["method"], "selector": config["selector"], "changes": changes,
+            "lineage_name": config.get("lineage"),
             "previous_version": previous["version"] if previous else None})
     else:
         version = previous["version"] if previous else 0

@@ -87,19 +87,23 @@ STEP_OPTIONS: dict[str, Any] = {"cache_key_fn": _key_from_params, "persist_resul
 def sample_step(store: str, source: str, tasks: str | None, features: str | None, seed: int,
                 samples: int, cache_key: str, run_id: str,
                 task_kinds: list[list[str]] | None = None, input_shape: list[int] | None = None,
-                images: dict[str, Any] | None = None) -> dict[str, Any]:
+                images: dict[str, Any] | None = None, impute: str = "none",
+                skip_unusable: bool = False) -> dict[str, Any]:
     """Load and validate the data, split it, draw the probe sample and write it to the store.
 
     The prepared data is stored under its content fingerprint, so an edited file
-    (same columns, new rows) gets a new key and nothing stale is reused.
+    (same columns, new rows) gets a new key and nothing stale is reused. The result
+    carries the table's column ``warnings`` (cached with it: they follow the file's content).
     """
     st = Store(store)
     kinds = tuple((str(p), str(k)) for p, k in task_kinds or ())
     shape = tuple(int(s) for s in input_shape) if input_shape else None
     spec = None if images is None else ImageSpec(images["column"], images.get("root"),
                                                  tuple(images["size"]) if images.get("size") else None)  # type: ignore[arg-type]
-    data = prepare(load_dataset(source, tasks, features, kinds, shape, spec, st.image_cache), seed, samples)
-    return {"dataset_key": store_prepared(st, data, samples), "run_id": run_id}
+    ds = load_dataset(source, tasks, features, kinds, shape, spec, st.image_cache, impute=impute,
+                      skip_unusable=skip_unusable)
+    data = prepare(ds, seed, samples)
+    return {"dataset_key": store_prepared(st, data, samples), "run_id": run_id, "warnings": list(ds.warnings)}
 
 
 def store_prepared(st: Store, data: Any, samples: int) -> str:
