@@ -41,6 +41,27 @@ def test_fit_recovers_planted_groups_from_arrays_and_a_frame_with_nulls():
     assert by_dict.counts_["probes_computed"] == 8 and by_dict.seconds_["total"] > 0
     long = by_dict.affinity_frame()
     assert long.columns == ["task_a", "task_b", "value", "kind"] and long.height == 64
+    # X as a frame: its columns are the feature names; the matrix is the arrays' (same values, same order)
+    names = [f"f_{i:02d}" for i in range(ds.features.shape[1])]
+    x_frame = pl.DataFrame({n: ds.features[:, i] for i, n in enumerate(names)})
+    by_x_frame = TaskGrouper(n_groups=2, **FAST).fit(x_frame, frame)
+    assert by_x_frame.features_ == names and by_dict.features_ == [f"x_{i}" for i in range(len(names))]
+    np.testing.assert_array_equal(by_x_frame.affinity_, by_dict.affinity_)
+    with pytest.raises(InputError, match=r"^X and Y both have the column 'y_00'; a column is a feature or a task$"):
+        TaskGrouper(**FAST).fit(x_frame.with_columns(pl.Series("y_00", np.zeros(len(x_frame)))), frame)
+    with pytest.raises(InputError, match=r"^X has 10 rows but Y has 400$"):
+        TaskGrouper(**FAST).fit(x_frame.head(10), frame)
+    with pytest.raises(InputError, match=r"^impute must be one of none, median, mean, got 'zero'$"):
+        TaskGrouper(impute="zero", **FAST).fit(x_frame, frame)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    by_dict.plot_affinity(ax)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "swola distance"  # the colour bar
+    plt.close(fig)
 
 
 def test_estimator_protocol():

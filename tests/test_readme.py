@@ -14,3 +14,6 @@ def test_readme_from_python_block_runs(capsys):
     assert len(tg.groups_) >= 2 and tg.affinity_.shape == (8, 8)
     assert sorted(t for g in chosen["groups"] for t in g) == sorted(tg.tasks_)
     assert "distance" in capsys.readouterr().out
+    framed = namespace["framed"]  # the frame's columns are the features, the ID column is named
+    assert framed.features_[:3] == ["customer_id", "f_0", "f_1"] and len(framed.features_) == 33
+    assert [(w["column"], w["kind"]) for w in framed.warnings_] == [("customer_id", "id")]

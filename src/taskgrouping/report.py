@@ -523,11 +523,11 @@ def trunk_line(trunk: dict[str, Any]) -> str:
     shown = "x".join(map(str, shape)) if shape else "?"
     params = trunk.get("parameters")
     size = f", {params:,} trunk parameters per model" if isinstance(params, int) else ""
-    given = trunk.get("name") if trunk.get("name") == trunk.get("resolved") else \
-        f"{trunk.get('name')} (resolved to {trunk.get('resolved')})"
+    given = f"`{trunk.get('name')}`" if trunk.get("name") == trunk.get("resolved") else \
+        f"`{trunk.get('resolved')}` (`--trunk {trunk.get('name')}`)"
     start = (f"; every probe and model starts from the checkpoint `{trunk['checkpoint']}`" if trunk.get("checkpoint")
              else "; no checkpoint: a seeded initialisation")
-    return f"Trunk `{given}` on inputs of shape {shown}{size}{start}."
+    return f"Trunk {given} on inputs of shape {shown}{size}{start}."
 
 
 def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[dict[str, Any]],

@@ -60,7 +60,9 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
     assert set(s["models"]) == {str(g) for g in range(len(s["groups"]))}
     assert all((Path(f) / "model.safetensors").is_file() for f in s["models"].values())
     assert s["recommended"] in ("grouped", "all_together", "single_task")
-    assert s["at_chance"] == ["y_coin"]
+    # y_coin is random; with --max-epochs 6 the regressions do no better than their training mean either
+    # (measured: RMSE 1.757 against the mean's 1.740 for y_amount), and the flag says so; y_a is learnt
+    assert "y_coin" in s["at_chance"] and "y_a" not in s["at_chance"]
 
     # 7. the report says how many probe samples were used and why; features, kinds and the chance flag
     report = Path(s["artifacts"]["report"]).read_text()
@@ -68,7 +70,7 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
     assert "128 probe samples (of 240 training rows)" in report
     assert "Features (4): `f_0`, `f_1`, `f_2`, `f_3`." in report
     assert "| `y_count` | regression | inferred: integers with 51 distinct values (more than 10) |" in report
-    assert "**At chance**: `y_coin`" in report
+    assert "`y_coin` (AUROC 0." in report.split("**At chance**: ")[1].split("\n")[0]
     assert "nan" not in report.split("## Groups")[1].split("##")[0]
 
     # 8. the same table under a new name continues the named history; unnamed it starts a new one
@@ -81,7 +83,7 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
 
     # export: one folder per group; the loader on raw features reproduces the run's test metrics
     out = tmp_path / "exported"
-    assert main(["export", "--run", s["run_id"], "--store", str(store), "--out", str(out)]) == 0
+    assert main(["export", "--run", s["run_id"], "--store", str(store), "--out", str(out), "--setting", "grouped"]) == 0
     capsys.readouterr()
     from sklearn.metrics import roc_auc_score
 
@@ -98,6 +100,7 @@ def test_first_hour_run_summary_report_lineage_and_export(prefect_api, tmp_path,
         folder = out / f"group-{gi}"
         assert {p.name for p in folder.iterdir()} == {"model.safetensors", "model.json", "README.md"}
         model = load_group_model(folder)
+        assert model.setting == "grouped" and json.loads((folder / "model.json").read_text())["setting"] == "grouped"
         pred = model.predict(x)
         assert set(pred) == set(members)
         for r in rows:

@@ -78,6 +78,25 @@ def test_factory_checkpoint_tensor_parquet_and_export(prefect_api, tmp_path, cap
             y = ds.labels[test, ds.task_names.index(t[2:])]
             assert roc_auc_score(y, pred[t][test]) == pytest.approx(rows[t]["metric"], abs=1e-5)
 
+    # the report names the trunk, its size and the checkpoint
+    report = Path(s["artifacts"]["report"]).read_text()
+    trunk_params = s["trunk"]["parameters"]
+    assert trunk_params == sum(p.numel() for p in trunk.body.parameters())  # BatchNorm's statistics are not
+    assert (f"Trunk `{factory}:make` on inputs of shape 3x8x8, {trunk_params:,} trunk parameters per model; every "
+            f"probe and model starts from the checkpoint `{ckpt}`.") in report
+
+    # the export is self-contained: with the factory file gone and the folder moved, it loads and predicts the same
+    import shutil
+
+    spec = json.loads((out / "group-0" / "model.json").read_text())
+    assert spec["setting"] == "grouped" and spec["trunk"]["name"] == "trunk.py:make"
+    assert spec["trunk_source"] == factory and (out / "group-0" / "trunk.py").read_text() == Path(factory).read_text()
+    before = load_group_model(out / "group-0").predict(x)
+    Path(factory).rename(tmp_path / "moved_away.py")
+    moved = shutil.copytree(out / "group-0", tmp_path / "elsewhere" / "model")
+    after = load_group_model(moved).predict(x)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
 
 def test_png_folder_named_in_a_csv(prefect_api, tmp_path, capsys):
     from PIL import Image

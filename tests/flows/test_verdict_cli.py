@@ -48,6 +48,7 @@ def test_evaluate_a_given_grouping_with_repeats(prefect_api, tmp_path, capsys):
     assert {r["repeat"] for r in rows} == {0, 1} and all(r["sel_loss"] > 0 for r in rows)
     report = Path(s["artifacts"]["report"]).read_text()
     assert report.split("\n")[2].startswith("**What to do:**") and "| groups minus |" in report
+    assert report.startswith(f"# taskgrouping evaluate {s['run_id']}\n")  # not "taskgrouping run"
     assert f"grouping pays: **{v['pays']}**" in report and " ± " in report
     trained = s["counts"]["groups_trained"]
 

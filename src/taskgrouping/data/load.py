@@ -485,7 +485,7 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         leave = ",".join(f"!{c}" for c, _ in unusable)
         raise InputError(f"{source}: {len(unusable)} task columns cannot be used: "
                          + "; ".join(why for _, why in unusable)
-                         + f". Leave them out (--tasks 'y_*,{leave}') or pass --skip-unusable-tasks")
+                         + f". Leave them out (--tasks '{tasks or TASK_PATTERN},{leave}') or pass --skip-unusable-tasks")
     if not specs:
         raise InputError(f"{source}: no task column can be used: " + "; ".join(why for _, why in unusable))
     warnings += [{"column": c, "kind": "skipped", "message": f"task left out (--skip-unusable-tasks): {why}"}

@@ -782,7 +782,7 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
          "probe_samples": len(prepared.probe_idx), "train_rows": int((prepared.split == 0).sum()),
          "test_counts": _chance_refs(store, run.dataset_key, meta, [
              (j.serves[0], _job_model(run, j)[0]) for j in jobs.get("single_task", []) if j.repeat == 0]),
-         "trunk": _trunk_info(cfg, meta, store, next(iter(unique), None)),
+         "trunk": _trunk_info(cfg, meta),
          "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
          "warnings": meta.get("warnings", []), "setting_models": setting_models,
          "meta_training": meta_training, "head": _head_info(cfg, aff)})
@@ -834,16 +834,22 @@ def _chance_refs(store: Store, dataset_key: str, meta: dict[str, Any],
     return out
 
 
-def _trunk_info(cfg: RunConfig, meta: dict[str, Any], store: Store, model_key: str | None) -> dict[str, Any]:
-    """The trunk the run used, for the report: name as given and resolved, input shape, checkpoint, size."""
+def _trunk_info(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """The trunk the run used, for the report: name as given and resolved, input shape, checkpoint, parameters.
+
+    The parameters are counted on the trunk as every model builds it (BatchNorm's running
+    statistics are state, not parameters).
+    """
+    from taskgrouping.models.train import MultiTaskModel
     from taskgrouping.models.trunks import resolve_trunk_name
 
     shape = list(meta.get("input_shape") or [len(meta.get("x_mean") or meta["feature_names"])])
+    in_dim = int(np.prod(shape))
     params = None
-    if model_key is not None:
-        with contextlib.suppress(Exception):  # a model the report cannot read is named by `verify`, not here
-            params = int(sum(v.numel() for k, v in store.read_model_state(model_key).items()
-                             if k.startswith("trunk.")))
+    with contextlib.suppress(Exception):  # a trunk that cannot be built failed long before this
+        model = MultiTaskModel(in_dim, [], cfg.train.hidden, cfg.train.layers, cfg.seed, cfg.trunk,
+                               input_shape=tuple(shape) if len(shape) > 1 else None)
+        params = int(sum(p.numel() for p in model.trunk.parameters()))
     return {"name": cfg.trunk, "resolved": resolve_trunk_name(cfg.trunk, tuple(shape)), "input_shape": shape,
             "checkpoint": cfg.checkpoint, "parameters": params}
 

@@ -101,7 +101,7 @@ class GroupPredictor(nn.Module):
         DataFrame (or a pyarrow Table) holding the feature columns by name, in any order
         (other columns are ignored).
         """
-        arr = self.frame_features(x) if _is_frame(x) else np.array(x, dtype=np.float32)  # a writable copy
+        arr = self.frame_features(x) if _is_frame(x) else np.array(x, dtype=np.float32, order="C")  # writable, C order
         with torch.no_grad():
             dev = self.x_mean.device
             return {k: v.cpu().numpy() for k, v in self(torch.from_numpy(arr).to(dev)).items()}
