@@ -412,3 +412,34 @@ def test_two_run_clusters_at_once_do_not_fight_over_port_8787():
             ports = {c.scheduler.http_server.port for c in (first, second)}
     assert 8787 not in ports and len(ports) == 2
     assert not [w for w in seen if "8787" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_an_mlp_trained_from_a_checkpoint_exports_and_loads(tmp_path):
+    """--trunk mlp --checkpoint FILE builds the trunk wrapped (trunk.body.*); the loader must build it the same way."""
+    from safetensors.torch import save_file
+
+    from taskgrouping import load_group_model
+    from taskgrouping.data.dataset import TaskSpec
+    from taskgrouping.models.export import group_spec
+    from taskgrouping.models.train import MultiTaskModel
+    from taskgrouping.models.trunks import build_any_trunk
+
+    ckpt = tmp_path / "pretrained.safetensors"
+    save_file({k: v.contiguous() for k, v in build_any_trunk("mlp", (3,), 8, 2, seed=1).body.state_dict().items()},
+              str(ckpt))
+    tasks = [TaskSpec("y", "binary", 2, ("0", "1"))]
+    trained = MultiTaskModel(3, tasks, 8, 2, 0, "mlp", checkpoint=str(ckpt)).eval()
+    folder = tmp_path / "group-0"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(folder / "model.safetensors"))
+    meta = {"tasks": [{"name": "y", "kind": "binary", "n_classes": 2, "classes": ["0", "1"]}], "y_mean": [0.0],
+            "y_scale": [1.0], "x_mean": [0.0, 1.0, 0.0], "x_std": [1.0, 2.0, 1.0], "feature_names": ["a", "b", "c"],
+            "input_shape": None}
+    spec = group_spec(meta, ["y"], ["y"], {"trunk": "mlp", "hidden": 8, "layers": 2}, {"setting": "grouped"})
+    (folder / "model.json").write_text(json.dumps(spec))
+    model = load_group_model(folder)
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    with torch.no_grad():
+        z = (torch.from_numpy(x) - torch.tensor([0.0, 1.0, 0.0])) / torch.tensor([1.0, 2.0, 1.0])
+        expected = torch.sigmoid(trained(z)[0][:, 0]).numpy()
+    np.testing.assert_allclose(model.predict(x)["y"], expected, rtol=1e-6)

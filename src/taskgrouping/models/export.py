@@ -176,7 +176,17 @@ def load_group_model(folder: str | Path, device: str = "cpu") -> GroupPredictor:
     if sep and target.endswith(".py") and not Path(target).is_absolute():  # the folder's own copy
         spec = spec | {"trunk": spec["trunk"] | {"name": f"{(folder / target).resolve()}:{func}"}}
     module = GroupPredictor(spec)
-    module.model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    state = load_file(str(folder / "model.safetensors"))
+    if any(k.startswith("trunk.body.") for k in state) and not any(k.startswith("trunk.body.") for k in
+                                                                   module.model.state_dict()):
+        # trained from a checkpoint: the built-in trunk was built wrapped (as a checkpoint's trunk is), not plain
+        from taskgrouping.models.trunks import build_any_trunk
+
+        trunk = spec["trunk"]
+        shape = tuple(trunk["input_shape"]) if trunk.get("input_shape") else (int(trunk["in_dim"]),)
+        module.model.trunk = build_any_trunk(str(trunk.get("name", "mlp")), shape, int(trunk["hidden"]),
+                                             int(trunk["layers"]), seed=0)
+    module.model.load_state_dict(state)
     return module.to(device).eval()
 
 
