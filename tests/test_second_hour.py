@@ -443,3 +443,25 @@ def test_an_mlp_trained_from_a_checkpoint_exports_and_loads(tmp_path):
         z = (torch.from_numpy(x) - torch.tensor([0.0, 1.0, 0.0])) / torch.tensor([1.0, 2.0, 1.0])
         expected = torch.sigmoid(trained(z)[0][:, 0]).numpy()
     np.testing.assert_allclose(model.predict(x)["y"], expected, rtol=1e-6)
+
+
+def test_scheduled_flow_and_prefect_yaml_take_impute_and_skip_unusable_tasks(tmp_path):
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from taskgrouping.flows.scheduled import _PARAMS, build_config, scheduled_regroup
+
+    cfg = build_config({"data": "builtin:digits", "store": str(tmp_path), "impute": "mean",
+                        "skip_unusable_tasks": True})
+    assert (cfg.impute, cfg.skip_unusable_tasks) == ("mean", True)
+    served = build_config({"config": cfg.to_dict(), "impute": "median"})  # a given parameter wins over config
+    assert (served.impute, served.skip_unusable_tasks) == ("median", True)
+    with pytest.raises(InputError, match=r"^--impute must be one of none, median, mean, got 'zero'$"):
+        build_config({"data": "builtin:digits", "store": str(tmp_path), "impute": "zero"})
+    signature = set(inspect.signature(scheduled_regroup.fn).parameters)
+    assert signature == set(_PARAMS)
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    params = spec["deployments"][0]["parameters"]
+    assert {"impute", "skip_unusable_tasks"} <= set(params) <= signature

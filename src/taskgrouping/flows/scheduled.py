@@ -90,7 +90,8 @@ def scheduled_regroup(data: str | None = None, store: str | None = None, method:
                       samples: int | None = None, seed: int | None = None, workers: int | None = None,
                       max_epochs: int | None = None, evaluate: str | None = None, features: str | None = None,
                       lineage: str | None = None, task_kinds: dict[str, str] | None = None,
-                      repeats: int | None = None, regroup: str | None = None,
+                      repeats: int | None = None, regroup: str | None = None, impute: str | None = None,
+                      skip_unusable_tasks: bool | None = None,
                       config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Regroup ``data`` into the versioned store ``store``; returns the run summary.
 
@@ -105,7 +106,8 @@ def scheduled_regroup(data: str | None = None, store: str | None = None, method:
     A relative ``store`` or data path is relative to the deployment's working
     directory (the folder ``prefect deploy`` ran in, for a process work pool).
     ``task_kinds`` maps a task name or glob to its kind (``--task-kind``); ``repeats``
-    trains every setting that many times (``--repeats``); ``regroup`` is ``--regroup``.
+    trains every setting that many times (``--repeats``); ``regroup`` is ``--regroup``;
+    ``impute`` and ``skip_unusable_tasks`` are ``--impute`` and ``--skip-unusable-tasks``.
     Prints one line per run: the version and what changed.
     """
     from taskgrouping.flows import orphans
@@ -123,7 +125,8 @@ def scheduled_regroup(data: str | None = None, store: str | None = None, method:
 
 
 _PARAMS = ("data", "store", "method", "selector", "groups", "tasks", "samples", "seed", "workers", "max_epochs",
-           "evaluate", "features", "lineage", "task_kinds", "repeats", "regroup", "config")
+           "evaluate", "features", "lineage", "task_kinds", "repeats", "regroup", "impute", "skip_unusable_tasks",
+           "config")
 
 
 def serve_until_signal(flow_obj: Any, name: str, cron: str, parameters: dict[str, Any],
