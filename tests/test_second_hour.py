@@ -25,6 +25,7 @@ def _frame(n=200, seed=0):
         "signup_date": [f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(n)],
         "email": [f"user{i}@example.com" for i in range(n)],
         "segment": [("a", "b", "c")[i % 3] for i in range(n)],
+        "comment": [f"note {i % 90}" for i in range(n)],
         "f_0": x[:, 0], "f_1": x[:, 1], "f_2": x[:, 2],
         "y_a": (x[:, 0] > 0).astype(int), "y_b": (x[:, 1] > 0).astype(int),
     })
@@ -35,13 +36,15 @@ def test_id_constant_and_text_columns_are_named_and_still_chosen_as_before():
     ds = dataset_from_frame(_frame(), "t.csv")
     assert ds.feature_names == ["customer_id", "const_one", "f_0", "f_1", "f_2"]  # unchanged choice
     by = {w["column"]: w for w in ds.warnings}
-    assert set(by) == {"customer_id", "const_one", "signup_date", "email", "segment"}
+    assert set(by) == {"customer_id", "const_one", "signup_date", "email", "segment", "comment"}
     assert by["customer_id"]["kind"] == "id" and "identifier" in by["customer_id"]["message"]
     assert by["customer_id"]["message"].endswith("leave it out with --features")
     assert by["const_one"]["kind"] == "constant" and "(1.0) on every row" in by["const_one"]["message"]
     assert by["email"]["kind"] == "id" and "distinct value on each of the 200 rows" in by["email"]["message"]
-    assert by["signup_date"]["kind"] == "dropped"
-    assert by["signup_date"]["message"].startswith("high-cardinality text (")  # 12 x 28 dates > 50 distinct
+    assert by["signup_date"] == {"column": "signup_date", "kind": "dropped", "message": (
+        "dates as text (84 distinct values): not numeric, so not a feature (encode them as numbers, e.g. days since "
+        "a reference day, to use them)")}
+    assert by["comment"]["message"].startswith("high-cardinality text (90 distinct values): not numeric")
     assert by["segment"] == {"column": "segment", "kind": "dropped",
                              "message": "text (3 distinct values): not numeric, so not a feature (encode it as "
                                         "numbers to use it)"}
@@ -76,17 +79,22 @@ def test_every_unusable_task_column_is_named_in_one_refusal():
     with pytest.raises(InputError) as err:
         dataset_from_frame(_with_bad_labels(), "t.csv")
     msg = str(err.value)
-    assert msg.startswith("t.csv: 3 task columns cannot be used: task 'y_empty' has 0 distinct label values")
-    assert "task 'y_void' has 0 distinct label values" in msg and "task 'y_const' has 1 distinct label value (1)" in msg
-    assert msg.endswith("Leave them out (--tasks 'y_*,!y_empty,!y_void,!y_const') or pass --skip-unusable-tasks")
+    assert msg.startswith("t.csv: 3 task columns cannot be used: task 'y_empty' has no labels (every value is "
+                          "missing); task 'y_void' has no labels")
+    assert "task 'y_const' has 1 distinct label value (1)" in msg
+    assert msg.endswith("To go on, leave them out (--tasks 'y_*,!y_empty,!y_void,!y_const') or pass "
+                        "--skip-unusable-tasks")
     assert "\n" not in msg
-    with pytest.raises(InputError, match=r"Leave them out \(--tasks 'y_a,y_empty,y_void,!y_empty,!y_void'\)"):
+    with pytest.raises(InputError, match=r"leave them out \(--tasks 'y_a,y_empty,y_void,!y_empty,!y_void'\)"):
         dataset_from_frame(_with_bad_labels(), "t.csv", tasks="y_a,y_empty,y_void")
+    with pytest.raises(InputError, match=r"To go on, leave them out of Y or pass skip_unusable_tasks=True$"):
+        dataset_from_frame(_with_bad_labels(), "X, Y", python=True)
 
 
 def test_one_unusable_column_keeps_its_own_message():
     f = _frame().with_columns(pl.lit(None, pl.Float64).alias("y_empty"))
-    with pytest.raises(InputError, match=r"^t.csv: task 'y_empty' has 0 distinct label values; at least 2 are needed$"):
+    with pytest.raises(InputError, match=r"^t.csv: task 'y_empty' has no labels \(every value is missing\) \(leave "
+                                         r"it out \(--tasks 'y_\*,!y_empty'\) or pass --skip-unusable-tasks\)$"):
         dataset_from_frame(f, "t.csv")
 
 
@@ -95,10 +103,10 @@ def test_skip_unusable_tasks_leaves_them_out_with_a_warning():
     assert ds.task_names == ["y_a", "y_b"] and ds.labels.shape == (200, 2)
     skipped = [w for w in ds.warnings if w["kind"] == "skipped"]
     assert [w["column"] for w in skipped] == ["y_empty", "y_void", "y_const"]
-    assert skipped[0]["message"] == ("task left out (--skip-unusable-tasks): task 'y_empty' has 0 distinct label "
-                                     "values; at least 2 are needed")
+    assert skipped[0]["message"] == ("task 'y_empty' has no labels (every value is missing); left out "
+                                     "(--skip-unusable-tasks)")
     only_bad = _with_bad_labels().drop("y_a", "y_b")
-    with pytest.raises(InputError, match=r"^t.csv: no task column can be used: task 'y_empty' has 0"):
+    with pytest.raises(InputError, match=r"^t.csv: no task column can be used: task 'y_empty' has no labels"):
         dataset_from_frame(only_bad, "t.csv", skip_unusable=True)
 
 
@@ -112,26 +120,44 @@ def _missing(tmp_path):
     return str(path), f1
 
 
-def test_missing_features_are_refused_with_the_hint_or_imputed(tmp_path):
+def test_missing_features_are_refused_with_the_hint_or_imputed_from_the_training_rows(tmp_path):
+    from taskgrouping.data.dataset import prepare
+
     path, f1 = _missing(tmp_path)
     with pytest.raises(InputError, match=r"feature column 'f_1' has 3 missing, NaN or inf values \(first at row 3\); "
                                          r"pass --impute median \(or mean\) to fill missing values$"):
         load_dataset(path, features="f_*")
-    for how, fill in (("median", np.median(f1[~np.isnan(f1)])), ("mean", np.mean(f1[~np.isnan(f1)]))):
+    for how, stat in (("median", np.median), ("mean", np.mean)):
         ds = load_dataset(path, features="f_*", impute=how)
-        col = ds.features[:, ds.feature_names.index("f_1")]
-        assert np.allclose(col[[3, 10, 50]], fill) and np.isfinite(ds.features).all()
-        assert ds.imputed == {"f_1": pytest.approx(float(fill))}
+        assert ds.imputed == {"f_1": how} and np.isnan(ds.features[[3, 10, 50], 1]).all()
         w = [w for w in ds.warnings if w["kind"] == "imputed"]
         assert w == [{"column": "f_1", "kind": "imputed",
-                      "message": f"3 missing values filled with the column's {how} {fill:.6g} (--impute {how})"}]
-    # the fill values are part of the features' identity (a model of them expects them)
-    filled = load_dataset(path, features="f_*", impute="median")
-    plain = dataset_from_frame(pl.read_csv(path).with_columns(pl.Series("f_1", filled.features[:, 1].astype(float))),
-                               "same", features="f_*")
-    assert filled.features_fingerprint() != plain.features_fingerprint()
+                      "message": f"3 missing values filled with the {how} of the column's training rows (--impute "
+                                 f"{how}; the value is in the prepared data and every exported model.json)"}]
+        data = prepare(ds, 0, 64)
+        train = data.split == 0
+        fill = float(stat(f1[train & ~np.isnan(f1)]))  # the training rows only: no held-out row shapes x
+        assert data.imputed == {"f_1": pytest.approx(fill)}
+        raw = data.x[:, 1] * data.x_std[1] + data.x_mean[1]
+        np.testing.assert_allclose(raw[[3, 10, 50]], fill, rtol=1e-5)
+        assert np.isfinite(data.x).all()
+        assert fill != pytest.approx(float(stat(f1[~np.isnan(f1)])), abs=1e-9)  # not the whole column's
+    # how the values are filled is part of the features' identity
+    by = {how: load_dataset(path, features="f_*", impute=how).features_fingerprint() for how in ("median", "mean")}
+    assert by["median"] != by["mean"]
     with pytest.raises(InputError, match=r"^--impute 'zero': use one of none, median, mean$"):
         load_dataset(path, impute="zero")
+
+
+def test_every_column_with_missing_features_is_named_at_once():
+    f = _frame()
+    gaps = f.with_columns(pl.Series("f_0", np.where(np.arange(200) < 4, np.nan, f["f_0"].to_numpy())),
+                          pl.Series("f_2", np.where(np.arange(200) == 9, np.nan, f["f_2"].to_numpy())))
+    with pytest.raises(InputError, match=r"^t.csv: 2 feature columns have missing, NaN or inf values: 'f_0' \(4\), "
+                                         r"'f_2' \(1\); pass --impute median \(or mean\) to fill missing values$"):
+        dataset_from_frame(gaps, "t.csv", features="f_*")
+    with pytest.raises(InputError, match=r"; pass impute='median' \(or 'mean'\) to fill missing values$"):
+        dataset_from_frame(gaps, "X, Y", features="f_*", python=True)
 
 
 def test_inf_and_all_missing_columns_are_not_imputed(tmp_path):
@@ -279,6 +305,9 @@ def test_imputed_columns_are_filled_at_prediction_as_in_training():
     assert out["y"][0] == out["y"][1] and out["r"][0] == out["r"][1]
     framed = model.predict(pl.DataFrame({"a": [None, 0.25], "b": [1.0, 1.0], "c": [2.0, 2.0]}))
     assert framed["y"][0] == framed["y"][1]
+    with pytest.raises(ValueError, match=r"^feature column 'b' has 1 missing values, the model has no fill value for "
+                                         r"it \(it had no missing values in training\)$"):
+        model.predict(pl.DataFrame({"a": [0.1, 0.25], "b": [None, 1.0], "c": [2.0, 2.0]}))
 
 
 def test_export_plan_resolves_the_setting_and_names_folders():
@@ -337,7 +366,7 @@ def test_history_lists_lineages_versions_and_changes(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "wine.csv  (swola/graph, 2 versions, lineage " in text
     assert "  v1  2026-12-01T03:00:00+0000  run run-0  3 tasks in 2 groups: first grouping" in text
-    assert "  v2  2026-12-02T03:00:00+0000  run run-1  4 tasks in 2 groups: +1 tasks (d), 3 moved (a, b, c)" in text
+    assert "  v2  2026-12-02T03:00:00+0000  run run-1  4 tasks in 2 groups: added d; moved a, b, c" in text
     assert "cellar  (swola/graph, 1 version" in text and "  data /data/c.csv" in text
     assert main(["history", "--store", str(root), "--lineage", key[:8], "--json"]) == 0
     assert [e["name"] for e in json.loads(capsys.readouterr().out)] == ["wine.csv"]

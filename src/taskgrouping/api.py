@@ -81,8 +81,8 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
         if clash:
             raise InputError(f"X and Y both have the column {clash[0]!r}; a column is a feature or a task")
         both = pl.concat([fx, frame], how="horizontal")
-        return dataset_from_frame(both, source, ",".join(frame.columns), None, task_kinds, impute=impute,
-                                  skip_unusable=skip_unusable)
+        return dataset_from_frame(both, "X, Y" if source == "arrays" else source, ",".join(frame.columns), None,
+                                  task_kinds, impute=impute, skip_unusable=skip_unusable, python=True)
     if type(X).__module__.startswith("torch"):
         X = X.detach().cpu().numpy()
     x = np.asarray(X, dtype=np.float32)
@@ -93,7 +93,8 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
     if not np.isfinite(x).all():
         col = int(np.flatnonzero((~np.isfinite(x.reshape(len(x), -1))).any(axis=0))[0])
         raise InputError(f"X has NaN or inf values (first at flat feature {col})")
-    base = labels_dataset(frame, source, ",".join(frame.columns), task_kinds, skip_unusable)
+    base = labels_dataset(frame, "Y" if source == "arrays" else source, ",".join(frame.columns), task_kinds,
+                          skip_unusable, python=True)
     flat = x.reshape(x.shape[0], -1)
     shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
     names = ["x"] if shape is not None else [f"x_{i}" for i in range(flat.shape[1])]

@@ -88,12 +88,12 @@ def history_text(lineages: list[dict[str, Any]], store: str | Path) -> str:
             else:
                 parts = []
                 if v["tasks_added"]:
-                    parts.append(f"+{len(v['tasks_added'])} tasks ({_names(v['tasks_added'])})")
+                    parts.append(f"added {_names(v['tasks_added'])}")
                 if v["tasks_removed"]:
-                    parts.append(f"-{len(v['tasks_removed'])} tasks ({_names(v['tasks_removed'])})")
+                    parts.append(f"removed {_names(v['tasks_removed'])}")
                 if v["moved"]:
-                    parts.append(f"{len(v['moved'])} moved ({_names(v['moved'])})")
-                what = ", ".join(parts) or "groups re-formed"
+                    parts.append(f"moved {_names(v['moved'])}")
+                what = "; ".join(parts) or "groups re-formed"
             rec = f"; recommended {v['recommended']}" if v.get("recommended") else ""
             lines.append(f"  v{v['version']}  {v['created']}  run {v['run_id']}  {v['tasks']} tasks in "
                          f"{v['groups']} groups: {what}{rec}")

@@ -87,6 +87,9 @@ def _content(settings: object) -> dict[str, object]:
     """
     d: dict[str, object] = asdict(settings)  # type: ignore[call-overload]
     d.pop("checkpoint", None)
+    if d.get("optimizer") == "adam":  # the default: keys of Adam trainings stay as they were
+        d.pop("optimizer")
+        d.pop("momentum", None)
     trunk = d.get("trunk")
     if isinstance(trunk, str) and ":" in trunk:
         d["trunk"] = trunk.rpartition(":")[2]

@@ -56,7 +56,8 @@ class Dataset:
             tasks (``builtin:mmaml`` declares its own; ``--held-out-tasks`` names them in a file).
         warnings: what the user should know about the table's columns, ``{"column", "kind",
             "message"}`` (:func:`~taskgrouping.data.load.column_warnings`, imputed and skipped columns).
-        imputed: ``{feature column: fill value}`` of the columns whose missing values were filled.
+        imputed: ``{feature column: "median" | "mean"}``: the columns whose missing values
+            (NaN in ``features``) :func:`prepare` fills from the training rows.
     """
 
     features: np.ndarray
@@ -68,7 +69,7 @@ class Dataset:
     input_shape: tuple[int, ...] | None = None
     held_out: tuple[str, ...] = ()
     warnings: tuple[dict[str, str], ...] = ()
-    imputed: dict[str, float] = field(default_factory=dict)
+    imputed: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_names(self) -> list[str]:
@@ -77,7 +78,7 @@ class Dataset:
 
     def features_fingerprint(self) -> str:
         """Content hash of the feature matrix and its column names."""
-        if self.imputed:  # the fill values are part of what a model of these features expects
+        if self.imputed:  # how missing values are filled is part of the inputs (NaN hashes as itself)
             return stable_hash("features", self.feature_names, sorted(self.imputed.items()),
                                self.features.astype(np.float32))
         if self.input_shape is None:  # vector inputs keep the keys they always had
@@ -104,6 +105,8 @@ class PreparedData:
         y_scale: (T,) the standard deviation used to standardise each task (1 if not regression).
         x_mean, x_std: (d,) the training split's feature mean and scale (raw = x * x_std + x_mean).
         y_mean: (T,) the mean used to standardise each task (0 if not regression).
+        imputed: ``{feature column: fill value}``: what a missing value of that column was
+            filled with (``--impute``; the training rows' median or mean).
     """
 
     x: np.ndarray
@@ -251,6 +254,15 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
     split = split_rows(n, seed)
     train = split == 0
     x64 = ds.features.astype(np.float64)
+    fills: dict[str, float] = {}
+    for column, how in ds.imputed.items():  # --impute: from the training rows only, so no held-out row shapes x
+        j = ds.feature_names.index(column)
+        col = x64[:, j]
+        present = col[train & ~np.isnan(col)]
+        if present.size == 0:  # no training row has a value: the other rows' (the column is not all missing)
+            present = col[~np.isnan(col)]
+        fills[column] = float(np.median(present) if how == "median" else present.mean())
+        x64[:, j] = np.where(np.isnan(col), fills[column], col)
     if ds.input_shape is not None and len(ds.input_shape) >= 2:
         c = ds.input_shape[0]
         per = x64[train].reshape(int(train.sum()), c, -1)
@@ -294,5 +306,5 @@ def prepare(ds: Dataset, seed: int, samples: int) -> PreparedData:
         x_mean=mu,
         x_std=sd,
         y_mean=y_mean,
-        imputed=dict(ds.imputed),
+        imputed=fills,
     )

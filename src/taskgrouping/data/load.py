@@ -215,7 +215,8 @@ def _image_dataset(frame: pl.DataFrame, source: str, tasks: str | None, task_kin
 
 
 def labels_dataset(frame: pl.DataFrame, source: str, tasks: str | None,
-                   task_kinds: tuple[tuple[str, str], ...], skip_unusable: bool = False) -> Dataset:
+                   task_kinds: tuple[tuple[str, str], ...], skip_unusable: bool = False,
+                   python: bool = False) -> Dataset:
     """The label columns of ``frame``, validated and encoded exactly as for a table.
 
     For an input that comes from elsewhere (image files, arrays): the returned features
@@ -224,7 +225,7 @@ def labels_dataset(frame: pl.DataFrame, source: str, tasks: str | None,
     import polars as pl
 
     return dataset_from_frame(frame.with_columns(pl.lit(0.0).alias("__tg_zero__")), source, tasks, "__tg_zero__",
-                              task_kinds, skip_unusable=skip_unusable, column_checks=False)
+                              task_kinds, skip_unusable=skip_unusable, column_checks=False, python=python)
 
 
 def tensor_shapes(source: str) -> dict[str, tuple[int, ...]]:
@@ -409,11 +410,12 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
                        features: str | None = None, task_kinds: tuple[tuple[str, str], ...] = (),
                        input_shape: tuple[int, ...] | None = None,
                        tensors: dict[str, tuple[int, ...]] | None = None, impute: str = "none",
-                       skip_unusable: bool = False, column_checks: bool = True) -> Dataset:
+                       skip_unusable: bool = False, column_checks: bool = True, python: bool = False) -> Dataset:
     """Select and validate tasks and features from a frame (see :func:`load_dataset`).
 
     ``column_checks``: look for ID-like, constant and left-out text columns
     (:func:`column_warnings`); off where the frame's only feature is a placeholder.
+    ``python``: hints name the Python API's arguments (``impute='median'``), not the CLI's options.
     """
     if frame.height == 0:
         raise InputError(f"{source}: the table is empty (0 rows)")
@@ -448,11 +450,12 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         raise InputError(f"{source}: no numeric feature columns besides the labels (columns named y_* or "
                          "named by --tasks); name the features with --features")
 
-    x, names, filled = _feature_matrix(frame, feat_cols, source, impute)
+    x, names, filled = _feature_matrix(frame, feat_cols, source, impute, python)
     warnings = column_warnings(frame, task_cols, feat_cols, others if features is None else feat_cols,
                                labels) if column_checks else []
-    warnings += [{"column": c, "kind": "imputed", "message": f"{n} missing values filled with the column's "
-                  f"{impute} {v:.6g} (--impute {impute})"} for c, (v, n) in filled.items()]
+    warnings += [{"column": c, "kind": "imputed", "message": f"{n} missing values filled with the {impute} of the "
+                  f"column's training rows ({_opt('impute', python, impute)}; the value is in the prepared data and "
+                  "every exported model.json)"} for c, n in filled.items()]
     shape = input_shape
     tensor_cols = [c for c in feat_cols if c in tensors]
     if tensor_cols:
@@ -480,19 +483,42 @@ def dataset_from_frame(frame: pl.DataFrame, source: str, tasks: str | None = Non
         specs.append(spec)
         columns_y.append(y)
     if unusable and not skip_unusable:
-        if len(unusable) == 1:
-            raise InputError(f"{source}: {unusable[0][1]}")
         leave = ",".join(f"!{c}" for c, _ in unusable)
+        how = (f"leave {'it' if len(unusable) == 1 else 'them'} out of Y or pass skip_unusable_tasks=True" if python
+               else f"leave {'it' if len(unusable) == 1 else 'them'} out (--tasks '{tasks or TASK_PATTERN},{leave}') "
+                    "or pass --skip-unusable-tasks")
+        if len(unusable) == 1:
+            raise InputError(f"{source}: {unusable[0][1]} ({how})")
         raise InputError(f"{source}: {len(unusable)} task columns cannot be used: "
-                         + "; ".join(why for _, why in unusable)
-                         + f". Leave them out (--tasks '{tasks or TASK_PATTERN},{leave}') or pass --skip-unusable-tasks")
+                         + "; ".join(why for _, why in unusable) + f". To go on, {how}")
     if not specs:
         raise InputError(f"{source}: no task column can be used: " + "; ".join(why for _, why in unusable))
-    warnings += [{"column": c, "kind": "skipped", "message": f"task left out (--skip-unusable-tasks): {why}"}
+    warnings += [{"column": c, "kind": "skipped", "message": f"{why}; left out ({_opt('skip', python)})"}
                  for c, why in unusable]
     ys = np.stack(columns_y, axis=1).astype(np.float32) if columns_y else np.empty((frame.height, 0), np.float32)
     return Dataset(features=x, labels=ys, tasks=specs, feature_names=names, source=source, input_shape=shape,
-                   warnings=tuple(warnings), imputed={c: v for c, (v, _) in filled.items()})
+                   warnings=tuple(warnings), imputed={c: impute for c in filled})
+
+
+def _looks_like_dates(s: pl.Series) -> bool:
+    """Whether a text column's first values all parse as dates or timestamps (polars infers the format)."""
+    import polars as pl
+
+    head = s.drop_nulls().head(200).cast(pl.String)
+    if head.len() == 0:
+        return False
+    try:
+        parsed = head.str.to_datetime(strict=False)
+    except Exception:  # no format polars can infer
+        return False
+    return bool(parsed.null_count() == 0)
+
+
+def _opt(which: str, python: bool, value: str = "") -> str:
+    """An option as the user spelled it: the CLI's flag, or the Python API's argument."""
+    if which == "impute":
+        return f"impute={value!r}" if python else f"--impute {value}"
+    return "skip_unusable_tasks=True" if python else "--skip-unusable-tasks"
 
 
 IMPUTE = ("none", "median", "mean")
@@ -543,7 +569,10 @@ def column_warnings(frame: pl.DataFrame, task_cols: list[str], feat_cols: list[s
             out.append({"column": c, "kind": "id", "message": f"text with a distinct value on each of the {n} rows "
                         "(an identifier?), not a feature"})
             continue
-        if textual:
+        if textual and _looks_like_dates(s):
+            what = f"dates as text ({distinct} distinct values)"
+            why = "not numeric, so not a feature (encode them as numbers, e.g. days since a reference day, to use them)"
+        elif textual:
             what = (f"high-cardinality text ({distinct} distinct values)" if distinct > TEXT_MANY
                     else f"text ({distinct} distinct values)")
             why = "not numeric, so not a feature (encode it as numbers to use it)"
@@ -566,13 +595,18 @@ def _is_numeric_list(dt: pl.DataType) -> bool:
     return isinstance(dt, pl.List | pl.Array) and inner is not None and _is_numeric(inner)
 
 
-def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str,
-                    impute: str = "none") -> tuple[np.ndarray, list[str], dict[str, tuple[float, int]]]:
-    """The features as float32 ``(n, d)``, their names, and ``{column: (fill value, count)}`` of imputed ones."""
+def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str, impute: str = "none",
+                    python: bool = False) -> tuple[np.ndarray, list[str], dict[str, int]]:
+    """The features as float32 ``(n, d)``, their names, and ``{column: missing count}`` of the columns to impute.
+
+    With ``impute``, a scalar column's missing values stay NaN here: :func:`~taskgrouping.data.dataset.prepare`
+    fills them with the median or mean of the column's *training* rows, so no held-out row
+    shapes the inputs. Every column with missing or non-finite values is named in one error.
+    """
     import polars as pl
     blocks: list[np.ndarray] = []
     names: list[str] = []
-    filled: dict[str, tuple[float, int]] = {}
+    filled: dict[str, int] = {}
     for c in cols:
         s = frame[c]
         if _is_numeric_list(s.dtype):
@@ -588,31 +622,39 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str,
             arr = s.cast(pl.Float64).to_numpy()
             missing = np.isnan(arr)
             if impute != "none" and missing.any() and not np.isinf(arr).any():
-                present = arr[~missing]
-                if present.size == 0:
+                if missing.all():
                     raise InputError(f"{source}: feature column {c!r} has no values to impute from (all missing)")
-                value = float(np.median(present) if impute == "median" else present.mean())
-                arr = np.where(missing, value, arr)
-                filled[c] = (value, int(missing.sum()))
+                filled[c] = int(missing.sum())
+                arr = np.where(missing, 0.0, arr)  # checked as finite below; NaN again once checked
             blocks.append(arr.reshape(-1, 1))
             names.append(c)
     x = np.concatenate(blocks, axis=1)
     bad = ~np.isfinite(x)
     if bad.any():
-        col = int(np.flatnonzero(bad.any(axis=0))[0])
-        row = int(np.flatnonzero(bad[:, col])[0])
-        inf = bool(np.isinf(x[:, col]).any())
-        raise InputError(
-            f"{source}: feature column {names[col]!r} has {int(bad[:, col].sum())} missing, NaN or inf "
-            f"values (first at row {row})" + ("" if inf or impute != "none" else
-                                              "; pass --impute median (or mean) to fill missing values")
-        )
+        cols_bad = np.flatnonzero(bad.any(axis=0))
+        inf = any(bool(np.isinf(x[:, j]).any()) for j in cols_bad)
+        hint = "" if inf or impute != "none" else (
+            "; pass impute='median' (or 'mean') to fill missing values" if python
+            else "; pass --impute median (or mean) to fill missing values")
+        if len(cols_bad) == 1:
+            col = int(cols_bad[0])
+            row = int(np.flatnonzero(bad[:, col])[0])
+            raise InputError(f"{source}: feature column {names[col]!r} has {int(bad[:, col].sum())} missing, NaN or "
+                             f"inf values (first at row {row}){hint}")
+        shown = ", ".join(f"{names[j]!r} ({int(bad[:, j].sum())})" for j in cols_bad[:8])
+        more = f" and {len(cols_bad) - 8} more" if len(cols_bad) > 8 else ""
+        raise InputError(f"{source}: {len(cols_bad)} feature columns have missing, NaN or inf values: {shown}{more}"
+                         f"{hint}")
     huge = np.abs(x) > FLOAT32_MAX
     if huge.any():
         col = int(np.flatnonzero(huge.any(axis=0))[0])
         raise InputError(f"{source}: feature column {names[col]!r} has {int(huge[:, col].sum())} values beyond "
                          f"±{FLOAT32_MAX:.1e} (the float32 range features are kept in); rescale it")
-    return x.astype(np.float32), names, filled
+    out = x.astype(np.float32)
+    for c in filled:  # missing again: prepare() fills them from the training rows
+        j = names.index(c)
+        out[:, j] = np.where(np.isnan(frame[c].cast(pl.Float64).to_numpy()), np.nan, out[:, j])
+    return out, names, filled
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -713,6 +755,8 @@ def _encode_labels(s: pl.Series, source: str, kind: TaskKind | None = None) -> t
 
     present = y[~np.isnan(y)]
     n_distinct = np.unique(present).size
+    if present.size == 0:
+        raise InputError(f"{source}: task {name!r} has no labels (every value is missing)")
     if n_distinct < 2:
         shown = "" if present.size == 0 else f" ({spec.classes[int(present[0])] if spec.classes else present[0]})"
         raise InputError(

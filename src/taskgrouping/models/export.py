@@ -130,8 +130,9 @@ class GroupPredictor(nn.Module):
                 raise ValueError(f"feature column {c!r} has dtype {s.dtype}; it must be numeric")
             col = s.cast(pl.Float64).to_numpy().astype(np.float32)
             if np.isnan(col).any() and c not in fill:
-                raise ValueError(f"feature column {c!r} has {int(np.isnan(col).sum())} missing values, and the "
-                                 "model was not trained with --impute")
+                why = ("the model has no fill value for it (it had no missing values in training)" if fill else
+                       "and the model was not trained with --impute")
+                raise ValueError(f"feature column {c!r} has {int(np.isnan(col).sum())} missing values, {why}")
             blocks.append(col.reshape(-1, 1))
         return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
 
@@ -228,11 +229,15 @@ def write_export_folder(target: Path, summary: dict[str, Any], meta: dict[str, A
     """``model.json``, ``README.md`` and (for a file factory trunk) ``trunk.py`` of one exported model."""
     from safetensors import safe_open
 
+    from taskgrouping.models.trunks import resolve_trunk_name
+
     about = {"run_id": summary["run_id"], "data": summary.get("data"), "method": summary.get("method"),
              "selector": summary.get("selector"), "setting": setting, "recommended": summary.get("recommended")}
     train = dict(summary["settings"]["train"])
     settings = summary.get("settings") or {}
-    trunk = str(train.get("trunk", "auto"))
+    shape = tuple(meta.get("input_shape") or (len(meta["x_mean"]),))
+    trunk = resolve_trunk_name(str(train.get("trunk", "auto")), shape)  # what was built: "auto" names nothing
+    train["trunk"] = trunk
     factory, sep, func = trunk.rpartition(":")
     if sep and factory.endswith(".py"):
         source = Path(factory)
@@ -245,7 +250,8 @@ def write_export_folder(target: Path, summary: dict[str, Any], meta: dict[str, A
     if settings.get("checkpoint"):
         about["checkpoint"] = settings["checkpoint"]  # where training started; the weights hold the result
     with safe_open(str(target / "model.safetensors"), framework="pt") as f:
-        about["parameters"] = int(sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys()))
+        about["parameters"] = int(sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys()
+                                      if not k.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))))
     spec = group_spec(meta, members, serves, train, about)
     (target / "model.json").write_text(json.dumps(spec, indent=2))
     (target / "README.md").write_text(group_readme(spec, name))

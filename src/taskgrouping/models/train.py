@@ -22,7 +22,9 @@ class TrainSettings:
 
     Attributes:
         hidden, layers: the trunk (same architecture as the probe by default).
-        lr: Adam learning rate. batch: minibatch size.
+        lr: the learning rate. batch: minibatch size.
+        optimizer: ``adam`` (every grouped model), or ``sgd`` with ``momentum`` (Principled TG's
+            collection training, as the paper's CelebA code trains).
         max_epochs: upper bound; patience: epochs without validation improvement before stopping.
         weight_decay: Adam's L2 term.
         trunk, checkpoint, trunk_fp: the trunk (:mod:`taskgrouping.models.trunks`), its initial
@@ -39,6 +41,21 @@ class TrainSettings:
     trunk: str = "auto"
     checkpoint: str | None = None
     trunk_fp: str = ""
+    optimizer: str = "adam"
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        """Validate the optimiser."""
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimiser ``settings`` name: Adam, or SGD with momentum (both with ``weight_decay``)."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 class MultiTaskModel(nn.Module):
@@ -158,7 +175,7 @@ def train_group(data: PreparedData, members: list[int], settings: TrainSettings,
     if w.shape != (len(members),) or bool((w < 0).any()):
         raise ValueError(f"weights must be {len(members)} non-negative numbers, got {weights}")
     step = 0
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = make_optimizer(model, settings)
     if hooks is not None:
         hooks.attach(opt)
     gen = torch.Generator().manual_seed(derive_seed(seed, "batches"))
