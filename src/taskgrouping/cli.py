@@ -189,6 +189,11 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--tag-every", type=int, default=10, help="TAG: measure the lookahead every this many steps")
     parser.add_argument("--principled-every", type=int, default=10,
                         help="principled: measure the transfer gains every this many steps")
+    parser.add_argument("--principled-optimizer", default="sgd", choices=["sgd", "adam"],
+                        help="principled: the collection training's and lookahead's optimiser (sgd: momentum 0.9, as "
+                             "the paper's code; adam: the models' Adam)")
+    parser.add_argument("--principled-control", default="single", choices=["single", "doubled"],
+                        help="principled: the pair step {i, j} is compared with j's own step {j} or the doubled {j, j}")
     parser.add_argument("--membership-weighted", action="store_true",
                         help="datamaps: train each group on every task, losses weighted by fuzzy membership")
     if not given:
@@ -338,7 +343,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         swola=SwolaSettings(head=args.head, normalise=args.normalise, trunks=args.trunks, hidden=args.hidden,
                             head_fit=args.head_fit),
         train=TrainSettings(hidden=args.hidden, max_epochs=args.max_epochs),
-        tag=TagSettings(every=args.tag_every), principled=PrincipledSettings(every=args.principled_every), datamaps=DatamapSettings(weighted=args.membership_weighted),
+        tag=TagSettings(every=args.tag_every),
+        principled=PrincipledSettings(every=args.principled_every, optimizer=args.principled_optimizer,
+                                      control=args.principled_control),
+        datamaps=DatamapSettings(weighted=args.membership_weighted),
         hoa=HoaSettings(exhaustive=getattr(args, "exhaustive", False)),
         select=SelectSettings(overlap=True if getattr(args, "overlap", False) else
                               False if getattr(args, "no_overlap", False) else None,

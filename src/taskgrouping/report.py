@@ -517,6 +517,18 @@ def graph_section(graph: dict[str, Any], rows: list[dict[str, Any]], kind: str) 
     return lines
 
 
+def fidelity_line(fid: dict[str, Any], method: str) -> str:
+    """The report's line on how well this run's affinity predicts the transfer measured by pair trainings."""
+    sp = fid.get("spearman")
+    shown = "undefined (a constant matrix)" if sp is None or not np.isfinite(sp) else f"**{sp:+.2f}**"
+    own = (" (HOA's own trainings: its matrix is their validation losses, the reference their selection rows)"
+           if method == "hoa" else "")
+    return (f"**Fidelity**: this `{method}` affinity's Spearman correlation with the measured transfer "
+            f"`L_j(alone) - L_j(with i)` over {fid['pairs']} ordered pairs is {shown}; top-3 partner precision "
+            f"{fid['top3']:.2f}. Measured from {fid['source']}{own}; {fid['nonzero']:.0%} of the measured transfers "
+            "are non-zero beyond their 95% interval (bench/fidelity.py compares every method).")
+
+
 def trunk_line(trunk: dict[str, Any]) -> str:
     """The report's line naming the trunk every probe and model used, its size and its checkpoint."""
     shape = trunk.get("input_shape")
@@ -559,6 +571,9 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     trunk = summary.get("trunk")
     if trunk:
         lines += [trunk_line(trunk), ""]
+    fid = summary.get("fidelity")
+    if fid:
+        lines += [fidelity_line(fid, summary.get("method", "")), ""]
     warned = summary.get("warnings") or []
     if warned:
         what = {"id": "ID-like", "constant": "constant", "dropped": "left out", "imputed": "imputed",

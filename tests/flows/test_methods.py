@@ -1,5 +1,7 @@
 """Every peer method and subset selector through the real regroup flow (tiny data, few epochs)."""
 
+from pathlib import Path
+
 from taskgrouping.config import RunConfig
 from taskgrouping.flows.regroup import run_regroup
 from taskgrouping.methods.datamaps import DatamapSettings
@@ -7,6 +9,7 @@ from taskgrouping.methods.hoa import HoaSettings
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.train import TrainSettings
 from taskgrouping.selectors import SelectSettings
+from taskgrouping.storage import Store
 
 DATA = "builtin:synthetic:tasks=6,groups=2,samples=300,noise=0.2"
 
@@ -71,6 +74,10 @@ def test_hoa_pairs_resume_and_extend_and_the_exhaustive_oracle(prefect_api, tmp_
     _check_summary(first, ["y_00", "y_01", "y_03"])
     assert (first["counts"]["probes_computed"], first["counts"]["pairs_computed"]) == (3, 3)
     assert first["selection"]["exact"] is True
+    # HOA's single and pair models are the measured-transfer reference: the report states the fidelity
+    fid = first["fidelity"]
+    assert fid["pairs"] == 6 and -1 <= fid["spearman"] <= 1 and 0 <= fid["top3"] <= 1
+    assert "**Fidelity**: this `hoa` affinity's Spearman correlation" in Path(first["artifacts"]["report"]).read_text()
     # adding a task trains one single model and three new pairs; nothing old is retrained
     second = run_regroup(_cfg(store, method="hoa", selector="network"), "hoa-2")
     c = second["counts"]
@@ -83,6 +90,17 @@ def test_hoa_pairs_resume_and_extend_and_the_exhaustive_oracle(prefect_api, tmp_
     assert 1 <= c["pairs_computed"] <= 4  # at most the 4 triples (the full set trained as all_together)
     assert oracle["selection"]["oracle"] == "exhaustive"
     _check_summary(oracle, ["y_00", "y_01", "y_02", "y_03"])
+    # a SWOLA run on the same store and tasks finds HOA's models and states its own fidelity (nothing trained for it)
+    sw = run_regroup(_cfg(store), "swola-after-hoa")
+    from taskgrouping.methods.transfer import fidelity, measured_transfer
+
+    tr = measured_transfer(Store(store), sw["dataset_key"], _cfg(store).train, 0, tasks=sw["tasks"],
+                           train_missing=False)
+    expected = fidelity(Store(store).read_affinity(Path(sw["artifacts"]["affinity"])), tr)
+    assert sw["fidelity"]["spearman"] == expected["spearman"] and sw["fidelity"]["pairs"] == 12
+    assert "**Fidelity**: this `swola` affinity's" in Path(sw["artifacts"]["report"]).read_text()
+    fresh = run_regroup(_cfg(tmp_path / "other"), "no-pairs")  # a store without pair models: nothing stated
+    assert fresh["fidelity"] is None
 
 
 def test_subset_selectors_on_swola(prefect_api, tmp_path):

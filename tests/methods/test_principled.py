@@ -93,19 +93,67 @@ def test_a_later_step_uses_and_keeps_the_optimiser_moments():
         assert all(torch.equal(v[n], state[k][n]) for n in v)
 
 
-def test_gains_compare_the_pair_step_with_the_doubled_control():
+def test_gains_compare_the_pair_step_with_the_receivers_own_step_or_the_doubled_control():
     before = np.array([1.0, 2.0, 4.0])
     after = {(0,): np.array([0.9, 1.9, 4.1]), (1,): np.array([1.0, 1.5, 3.9]), (2,): np.array([1.1, 2.0, 3.0]),
              (0, 1): np.array([0.8, 1.4, 4.0]), (0, 2): np.array([0.95, 2.0, 3.2]), (1, 2): np.array([1.0, 1.6, 2.8]),
              (0, 0): np.array([0.85, 2.0, 4.0]), (1, 1): np.array([1.0, 1.2, 4.0]), (2, 2): np.array([1.0, 2.0, 2.5])}
     s, single = gains_from_losses(before, after, np.array([True, True, True]))
-    # by hand: S[j, i] = 1 - L_j(step on {i, j}) / L_j(step on {j, j})
-    assert s[0, 1] == pytest.approx(1 - 0.8 / 0.85) and s[1, 0] == pytest.approx(1 - 1.4 / 1.2)
-    assert s[2, 1] == pytest.approx(1 - 2.8 / 2.5) and s[1, 2] == pytest.approx(1 - 1.6 / 1.2)
+    # by hand: S[j, i] = 1 - L_j(step on {i, j}) / L_j(step on {j})
+    assert s[0, 1] == pytest.approx(1 - 0.8 / 0.9) and s[1, 0] == pytest.approx(1 - 1.4 / 1.5)
+    assert s[2, 1] == pytest.approx(1 - 2.8 / 3.0) and s[1, 2] == pytest.approx(1 - 1.6 / 1.5)
+    assert s[0, 2] == pytest.approx(1 - 0.95 / 0.9)  # a pair step that hurts the receiver: a negative gain
     assert np.all(np.diag(s) == 0.0)
+    d, _ = gains_from_losses(before, after, np.array([True, True, True]), control="doubled")
+    # by hand: S[j, i] = 1 - L_j(step on {i, j}) / L_j(step on {j, j})
+    assert d[0, 1] == pytest.approx(1 - 0.8 / 0.85) and d[1, 0] == pytest.approx(1 - 1.4 / 1.2)
+    assert d[2, 1] == pytest.approx(1 - 2.8 / 2.5) and d[1, 2] == pytest.approx(1 - 1.6 / 1.2)
     assert single[1, 2] == pytest.approx(1 - 2.0 / 2.0) and single[2, 0] == pytest.approx(1 - 4.1 / 4.0)
     s, _ = gains_from_losses(before, after, np.array([True, False, True]))  # a task with no label in the batch
     assert np.isnan(s[0, 1]) and np.isnan(s[1, 0]) and np.isfinite(s[0, 2])
+
+
+def test_sgd_lookahead_equals_a_hand_written_momentum_step_and_restores_everything():
+    model = MultiTaskModel(5, TASKS, 8, 2, seed=3)
+    lr, mu = 0.05, 0.9
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu)
+    x, y, mask = _batch(2)
+    for _ in range(3):  # real training first: every parameter has a momentum buffer
+        opt.zero_grad()
+        masked_losses(model(x), y, mask, TASKS).sum().backward()
+        opt.step()
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    params = dict(model.named_parameters())
+    buffers = {name: opt.state[p]["momentum_buffer"].clone() for name, p in params.items()}
+    before, after = lookahead_losses(model, opt, x, y, mask, TASKS)
+    for members, got in after.items():
+        ref = copy.deepcopy(model)
+        loss = set_loss(ref, x, y, mask, TASKS, members)
+        named = dict(ref.named_parameters())
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        with torch.no_grad():
+            for (name, p), g in zip(named.items(), grads, strict=True):
+                if g is not None:  # torch's SGD: buf = mu * buf + g; theta -= lr * buf (a head outside stays)
+                    p -= lr * (mu * buffers[name] + g)
+            np.testing.assert_allclose(got, masked_losses(ref(x), y, mask, TASKS).numpy(), rtol=1e-5, atol=1e-7)
+    for k, v in model.state_dict().items():  # restored after every lookahead
+        assert torch.equal(v, saved_model[k])
+    state = opt.state_dict()["state"]
+    assert all(torch.equal(saved_opt["state"][k]["momentum_buffer"], state[k]["momentum_buffer"]) for k in state)
+    np.testing.assert_allclose(before, masked_losses(model(x), y, mask, TASKS).detach().numpy(), rtol=1e-6)
+
+
+def test_settings_choose_the_collection_optimiser():
+    train = TrainSettings(hidden=16, lr=1e-3)
+    sgd = PrincipledSettings().train_settings(train)
+    assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.hidden) == ("sgd", 0.05, 0.9, 16)
+    adam = PrincipledSettings(optimizer="adam").train_settings(train)
+    assert (adam.optimizer, adam.lr) == ("adam", 1e-3)
+    for kwargs, message in (({"optimizer": "rmsprop"}, "principled optimizer must be 'sgd' or 'adam'"),
+                            ({"control": "none"}, "principled control must be 'single' or 'doubled'"),
+                            ({"momentum": 1.0}, "principled SGD needs lr > 0 and 0 <= momentum < 1")):
+        with pytest.raises(ValueError, match=message):
+            PrincipledSettings(**kwargs)
 
 
 def test_a_joint_run_measures_every_nth_step_and_returns_gains():

@@ -783,6 +783,7 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
          "test_counts": _chance_refs(store, run.dataset_key, meta, [
              (j.serves[0], _job_model(run, j)[0]) for j in jobs.get("single_task", []) if j.repeat == 0]),
          "trunk": _trunk_info(cfg, meta),
+         "fidelity": _fidelity(run, aff),
          "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
          "warnings": meta.get("warnings", []), "setting_models": setting_models,
          "meta_training": meta_training, "head": _head_info(cfg, aff)})
@@ -832,6 +833,33 @@ def _chance_refs(store: Store, dataset_key: str, meta: dict[str, Any],
             out[task] = {"kind": kind, "z": z,
                          "rmse_mean": float(np.sqrt(mean_loss.mean()) * float(data.y_scale[j]))}
     return out
+
+
+def _fidelity(run: _Run, aff: _Affinity) -> dict[str, Any] | None:
+    """The affinity against the transfer measured by stored single and pair models, when the store has them all.
+
+    A ``--method hoa`` run has trained them (and any run on a store where one did, on
+    the same data and settings); nothing is trained for this. Spearman and top-3 as
+    ``bench/fidelity.py`` (:func:`~taskgrouping.methods.transfer.fidelity`).
+    """
+    from taskgrouping.methods.transfer import MAX_TASKS, fidelity, measured_transfer, model_keys
+
+    names = run.names
+    if not 3 <= len(names) <= MAX_TASKS or run.cfg.training == "meta":
+        return None
+    wanted = model_keys(run.store, run.dataset_key, run.cfg.train, run.cfg.seed, 1, names)
+    if not all(run.store.has_model(k) for k in wanted.values()):
+        return None
+    tr = measured_transfer(run.store, run.dataset_key, run.cfg.train, run.cfg.seed, 1, tasks=names,
+                           train_missing=False)
+    if tr is None:
+        return None
+    f: dict[str, Any] = dict(fidelity(run.store.read_affinity(Path(aff.path)), tr, k=3))
+    if not np.isfinite(f["spearman"]):
+        f["spearman"] = None  # a constant matrix has no ranks (and JSON has no NaN)
+    off = ~np.eye(len(names), dtype=bool)
+    return f | {"nonzero": float(np.mean((tr.lo[off] > 0) | (tr.hi[off] < 0))), "repeats": 1,
+                "source": "the store's single-task and pair models (selection rows)"}
 
 
 def _trunk_info(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:

@@ -145,6 +145,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "models": extra.get("models", {}),
         "setting_models": extra.get("setting_models", {}),
         "trunk": extra.get("trunk"),
+        "fidelity": extra.get("fidelity"),
         "warnings": list(extra.get("warnings") or []),
         "dataset_key": extra.get("dataset_key"),
         "probe_samples": extra.get("probe_samples"),
