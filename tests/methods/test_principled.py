@@ -146,7 +146,7 @@ def test_sgd_lookahead_equals_a_hand_written_momentum_step_and_restores_everythi
 def test_settings_choose_the_collection_optimiser():
     train = TrainSettings(hidden=16, lr=1e-3)
     sgd = PrincipledSettings().train_settings(train)
-    assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.hidden) == ("sgd", 0.05, 0.9, 16)
+    assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.hidden) == ("sgd", 0.1, 0.9, 16)
     adam = PrincipledSettings(optimizer="adam").train_settings(train)
     assert (adam.optimizer, adam.lr) == ("adam", 1e-3)
     for kwargs, message in (({"optimizer": "rmsprop"}, "principled optimizer must be 'sgd' or 'adam'"),

@@ -69,7 +69,7 @@ class PrincipledSettings:
 
     every: int = 10
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     control: str = "single"
 
