@@ -27,16 +27,19 @@ Writes ``bench/results/compare.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+# bench/selectors.py shadows the standard library's selectors (which multiprocessing imports): this folder last
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import argparse  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import asdict, dataclass, field, replace  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 from common import machine_line, timed, write_result  # noqa: E402
 
 from taskgrouping.methods.base import AffinityMatrix  # noqa: E402

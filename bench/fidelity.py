@@ -22,19 +22,22 @@ Writes ``bench/results/fidelity.md`` and ``bench/results/fidelity.png``.
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
 import sys
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+# bench/selectors.py shadows the standard library's selectors (which multiprocessing imports): this folder last
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 from common import machine_line, write_result  # noqa: E402
 
 DIGITS_12 = "is_0,is_1,is_2,is_3,is_4,is_5,is_6,is_7,is_8,is_9,even,ge_5"

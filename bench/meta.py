@@ -22,16 +22,19 @@ Writes ``bench/results/meta.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+# bench/selectors.py shadows the standard library's selectors (which multiprocessing imports): this folder last
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import argparse  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
 from common import machine_line, write_result  # noqa: E402
 
 PROBES = ("signature", "gradients", "adapted")

@@ -22,17 +22,20 @@ best one's. Controls are never candidates. Writes ``bench/results/verdict.md``.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+# bench/selectors.py shadows the standard library's selectors (which multiprocessing imports): this folder last
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import argparse  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 from common import machine_line, write_result  # noqa: E402
 
 CASES = [
