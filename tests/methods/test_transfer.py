@@ -73,6 +73,10 @@ def test_two_repeats_average_and_widen_by_training_noise(tmp_path):
     off = ~np.eye(3, dtype=bool)
     assert np.all(two.lo[off] <= two.mean[off]) and np.all(two.mean[off] <= two.hi[off])
     assert not np.array_equal(one.mean, two.mean)
+    first = measured_transfer(st, key, TRAIN, seed=0, repeats=2, tasks=["y_a", "y_near", "y_coin"], only=0)
+    assert np.array_equal(first.mean, one.mean) and first.trained == 0  # one repeat's matrix: the first repeat's
+    second = measured_transfer(st, key, TRAIN, seed=0, repeats=2, tasks=["y_a", "y_near", "y_coin"], only=1)
+    np.testing.assert_allclose((first.mean + second.mean) / 2, two.mean, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="task 'y_nope' is not in the prepared dataset"):
         measured_transfer(st, key, TRAIN, seed=0, tasks=["y_a", "y_nope"])
 

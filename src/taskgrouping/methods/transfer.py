@@ -85,10 +85,13 @@ def model_keys(store: Store, dataset_key: str, train: TrainSettings, seed: int, 
 
 
 def measured_transfer(store: Store, dataset_key: str, train: TrainSettings, seed: int, repeats: int = 1,
-                      device: str = "cpu", tasks: list[str] | None = None, train_missing: bool = True) -> Transfer | None:
+                      device: str = "cpu", tasks: list[str] | None = None, train_missing: bool = True,
+                      only: int | None = None) -> Transfer | None:
     """The transfer matrix of the tasks of a prepared dataset in ``store`` (trains what is not stored yet).
 
     With ``train_missing=False`` nothing is trained: None unless every model is stored.
+    ``only``: the matrix of that one repeat's models (its reproducibility against another's
+    is the reference's own reliability).
     """
     from taskgrouping.errors import InputError
     from taskgrouping.tasks.steps import train_step
@@ -98,14 +101,17 @@ def measured_transfer(store: Store, dataset_key: str, train: TrainSettings, seed
         raise InputError(f"measured transfer trains T + T(T-1)/2 models per repeat: at most {MAX_TASKS} tasks, "
                          f"got {len(names)}")
     wanted = model_keys(store, dataset_key, train, seed, repeats, names)
+    if only is not None:
+        wanted = {(0, m): k for (r, m), k in wanted.items() if r == only}
+        repeats = 1
     trained = 0
     for (r, members), key in wanted.items():
         if store.has_model(key):
             continue
         if not train_missing:
             return None
-        rec = train_step.fn(str(store.root), dataset_key, list(members), asdict(train), repeat_seed(seed, r), device,
-                            cache_key=key, run_id="transfer")
+        rec = train_step.fn(str(store.root), dataset_key, list(members), asdict(train),
+                            repeat_seed(seed, r if only is None else only), device, cache_key=key, run_id="transfer")
         trained += int(bool(rec["computed"]))
     t = len(names)
     mean, lo, hi = np.zeros((t, t)), np.zeros((t, t)), np.zeros((t, t))
