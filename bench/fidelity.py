@@ -199,9 +199,9 @@ def main() -> None:
                     f = fidelity(aff, tr, k=3)
                     cell = rows.setdefault((name, method), {"spearman": [], "top3": [], "seconds": []})
                     cell["spearman"].append(f["spearman"])
-                    cell["top3"].append(f["top3"])
+                    cell["top3"].append(f["topk"])
                     cell["seconds"].append(secs)
-                    print(f"{name} seed {seed} {method}: Spearman {f['spearman']:+.3f}, top-3 {f['top3']:.2f}, "
+                    print(f"{name} seed {seed} {method}: Spearman {f['spearman']:+.3f}, top-3 {f['topk']:.2f}, "
                           f"{secs:.1f} s", flush=True)
                 off = ~np.eye(len(tr.tasks), dtype=bool)
                 sure = float(np.mean((tr.lo[off] > 0) | (tr.hi[off] < 0)))

@@ -524,8 +524,8 @@ def fidelity_line(fid: dict[str, Any], method: str) -> str:
     own = (" (HOA's own trainings: its matrix is their validation losses, the reference their selection rows)"
            if method == "hoa" else "")
     return (f"**Fidelity**: this `{method}` affinity's Spearman correlation with the measured transfer "
-            f"`L_j(alone) - L_j(with i)` over {fid['pairs']} ordered pairs is {shown}; top-3 partner precision "
-            f"{fid['top3']:.2f}. Measured from {fid['source']}{own}; {fid['nonzero']:.0%} of the measured transfers "
+            f"`L_j(alone) - L_j(with i)` over {fid['pairs']} ordered pairs is {shown}; top-{fid['k']} partner "
+            f"precision {fid['topk']:.2f}. Measured from {fid['source']}{own}; {fid['nonzero']:.0%} of the measured transfers "
             "are non-zero beyond their 95% interval (bench/fidelity.py compares every method).")
 
 

@@ -76,7 +76,7 @@ def test_hoa_pairs_resume_and_extend_and_the_exhaustive_oracle(prefect_api, tmp_
     assert first["selection"]["exact"] is True
     # HOA's single and pair models are the measured-transfer reference: the report states the fidelity
     fid = first["fidelity"]
-    assert fid["pairs"] == 6 and -1 <= fid["spearman"] <= 1 and 0 <= fid["top3"] <= 1
+    assert fid["pairs"] == 6 and -1 <= fid["spearman"] <= 1 and 0 <= fid["topk"] <= 1 and fid["k"] == 2
     assert "**Fidelity**: this `hoa` affinity's Spearman correlation" in Path(first["artifacts"]["report"]).read_text()
     # adding a task trains one single model and three new pairs; nothing old is retrained
     second = run_regroup(_cfg(store, method="hoa", selector="network"), "hoa-2")

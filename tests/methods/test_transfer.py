@@ -89,10 +89,11 @@ def _transfer(m):
 def test_fidelity_by_hand():
     m = np.array([[0, 3, 1, 2], [1, 0, 3, 2], [2, 1, 0, 3], [3, 2, 1, 0]], float)
     tr = _transfer(m)
-    assert fidelity(AffinityMatrix(tr.tasks, m, "gain"), tr, k=1) == {"spearman": pytest.approx(1.0), "top1": 1.0,
-                                                                     "pairs": 12}
+    assert fidelity(AffinityMatrix(tr.tasks, m, "gain"), tr, k=1) == {"spearman": pytest.approx(1.0), "topk": 1.0,
+                                                                     "k": 1, "pairs": 12}
     neg = fidelity(AffinityMatrix(tr.tasks, m, "distance"), tr, k=1)  # a distance is negated: reversed ranks
-    assert neg["spearman"] == pytest.approx(-1.0) and neg["top1"] == 0.0
+    assert neg["spearman"] == pytest.approx(-1.0) and neg["topk"] == 0.0
+    assert fidelity(AffinityMatrix(tr.tasks, m, "gain"), tr, k=9)["k"] == 3  # at most T - 1 partners
     # the matrix is aligned by task name, whatever its order
     order = [2, 0, 3, 1]
     shuffled = AffinityMatrix([tr.tasks[i] for i in order], m[np.ix_(order, order)], "gain")
@@ -100,4 +101,4 @@ def test_fidelity_by_hand():
     # top-2 by hand: receiver 0's partners by affinity 1, 3; by transfer 1, 3 -> 1.0 for a copy; one swap
     swapped = m.copy()
     swapped[0, 2], swapped[0, 3] = swapped[0, 3], swapped[0, 2]  # receiver 0: top-2 {1, 2} against {1, 3}
-    assert fidelity(AffinityMatrix(tr.tasks, swapped, "gain"), tr, k=2)["top2"] == pytest.approx((0.5 + 3) / 4)
+    assert fidelity(AffinityMatrix(tr.tasks, swapped, "gain"), tr, k=2)["topk"] == pytest.approx((0.5 + 3) / 4)

@@ -141,13 +141,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def fidelity(affinity: AffinityMatrix, transfer: Transfer, k: int = 3) -> dict[str, float]:
+def fidelity(affinity: AffinityMatrix, transfer: Transfer, k: int = 3) -> dict[str, Any]:
     """How well ``affinity`` predicts measured transfer: Spearman over off-diagonal pairs, top-k partner precision.
 
     A distance is negated (closer = larger), so every method's "more similar" is larger;
     the matrix is aligned to the transfer's task order. ``topk``: for each receiver j,
     the share of its k largest affinity partners that are among its k largest measured
-    transfers (ties broken by task order), averaged over receivers.
+    transfers (ties broken by task order), averaged over receivers; ``k`` is at most T - 1.
     """
     order = [affinity.tasks.index(t) for t in transfer.tasks]
     a = np.asarray(affinity.values, dtype=np.float64)[np.ix_(order, order)]
@@ -162,4 +162,5 @@ def fidelity(affinity: AffinityMatrix, transfer: Transfer, k: int = 3) -> dict[s
         top_a = set(sorted(others, key=lambda i: (-a[j, i], i))[:k])
         top_m = set(sorted(others, key=lambda i: (-transfer.mean[j, i], i))[:k])
         hits.append(len(top_a & top_m) / k)
-    return {"spearman": _spearman(a[off], transfer.mean[off]), f"top{k}": float(np.mean(hits)), "pairs": int(off.sum())}
+    return {"spearman": _spearman(a[off], transfer.mean[off]), "topk": float(np.mean(hits)), "k": k,
+            "pairs": int(off.sum())}
