@@ -30,6 +30,7 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -175,12 +176,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes training the reference")
     ap.add_argument("--quick", action="store_true", help="synthetic and diabetes, one seed (a smoke run)")
     ap.add_argument("--methods", nargs="+", default=METHODS, help=f"of {', '.join(METHODS)}, principled-adam")
+    ap.add_argument("--datasets", nargs="+", default=None, metavar="WORD",
+                    help="only the data sets whose name starts with one of these words")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the measurements already in bench/results/fidelity.jsonl (other data sets or seeds) "
+                         "and render the table from all of them")
     args = ap.parse_args()
     methods = list(args.methods)
     datasets = [d for d in DATASETS if not args.quick or d[1].startswith(("builtin:synthetic", "sklearn"))]
+    if args.datasets:
+        datasets = [d for d in datasets if d[0].split()[0] in args.datasets]
     seeds = args.seeds[:1] if args.quick else args.seeds
     train = TrainSettings(hidden=32, max_epochs=40, patience=8)
-    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    raw_path = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
+    measured: list[dict[str, Any]] = []
+    if args.add and raw_path.exists():
+        measured = [json.loads(line) for line in raw_path.read_text().splitlines() if line.strip()]
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         for name, source, tasks, trunk in datasets:
@@ -197,10 +208,9 @@ def main() -> None:
                     aff = affinity_of(method, st, key, data, seed, tr_settings, trunk)
                     secs = hoa_s if method == "hoa" else time.perf_counter() - t0
                     f = fidelity(aff, tr, k=3)
-                    cell = rows.setdefault((name, method), {"spearman": [], "top3": [], "seconds": []})
-                    cell["spearman"].append(f["spearman"])
-                    cell["top3"].append(f["topk"])
-                    cell["seconds"].append(secs)
+                    measured = [m for m in measured if (m["dataset"], m["seed"], m["method"]) != (name, seed, method)]
+                    measured.append({"dataset": name, "seed": seed, "method": method, "spearman": f["spearman"],
+                                     "top3": f["topk"], "seconds": secs})
                     print(f"{name} seed {seed} {method}: Spearman {f['spearman']:+.3f}, top-3 {f['topk']:.2f}, "
                           f"{secs:.1f} s", flush=True)
                 off = ~np.eye(len(tr.tasks), dtype=bool)
@@ -211,24 +221,32 @@ def main() -> None:
                               for r in (0, 1)]
                     if halves[0] is not None and halves[1] is not None:
                         reliability = _spearman_off(halves[0].mean, halves[1].mean)
-                ref = rows.setdefault((name, "reference"), {"spearman": [], "top3": [], "seconds": []})
-                ref["spearman"].append(reliability)
-                ref["top3"].append(sure)
-                ref["seconds"].append(hoa_s)
+                measured = [m for m in measured if (m["dataset"], m["seed"], m["method"]) != (name, seed, "reference")]
+                measured.append({"dataset": name, "seed": seed, "method": "reference", "spearman": reliability,
+                                 "top3": sure, "seconds": hoa_s})
+                write_result("fidelity.jsonl", "".join(json.dumps(m) + "\n" for m in measured))
                 print(f"{name} seed {seed}: {len(tr.tasks)} tasks, {sure:.0%} of measured transfers non-zero beyond "
                       f"their interval, repeat-to-repeat Spearman {reliability:+.3f}; {time.perf_counter() - t_set:.0f} s",
                       flush=True)
-    text = report(rows, datasets, seeds, args, time.perf_counter() - t_all, methods)
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for m in measured:
+        cell = rows.setdefault((m["dataset"], m["method"]), {"spearman": [], "top3": [], "seconds": []})
+        for k in ("spearman", "top3", "seconds"):
+            cell[k].append(float("nan") if m[k] is None else float(m[k]))
+    shown = [d for d in DATASETS if any(n == d[0] for n, _ in rows)]
+    all_seeds = sorted({int(m["seed"]) for m in measured})
+    text = report(rows, shown, all_seeds, args, time.perf_counter() - t_all, methods)
     print(text)
     write_result("fidelity.md", text)
-    plot(rows, datasets, methods)
+    plot(rows, shown, methods)
 
 
 def report(rows: dict[tuple[str, str], dict[str, list[float]]], datasets: list[Any], seeds: list[int],
            args: argparse.Namespace, total: float, methods: list[str]) -> str:
     lines = ["# Which affinity predicts real transfer (`bench/fidelity.py`)", "", machine_line(), "",
              f"Seeds {', '.join(map(str, seeds))}; the reference trains every single task and pair {args.repeats} "
-             f"times; {args.samples} probe samples; hidden 32, at most 40 epochs. Total {total / 60:.1f} minutes.", "",
+             f"times; {args.samples} probe samples; hidden 32, at most 40 epochs. This run took {total / 60:.1f} minutes "
+             "(with `--add`, the table also holds earlier runs' data sets: `bench/results/fidelity.jsonl`).", "",
              "Spearman between each method's off-diagonal affinity (distances negated) and the measured transfer "
              "`L_j(alone) - L_j(with i)` on selection rows; top-3 precision of each task's partners; seconds to "
              "affinity. Mean ± 95% half-width over seeds (none with one seed). The *reference* row is the measured "
