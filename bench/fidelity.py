@@ -289,18 +289,26 @@ def plot(rows: dict[tuple[str, str], dict[str, list[float]]], datasets: list[Any
     fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
-        means, halves = [], []
+        means, low, high = [], [], []
         for name, *_ in datasets:
-            m, h = _ci(rows.get((name, method), {}).get("spearman", []))
+            v = [x for x in rows.get((name, method), {}).get("spearman", []) if np.isfinite(x)]
+            m = float(np.mean(v)) if v else float("nan")
             means.append(m)
-            halves.append(0.0 if not np.isfinite(h) else h)
+            low.append(m - min(v) if v else 0.0)  # the bars span the seeds' range (two seeds: a t interval is vast)
+            high.append(max(v) - m if v else 0.0)
         xs = np.arange(len(datasets)) + (k - (len(methods) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=halves, label=method, capsize=2)
+        ax.bar(xs, means, width, yerr=[low, high], label=method, capsize=2)
+    for d, (name, *_) in enumerate(datasets):  # the reference against itself: how far any method can agree with it
+        v = [x for x in rows.get((name, "reference"), {}).get("spearman", []) if np.isfinite(x)]
+        if v:
+            ax.hlines(float(np.mean(v)), d - 0.45, d + 0.45, colors="black", linestyles="dashed", lw=1,
+                      label="reference, repeat vs repeat" if d == 0 else None)
+    ax.set_ylim(-1, 1)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(datasets)), [n.split(" (")[0] for n, *_ in datasets])
-    ax.set_ylabel("Spearman with measured transfer")
+    ax.set_ylabel("Spearman with measured transfer\n(bars: the seeds' range)")
     ax.set_title("Which affinity predicts real transfer")
-    ax.legend(ncol=4, fontsize=8)
+    ax.legend(ncol=4, fontsize=8, loc="lower left")
     fig.tight_layout()
     path = Path(__file__).resolve().parent / "results" / "fidelity.png"
     fig.savefig(path, dpi=110)
