@@ -47,13 +47,6 @@ def _labels_frame(Y: Any) -> Any:
     return frame.with_columns([pl.col(c).fill_nan(None) for c in floats]) if floats else frame
 
 
-def _is_table(X: Any) -> bool:
-    """Whether ``X`` is a polars or pandas DataFrame or a pyarrow Table (features with column names)."""
-    module = type(X).__module__
-    return (module.startswith(("polars", "pandas")) and hasattr(X, "columns")) or \
-        (module.startswith("pyarrow") and hasattr(X, "column_names"))
-
-
 def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] = (), source: str = "arrays",
                         impute: str = "none", skip_unusable: bool = False) -> Any:
     """A validated :class:`~taskgrouping.data.dataset.Dataset` from features ``X`` and labels ``Y``.
@@ -66,12 +59,12 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
     labels are validated and their kinds inferred exactly as for a file.
     """
     from taskgrouping.data.dataset import Dataset
-    from taskgrouping.data.load import dataset_from_frame, labels_dataset
+    from taskgrouping.data.load import dataset_from_frame, is_table, labels_dataset
 
     frame = _labels_frame(Y)
     if frame.width == 0:
         raise InputError("Y has no task columns")
-    if _is_table(X):
+    if is_table(X):
         import polars as pl
 
         fx = _labels_frame(X)

@@ -514,6 +514,13 @@ def _looks_like_dates(s: pl.Series) -> bool:
     return bool(parsed.null_count() == 0)
 
 
+def is_table(x: object) -> bool:
+    """Whether ``x`` is a polars or pandas DataFrame or a pyarrow Table (columns with names)."""
+    module = type(x).__module__
+    return (module.startswith(("polars", "pandas")) and hasattr(x, "columns")) or \
+        (module.startswith("pyarrow") and hasattr(x, "column_names"))
+
+
 def _opt(which: str, python: bool, value: str = "") -> str:
     """An option as the user spelled it: the CLI's flag, or the Python API's argument."""
     if which == "impute":

@@ -101,7 +101,9 @@ class GroupPredictor(nn.Module):
         DataFrame (or a pyarrow Table) holding the feature columns by name, in any order
         (other columns are ignored).
         """
-        arr = self.frame_features(x) if _is_frame(x) else np.array(x, dtype=np.float32, order="C")  # writable, C order
+        from taskgrouping.data.load import is_table
+
+        arr = self.frame_features(x) if is_table(x) else np.array(x, dtype=np.float32, order="C")  # writable, C order
         with torch.no_grad():
             dev = self.x_mean.device
             return {k: v.cpu().numpy() for k, v in self(torch.from_numpy(arr).to(dev)).items()}
@@ -135,12 +137,6 @@ class GroupPredictor(nn.Module):
                 raise ValueError(f"feature column {c!r} has {int(np.isnan(col).sum())} missing values, {why}")
             blocks.append(col.reshape(-1, 1))
         return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
-
-
-def _is_frame(x: Any) -> bool:
-    module = type(x).__module__
-    return module.startswith(("polars", "pandas", "pyarrow")) and hasattr(x, "columns") or \
-        module.startswith("pyarrow") and hasattr(x, "column_names")
 
 
 def _source_columns(features: list[str]) -> list[str]:
