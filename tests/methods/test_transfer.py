@@ -13,12 +13,12 @@ from taskgrouping.models.train import TrainSettings
 from taskgrouping.storage import Store
 from taskgrouping.tasks.steps import store_prepared
 
-TRAIN = TrainSettings(hidden=8, max_epochs=15)
+TRAIN = TrainSettings(hidden=8, max_epochs=4, batch=256)
 
 
 def _store(tmp_path):
     rng = np.random.default_rng(0)
-    n = 500
+    n = 300
     x = rng.standard_normal((n, 4))
     a = (x[:, 0] > 0).astype(int)
     frame = pl.DataFrame({f"f_{i}": x[:, i] for i in range(4)} | {
