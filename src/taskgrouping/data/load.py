@@ -614,6 +614,7 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str, impute: s
     blocks: list[np.ndarray] = []
     names: list[str] = []
     filled: dict[str, int] = {}
+    holes: dict[str, np.ndarray] = {}  # the missing rows of each column to impute
     for c in cols:
         s = frame[c]
         if _is_numeric_list(s.dtype):
@@ -631,7 +632,7 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str, impute: s
             if impute != "none" and missing.any() and not np.isinf(arr).any():
                 if missing.all():
                     raise InputError(f"{source}: feature column {c!r} has no values to impute from (all missing)")
-                filled[c] = int(missing.sum())
+                filled[c], holes[c] = int(missing.sum()), missing
                 arr = np.where(missing, 0.0, arr)  # checked as finite below; NaN again once checked
             blocks.append(arr.reshape(-1, 1))
             names.append(c)
@@ -658,9 +659,8 @@ def _feature_matrix(frame: pl.DataFrame, cols: list[str], source: str, impute: s
         raise InputError(f"{source}: feature column {names[col]!r} has {int(huge[:, col].sum())} values beyond "
                          f"±{FLOAT32_MAX:.1e} (the float32 range features are kept in); rescale it")
     out = x.astype(np.float32)
-    for c in filled:  # missing again: prepare() fills them from the training rows
-        j = names.index(c)
-        out[:, j] = np.where(np.isnan(frame[c].cast(pl.Float64).to_numpy()), np.nan, out[:, j])
+    for c, missing in holes.items():  # missing again: prepare() fills them from the training rows
+        out[missing, names.index(c)] = np.nan
     return out, names, filled
 
 
