@@ -95,6 +95,13 @@ def dataset_from_arrays(X: Any, Y: Any, task_kinds: tuple[tuple[str, str], ...] 
                    input_shape=shape, warnings=base.warnings)
 
 
+def _neighbour_schema() -> Any:
+    """The neighbour affinity's columns with plain strings (what a frame shows)."""
+    from taskgrouping.storage.store import NEIGHBOUR_AFFINITY_SCHEMA
+
+    return NEIGHBOUR_AFFINITY_SCHEMA
+
+
 def _trunk_name(trunk: Any) -> str:
     """``trunk`` as a name: a string as given; a callable registered as an importable in-process factory.
 
@@ -155,6 +162,10 @@ class TaskGrouper:
         (``{"NAME or glob": "binary|multiclass|regression"}``).
     impute : {"none", "median", "mean"}
         Missing feature values of a frame ``X``: an error naming the column, or filled.
+    pairs : {"auto", "dense", "sparse"}
+        As ``--pairs``: every pair, or each task's nearest partners (``auto``: sparse past
+        2,000 tasks with the graph selector; then ``affinity_`` is None and
+        ``affinity_frame()`` holds the neighbour lists).
     skip_unusable_tasks : bool
         Leave out (with a warning in ``warnings_``) the columns of ``Y`` whose labels cannot be
         used, instead of raising one error that names them all.
@@ -186,8 +197,9 @@ class TaskGrouper:
                  n_samples: int = 512, trunk: Any = None, checkpoint: str | None = None, device: str = "cpu",
                  store: str | None = None, random_state: int = 0, head: str = "fitted", normalise: str = "task",
                  sketch: str = "auto", hidden: int = 64, task_kinds: dict[str, str] | None = None,
-                 impute: str = "none", skip_unusable_tasks: bool = False) -> None:
+                 impute: str = "none", skip_unusable_tasks: bool = False, pairs: str = "auto") -> None:
         """Store every argument unchanged (scikit-learn's rule); nothing is checked before ``fit``."""
+        self.pairs = pairs
         self.method = method
         self.selector = selector
         self.n_groups = n_groups
@@ -255,7 +267,7 @@ class TaskGrouper:
                          groups=None if self.n_groups == "auto" else int(self.n_groups),
                          samples=self.n_samples, seed=self.random_state, store=str(store), workers=1,
                          device=self.device, evaluate="none", trunk=_trunk_name(self.trunk),  # type: ignore[arg-type]
-                         checkpoint=self.checkpoint, sketch=self.sketch, swola=swola,
+                         checkpoint=self.checkpoint, sketch=self.sketch, pairs=self.pairs, swola=swola,
                          train=TrainSettings(hidden=self.hidden),
                          task_kinds=tuple((self.task_kinds or {}).items()))
 
@@ -314,8 +326,12 @@ class TaskGrouper:
         self.tasks_ = list(stage.names)
         self.features_ = list(ds.feature_names)
         self.warnings_ = [dict(w) for w in ds.warnings]
-        order = positions(affinity.tasks, self.tasks_)
-        self.affinity_ = affinity.values[np.ix_(order, order)]
+        self.neighbours_ = affinity if getattr(affinity, "sparse", False) else None
+        if self.neighbours_ is None:
+            order = positions(affinity.tasks, self.tasks_)
+            self.affinity_ = affinity.values[np.ix_(order, order)]
+        else:  # no T x T matrix past the sparse threshold
+            self.affinity_ = None
         self.affinity_kind_ = affinity.kind
         self.groups_ = sel["groups"]
         self.served_ = sel["served"]
@@ -337,6 +353,8 @@ class TaskGrouper:
         import polars as pl
 
         self._check_fitted()
+        if self.neighbours_ is not None:
+            return pl.from_arrow(self.neighbours_.to_table().cast(_neighbour_schema()))
         t = len(self.tasks_)
         a, b = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
         return pl.DataFrame({"task_a": [self.tasks_[i] for i in a.ravel()], "task_b": [self.tasks_[j] for j in b.ravel()],
@@ -350,6 +368,9 @@ class TaskGrouper:
         from taskgrouping.report import colour_limits, serving_order
 
         self._check_fitted()
+        if self.affinity_ is None:
+            raise ValueError(f"the affinity of these {len(self.tasks_)} tasks is sparse (each task's nearest "
+                             "partners): draw affinity_frame(), or read the run's heatmap.png")
         aff = AffinityMatrix(self.tasks_, self.affinity_, self.affinity_kind_)
         order, bounds = serving_order(aff, self.groups_, self.served_)
         idx = positions(self.tasks_, order)

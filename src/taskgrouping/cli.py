@@ -157,6 +157,10 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
     parser.add_argument("--sketch", default="auto", metavar="auto|none|K",
                         help="SWOLA on a trunk other than mlp: exact per-sample gradients while they fit "
                              "(auto), always exact (none), or a Cauchy sketch of width K")
+    parser.add_argument("--pairs", default="auto", choices=["auto", "dense", "sparse"],
+                        help="SWOLA's pairwise step: every pair (dense), or each task's nearest partners found "
+                             "from sketches with exact distances for them (sparse); auto: dense up to 2,000 "
+                             "tasks, sparse past it with the graph selector")
     parser.add_argument("--input-shape", default=None, type=_shape, metavar="C,H,W",
                         help="the shape of one input: the feature values of a row, in order (e.g. a "
                              "fixed-size list column of images)")
@@ -331,7 +335,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         lineage=args.lineage, method=args.method, selector=getattr(args, "selector", "graph"),
         input_shape=args.input_shape, given_groups=None if given is None else tuple(tuple(g) for g in given),
         trunk=_absolute_factory(args.trunk), checkpoint=None if args.checkpoint is None else str(Path(args.checkpoint).expanduser().resolve()),
-        sketch=args.sketch, images=args.images, image_size=args.image_size,
+        sketch=args.sketch, pairs=args.pairs, images=args.images, image_size=args.image_size,
         image_root=None if args.image_root is None else str(Path(args.image_root).expanduser().resolve()),
         groups=getattr(args, "groups", None), samples=args.samples, seed=args.seed, repeats=args.repeats,
         regroup=getattr(args, "regroup", "incremental"),

@@ -46,6 +46,8 @@ class RunConfig:
     ``groups`` is ``None`` for automatic choice of the number of groups. ``task_kinds``
     are ``(pattern, kind)`` overrides of the inferred task kinds (``--task-kind``).
     ``lineage`` names the history of grouping versions (default: the data source).
+    ``pairs`` (``auto``, ``dense``, ``sparse``): SWOLA's pairwise step over every pair, or
+    each task's nearest partners (:mod:`taskgrouping.methods.sparse`).
     ``trunk``, ``checkpoint`` and ``sketch`` choose the trunk every probe and model uses
     (:mod:`taskgrouping.models.trunks`); they are copied, with the trunk's content hash,
     into the SWOLA and training settings. ``input_shape`` shapes the feature rows.
@@ -79,6 +81,7 @@ class RunConfig:
     trunk: str = "auto"
     checkpoint: str | None = None
     sketch: str = "auto"
+    pairs: str = "auto"
     images: str | None = None
     image_root: str | None = None
     image_size: tuple[int, int] | None = None
@@ -139,6 +142,11 @@ class RunConfig:
         if self.held_out_tasks is not None and self.training != "meta":
             raise InputError("--held-out-tasks names the tasks meta-learning is evaluated on: use it with "
                              "--training meta")
+        if self.pairs not in ("auto", "dense", "sparse"):
+            raise InputError(f"--pairs must be auto, dense or sparse, got {self.pairs!r}")
+        if self.pairs == "sparse" and (self.method != "swola" or self.selector not in ("graph", "given")):
+            raise InputError(f"--pairs sparse keeps each task's nearest partners only: it needs --method swola and "
+                             f"--selector graph (got --method {self.method} --selector {self.selector})")
         from taskgrouping.data.load import IMPUTE
 
         if self.impute not in IMPUTE:
@@ -259,7 +267,13 @@ class RunConfig:
                 p = sum(v.numel() for v in build_any_trunk(self.trunk, shape, self.train.hidden, self.train.layers,
                                                            self.seed, self.checkpoint).parameters() if v.requires_grad)
                 width = sketch_width(self.sketch, n, p) or p
-            check_swola_fits(n_tasks, n, self.swola, width=width)
+            import numpy as np
+
+            from taskgrouping.methods.sparse import use_sparse
+
+            check_swola_fits(n_tasks, n, self.swola, width=width,
+                             sparse=use_sparse(self.pairs, n_tasks, self.selector),
+                             masked=bool(ds.labels.size) and bool(np.isnan(ds.labels).any()))
         return n_tasks
 
     def to_dict(self) -> dict[str, Any]:

@@ -136,9 +136,15 @@ def pairs_key(settings: SwolaSettings, seed: int) -> str:
     return stable_hash("pairs", distance_code(), _content(settings) | {"block": None}, seed)
 
 
-def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, seed: int) -> str:
-    """The affinity over a task set (order matters: it fixes row order)."""
-    return stable_hash("affinity", distance_code(), probe_keys, _content(settings) | {"block": None}, seed)
+def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, seed: int,
+                 sparse: bool = False) -> str:
+    """The affinity over a task set (order matters: it fixes row order); ``sparse``: its neighbour lists."""
+    parts: list[object] = ["affinity", distance_code(), probe_keys, _content(settings) | {"block": None}, seed]
+    if sparse:
+        from taskgrouping.methods.sparse import SKETCH_WIDTH, sparse_code
+
+        parts.append({"form": "neighbours", "code": sparse_code(), "sketch": SKETCH_WIDTH})
+    return stable_hash(*parts)
 
 
 def selection_key(affinity: str, selector: str, n_groups: int | None, seed: int,

@@ -151,6 +151,8 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     Up to :data:`LABELLED_TASKS_MAX` tasks: a matplotlib figure with names; past it,
     :func:`raster_heatmap` (no matplotlib import).
     """
+    if getattr(affinity, "sparse", False):
+        return neighbour_heatmap(affinity, groups, served, label)
     order, bounds = serving_order(affinity, groups, served)
     idx = positions(affinity.tasks, order)
     if len(order) > LABELLED_TASKS_MAX:
@@ -186,7 +188,40 @@ def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[
     return buf.getvalue()
 
 
-def _group_quality(affinity: AffinityMatrix, members: list[str]) -> float:
+SPARSE_HEATMAP_TASKS = 600
+"""A neighbour affinity's heatmap shows the groups holding the first this many tasks (in group order)."""
+
+
+def neighbour_heatmap(affinity: Any, groups: list[list[str]], served: dict[str, int] | None,
+                      label: str | None) -> bytes:
+    """The heatmap of a neighbour affinity: the within-group blocks a person can read, not T x T cells.
+
+    Tasks in (serving) group order, whole groups up to :data:`SPARSE_HEATMAP_TASKS` tasks;
+    a cell is a stored pair's exact distance, grey where the pair is not stored (neither
+    task is among the other's nearest partners).
+    """
+    order, _ = serving_order(affinity, groups, served)
+    if served is not None:
+        groups = [[t for t in g if served.get(t) == gi] for gi, g in enumerate(groups)]
+    shown: list[str] = []
+    bounds: list[int] = []
+    for g in groups:
+        if shown and len(shown) + len(g) > SPARSE_HEATMAP_TASKS:
+            break
+        if shown:
+            bounds.append(len(shown))
+        shown += g[:SPARSE_HEATMAP_TASKS]
+    idx = np.asarray(positions(affinity.tasks, shown), np.int64)
+    n = len(idx)
+    i, j = np.repeat(idx, n), np.tile(idx, n)
+    values, hit = affinity.pair_values(i, j)
+    m = np.where(hit, values, np.nan).reshape(n, n)
+    np.fill_diagonal(m, 0.0)
+    what = f"{label or affinity.kind}: nearest partners only, {n} of {len(affinity.tasks)} tasks"
+    return raster_heatmap(m, bounds, affinity.kind, what)
+
+
+def _group_quality(affinity: Any, members: list[str]) -> float:
     """Cohesion for distances; mean off-diagonal gain within the group for gains (NaN for one task)."""
     if affinity.kind == "distance":
         return affinity.cohesion(members)

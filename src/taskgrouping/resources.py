@@ -14,6 +14,33 @@ HEADROOM = 0.8
 """Refuse a run whose estimate is above this share of the memory available now."""
 
 
+def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False) -> dict[str, int]:
+    """Bytes the sparse pairwise step (:mod:`taskgrouping.methods.sparse`) holds at once, by part.
+
+    Every task's weighted errors (float32) and per-sample norms and masks, the candidate
+    search's blocks (a few ROW_BLOCK x T float64 arrays, and with missing labels the
+    squared norms and two more), one task's gathered partners, the candidate pairs (index
+    and value arrays while they are sorted) and the neighbour lists; plus the Python
+    process the step runs in (torch and the data: :data:`PROCESS_BASE`).
+    """
+    from taskgrouping.methods.sparse import ROW_BLOCK, candidate_count, stored_count
+
+    t, n = n_tasks, n_samples
+    c, k = candidate_count(max(t, 2)), stored_count(max(t, 2))
+    return {
+        "probes": t * n * width * 4,
+        "norms and masks": t * n * (8 + 1 + (8 if masked else 0)),
+        "candidate blocks": min(ROW_BLOCK, t) * t * 8 * (6 if masked else 3),
+        "exact pairs": t * c * 8 * 8 + c * n * width * 4,
+        "neighbour lists": t * k * 64,
+        "process": PROCESS_BASE,
+    }
+
+
+PROCESS_BASE = 600 << 20
+"""What a Python process with torch, the prepared data and the store's readers holds before the step."""
+
+
 def swola_memory(n_tasks: int, n_samples: int, settings: SwolaSettings, width: int | None = None) -> dict[str, int]:
     """Bytes the SWOLA pairwise step holds at once, by part (the largest stage of a SWOLA run).
 
@@ -67,9 +94,16 @@ def available_bytes() -> int:
 
 
 def check_swola_fits(n_tasks: int, n_samples: int, settings: SwolaSettings, available: int | None = None,
-                     width: int | None = None) -> None:
-    """:class:`InputError` with the estimate when the SWOLA affinity would not fit in memory."""
-    parts = swola_memory(n_tasks, n_samples, settings, width)
+                     width: int | None = None, sparse: bool = False, masked: bool = False) -> None:
+    """:class:`InputError` with the estimate when the SWOLA affinity would not fit in memory.
+
+    ``sparse``: the neighbour affinity's step (:func:`sparse_memory`), else the dense one.
+    """
+    if sparse:
+        parts = sparse_memory(n_tasks, n_samples, width or settings.trunks * settings.layers * settings.hidden,
+                              masked)
+    else:
+        parts = swola_memory(n_tasks, n_samples, settings, width)
     need = sum(parts.values())
     have = available_bytes() if available is None else available
     if need > HEADROOM * have:
@@ -77,4 +111,5 @@ def check_swola_fits(n_tasks: int, n_samples: int, settings: SwolaSettings, avai
         detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
         raise InputError(f"a SWOLA affinity over {n_tasks} tasks with {n_samples} probe samples needs about "
                          f"{need / gib:.1f} GiB ({detail}), more than {HEADROOM:.0%} of the {have / gib:.1f} GiB "
-                         "available: regroup fewer tasks per run, use fewer --samples, or a larger machine")
+                         "available: regroup fewer tasks per run, use fewer --samples, " + ("a larger machine" if sparse else
+                         "--pairs sparse (each task's nearest partners only), or a larger machine"))

@@ -28,6 +28,8 @@ def load_affinity_file(path: str, kind: Literal["gain", "distance"] | None = Non
         kind: ``gain`` or ``distance``; default the file's ``kind`` column, else ``gain``.
     """
     frame = read_table(path)
+    if Path(path).suffix.lower() != ".csv" and "rank" in frame.columns:
+        return _neighbours(frame, path, kind)  # type: ignore[return-value]
     if Path(path).suffix.lower() == ".csv":
         names, values = _square(frame, path)
         file_kind = None
@@ -107,3 +109,25 @@ def _long(frame, path: str) -> tuple[list[str], np.ndarray, str | None]:  # type
         i, j = np.argwhere(~seen)[0]
         raise InputError(f"{path}: no value for pair ({names[i]!r}, {names[j]!r})")
     return names, values, file_kind
+
+
+def _neighbours(frame, path: str, kind: str | None):  # type: ignore[no-untyped-def]
+    """A neighbour affinity (``task_a, task_b, value[, kind], rank``: each task's nearest partners, distances)."""
+    from taskgrouping.methods.sparse import NeighbourAffinity
+
+    if kind == "gain":
+        raise InputError(f"{path}: a neighbour affinity (a 'rank' column) holds distances, not gains")
+    missing = [c for c in LONG_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column {missing[0]!r} (a neighbour affinity needs task_a, task_b, value, "
+                         "rank)")
+    v = _numeric(frame, "value", path)
+    bad = ~np.isfinite(v) | (v < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: value in row {row + 1} is {v[row]:g}, not a finite non-negative distance")
+    _numeric(frame, "rank", path)
+    try:
+        return NeighbourAffinity.from_table(frame.select(["task_a", "task_b", "value", "rank"]).to_arrow())
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None

@@ -450,19 +450,27 @@ def _swola_affinity(run: _Run) -> _Affinity:
 
     t0 = time.perf_counter()
     ordered = [[t, probe_keys[t]] for t in run.names]
-    aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed)
+    from taskgrouping.methods.sparse import use_sparse
+
+    sparse = use_sparse(cfg.pairs, len(run.names), cfg.selector)
+    aff_key = keys.affinity_key([(t, k) for t, k in ordered], cfg.swola, cfg.seed, sparse=sparse)
     aff_args = (cfg.store, run.dataset_key, ordered, swola_settings, cfg.seed, cfg.device,
                 keys.pairs_key(cfg.swola, cfg.seed))
+    if sparse:
+        log.info("affinity: each of %d tasks' nearest partners (sparse: sketch candidates, exact distances "
+                 "for them)", len(run.names))
+    sparse_arg: dict[str, Any] = {"sparse": True} if sparse else {}  # dense steps' records keep their parameters
     aff = _run_step(affinity_step, run.results, lambda r: intact(Path(r["path"])), *aff_args,
-                    cache_key=aff_key, run_id=run.run_id, inline=run.inline)
-    pairs_total = len(run.names) * (len(run.names) - 1) // 2
+                    cache_key=aff_key, run_id=run.run_id, inline=run.inline, **sparse_arg)
+    pairs_total = int(aff["pairs_exact"]) if sparse else len(run.names) * (len(run.names) - 1) // 2
     probe_bytes = [store.probe_path(probe_keys[t]).stat().st_size for t in run.names]
     return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
                      pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
                      pairs_total=pairs_total, probe_seconds=probe_seconds,
                      affinity_seconds=time.perf_counter() - t0,
                      extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes)),
-                            "head_c": head_c, "heads_scored": scored})
+                            "head_c": head_c, "heads_scored": scored,
+                            "pairs": aff.get("sparse") if sparse else {"form": "dense"}})
 
 
 def _meta_affinity(run: _Run, why: str | None = None) -> _Affinity:
@@ -785,7 +793,7 @@ def _train_and_report(run: _Run, prepared: Any, meta: dict[str, Any], aff: _Affi
          "trunk": _trunk_info(cfg, meta),
          "fidelity": _fidelity(run, aff),
          "models": models, "dataset_key": run.dataset_key, "distance": aff.extra.get("distance"),
-         "warnings": meta.get("warnings", []), "setting_models": setting_models,
+         "warnings": meta.get("warnings", []), "setting_models": setting_models, "pairs": aff.extra.get("pairs"),
          "meta_training": meta_training, "head": _head_info(cfg, aff)})
     return summary
 
@@ -845,7 +853,8 @@ def _fidelity(run: _Run, aff: _Affinity) -> dict[str, Any] | None:
     from taskgrouping.methods.transfer import MAX_TASKS, fidelity, measured_transfer, model_keys
 
     names = run.names
-    if not 3 <= len(names) <= MAX_TASKS or run.cfg.training == "meta":
+    if not 3 <= len(names) <= MAX_TASKS or run.cfg.training == "meta" or (aff.extra.get("pairs") or {}).get(
+            "form") == "neighbours":
         return None
     wanted = model_keys(run.store, run.dataset_key, run.cfg.train, run.cfg.seed, 1, names)
     if not all(run.store.has_model(k) for k in wanted.values()):

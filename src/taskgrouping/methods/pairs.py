@@ -53,6 +53,31 @@ class PairCache:
             known[pb, pa] = True
         return d, known
 
+    def lookup_pairs(self, keys: Sequence[str], i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cached values of the pairs ``(keys[i[e]], keys[j[e]])`` and whether each is cached.
+
+        No T x T matrix is formed (the sparse path asks for O(T k) pairs of 10,000+ tasks).
+        """
+        t = len(keys)
+        values = np.zeros(len(i))
+        hit = np.zeros(len(i), bool)
+        if not len(self) or not len(i):
+            return values, hit
+        where = {k: n for n, k in enumerate(keys)}
+        lut = np.array([where.get(k, -1) for k in self.keys], np.int64)
+        pa, pb = lut[self.a], lut[self.b]
+        ok = (pa >= 0) & (pb >= 0)
+        code = np.minimum(pa[ok], pb[ok]) * t + np.maximum(pa[ok], pb[ok])
+        v = self.values[ok]
+        order = np.argsort(code, kind="stable")
+        code, v = code[order], v[order]
+        want = np.minimum(i, j).astype(np.int64) * t + np.maximum(i, j)
+        pos = np.clip(np.searchsorted(code, want, side="right") - 1, 0, max(0, len(code) - 1))
+        if len(code):
+            hit = code[pos] == want
+            values = np.where(hit, v[pos], 0.0)  # the last entry of a pair stored twice: the newest
+        return values, hit
+
     def with_pairs(self, keys: Sequence[str], i: np.ndarray, j: np.ndarray, values: np.ndarray) -> PairCache:
         """A new cache with the pairs ``(keys[i], keys[j])`` added."""
         where = {k: n for n, k in enumerate(self.keys)}

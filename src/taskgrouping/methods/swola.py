@@ -645,12 +645,7 @@ def distances_from_probes(probes: Sequence[Probe], x: np.ndarray, settings: Swol
         return weighted_errors(deltas, masks, weights, settings), masks
 
     if rows is None or 2 * len(rows) > t:
-        n, m = x.shape[0], settings.trunks * weights.shape[2]
-        e = torch.empty((t, n, m), dtype=torch.float32, device=dev)
-        mask = torch.zeros((t, n), dtype=torch.bool, device=dev)
-        for start in range(0, t, ERROR_CHUNK):
-            part = range(start, min(t, start + ERROR_CHUNK))
-            e[part.start : part.stop], mask[part.start : part.stop] = errors(part)
+        e, mask = weighted_rows(probes, x, settings, seed, device)
         return _scaled_l1(e, mask, settings, rows)
     ea, ma = errors(list(rows))
     parts = []
@@ -658,6 +653,48 @@ def distances_from_probes(probes: Sequence[Probe], x: np.ndarray, settings: Swol
         eb, mb = errors(range(start, min(t, start + ERROR_CHUNK)))
         parts.append(masked_l1_cross(ea, ma, eb, mb, block=settings.block))
     return (torch.cat(parts, dim=1) * (settings.lr / settings.trunks)).cpu().numpy()
+
+
+def weighted_rows(probes: Sequence[Probe], x: np.ndarray, settings: SwolaSettings, seed: int,
+                  device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every task's rows whose plain L1 distances (over shared labelled samples) are SWOLA's D.
+
+    Returns ``(errors (T, n, m) float32, masks (T, n) bool)``: the MLP's weighted errors
+    (:func:`weighted_errors`, :data:`ERROR_CHUNK` probes at a time) or a generic probe's
+    scaled gradient rows (:func:`~taskgrouping.methods.probe_engine.scaled_rows`). Each
+    probe of ``probes`` is asked for once. Cauchy-sketched probes have no L1 rows (their
+    distance is an estimate over sketches): ValueError.
+    """
+    dev = resolve_device(device)
+    t = len(probes)
+    first = probes[0] if t else None
+    if first is not None and first.kind != "delta":
+        from taskgrouping.methods.probe_engine import scaled_rows
+
+        if first.kind != "grad":
+            raise ValueError(f"probes of kind {first.kind!r} (Cauchy sketches) have no L1 rows to compare "
+                             "pair by pair: use --sketch none or --pairs dense")
+        n, m = first.deltas.shape[1], first.deltas.shape[2]
+        e = torch.empty((t, n, m), dtype=torch.float32, device=dev)
+        mask = torch.zeros((t, n), dtype=torch.bool, device=dev)
+        for i in range(t):
+            p = first if i == 0 else probes[i]
+            if p.kind != "grad":
+                raise ValueError(f"probes of different kinds cannot be compared: grad and {p.kind}")
+            e[i] = torch.as_tensor(scaled_rows(p, settings.normalise), device=dev)
+            mask[i] = torch.as_tensor(p.labelled, device=dev)
+        return e, mask
+    weights = torch.as_tensor(unit_weights(x, settings, seed), device=dev)
+    n, m = x.shape[0], settings.trunks * weights.shape[2]
+    e = torch.empty((t, n, m), dtype=torch.float32, device=dev)
+    mask = torch.zeros((t, n), dtype=torch.bool, device=dev)
+    for start in range(0, t, ERROR_CHUNK):
+        chunk = [first if i == 0 and first is not None else probes[i] for i in range(start, min(t, start + ERROR_CHUNK))]
+        deltas = torch.as_tensor(np.stack([p.deltas for p in chunk]), dtype=torch.float32, device=dev)
+        masks = torch.as_tensor(np.stack([p.labelled for p in chunk]), device=dev)
+        e[start : start + len(chunk)] = weighted_errors(deltas, masks, weights, settings)
+        mask[start : start + len(chunk)] = masks
+    return e, mask
 
 
 def _distances_any(probes: list[Probe], settings: SwolaSettings, rows: list[int] | None,

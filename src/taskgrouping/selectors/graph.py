@@ -65,6 +65,8 @@ SCALED: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
 """The candidate resolutions, in units of :func:`resolution_unit`."""
 RESTARTS = 4
 """Leiden seeds per resolution (each seed derived from the run's)."""
+CHAIN_MAX = 400
+"""On a sparse graph, average-linkage chains start only from partitions with at most this many communities."""
 PRUNE = 1.5
 """An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
 
@@ -93,6 +95,9 @@ class TaskGraph:
     weights: np.ndarray
     mutual: np.ndarray
     rule: str
+    sparse: Any = None
+    """For a :class:`~taskgrouping.methods.sparse.NeighbourAffinity`: its lists shifted as ``d`` is
+    (``d`` itself is then empty: no T x T matrix is formed)."""
 
     def isolated(self) -> list[int]:
         """Tasks with no kept edge (they form groups of their own)."""
@@ -143,8 +148,14 @@ def dissimilarity(affinity: AffinityMatrix) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(d, 0.0, None), allowed
 
 
-def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: float | None = None) -> TaskGraph:
-    """The task graph of ``affinity`` (module docstring, steps 1-4); ``neighbours`` overrides the k rule."""
+def build_graph(affinity: Any, neighbours: int | None = None, prune: float | None = None) -> TaskGraph:
+    """The task graph of ``affinity`` (module docstring, steps 1-4); ``neighbours`` overrides the k rule.
+
+    ``affinity`` may be an :class:`AffinityMatrix` or a sparse
+    :class:`~taskgrouping.methods.sparse.NeighbourAffinity` (:func:`_sparse_graph`).
+    """
+    if getattr(affinity, "sparse", False):
+        return _sparse_graph(affinity, neighbours, prune)
     check_matrix(affinity)
     prune = PRUNE if prune is None else prune
     t = len(affinity.tasks)
@@ -173,6 +184,49 @@ def build_graph(affinity: AffinityMatrix, neighbours: int | None = None, prune: 
     i, j = i[keep], j[keep]
     w = np.exp(-(d[i, j] ** 2) / (sigma[i] * sigma[j]))
     return TaskGraph(list(affinity.tasks), k, d, sigma, nb, np.stack([i, j], axis=1), w, knn[i, j] & knn[j, i], rule)
+
+
+def _sparse_graph(affinity: Any, neighbours: int | None, prune: float | None) -> TaskGraph:
+    """:func:`build_graph` from stored neighbour lists (no T x T matrix).
+
+    The same graph as the dense matrix gives when each task's k nearest are among its
+    stored partners (they are, by construction, for k <= K).
+
+    The shift is the smallest stored distance (the smallest of all when the lists are exact).
+    """
+    from taskgrouping.methods.sparse import NeighbourAffinity
+
+    prune = PRUNE if prune is None else prune
+    t = len(affinity.tasks)
+    k, rule = neighbour_count(t)
+    if neighbours is not None:
+        k = max(1, min(t - 1, neighbours))
+        rule = f"k = {k} (given)"
+    k = min(k, affinity.k)
+    if not np.isfinite(affinity.values).all():
+        raise InputError("--selector graph: the neighbour affinity has a distance that is not finite")
+    shift = float(affinity.values.min()) if affinity.values.size else 0.0
+    shifted = NeighbourAffinity(list(affinity.tasks), affinity.neighbours, np.clip(affinity.values - shift, 0.0, None))
+    if t < 2 or k < 1:
+        return TaskGraph(list(affinity.tasks), 0, np.zeros((0, 0)), np.zeros(t), np.zeros((t, 0), int),
+                         np.zeros((0, 2), int), np.zeros(0), np.zeros(0, bool), rule, shifted)
+    nb = affinity.neighbours[:, :k].astype(int)
+    dk = shifted.values[:, :k]
+    floor = float(shifted.values.max()) * 1e-9 or 1e-12
+    sigma = np.maximum(dk[:, -1], floor)
+    src = np.repeat(np.arange(t), k)
+    dst = nb.reshape(-1)
+    dist = dk.reshape(-1)
+    a, b = np.minimum(src, dst), np.maximum(src, dst)
+    code = a * t + b
+    uniq, first, count = np.unique(code, return_index=True, return_counts=True)
+    i, j, dij = a[first], b[first], dist[first]
+    keep = dij**2 <= prune**2 * sigma[i] * sigma[j]
+    mutual = count[keep] == 2  # listed from both ends: each among the other's k nearest
+    i, j, dij = i[keep], j[keep], dij[keep]
+    w = np.exp(-(dij**2) / (sigma[i] * sigma[j]))
+    return TaskGraph(list(affinity.tasks), k, np.zeros((0, 0)), sigma, nb, np.stack([i, j], axis=1), w, mutual,
+                     rule, shifted)
 
 
 def nearest(key: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
@@ -233,8 +287,8 @@ class _Leiden:
         return float(self.graph.modularity(labels[self.order].tolist(), weights=self.w))
 
 
-def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozenset(),  # type: ignore[assignment]
-                stop: int = 1, scores: list[float] | None = None) -> list[np.ndarray]:
+def merge_chain(labels: np.ndarray, d: np.ndarray | None, keep_alone: set[int] = frozenset(),  # type: ignore[assignment]
+                stop: int = 1, scores: list[float] | None = None, to_comm: np.ndarray | None = None) -> list[np.ndarray]:
     """Successive average-linkage merges of ``labels``'s communities on ``d``, down to ``stop`` communities.
 
     Average linkage (UPGMA) on the community level: the two communities with the smallest
@@ -243,6 +297,8 @@ def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozen
     merge costs O(communities); returns each labelling after each merge, in order. With
     ``scores``, each labelling's silhouette on ``d`` is appended to it, kept up to date
     in O(T) a merge (the per-task sums to each community add like the pair sums).
+    ``to_comm``: the (T, communities) sums when ``d`` is not held (the sparse graph,
+    :func:`~taskgrouping.methods.sparse.community_sums`).
     """
     from taskgrouping.selectors.base import silhouette_from_sums
 
@@ -250,7 +306,10 @@ def merge_chain(labels: np.ndarray, d: np.ndarray, keep_alone: set[int] = frozen
     g = int(codes.max()) + 1
     members = np.zeros((len(labels), g))
     members[np.arange(len(labels)), codes] = 1.0
-    to_comm = np.asarray(d, np.float64) @ members  # (T, g) summed distance from each task to each community
+    if to_comm is None:
+        to_comm = np.asarray(d, np.float64) @ members  # (T, g) summed distance from each task to each community
+    else:
+        to_comm = np.array(to_comm, np.float64)
     sums = members.T @ to_comm  # (g, g) summed distances between communities
     sizes = members.sum(axis=0)
     alone = np.array([sizes[c] == 1 and int(np.flatnonzero(codes == c)[0]) in keep_alone for c in range(g)])
@@ -301,7 +360,13 @@ def _silhouette(graph: TaskGraph, labels: np.ndarray) -> float:
     c = _count(labels)
     if c == 1:
         return 0.0
-    return silhouette_precomputed(graph.d, labels) if c < len(labels) else -1.0
+    if c >= len(labels):
+        return -1.0
+    if graph.sparse is not None:
+        from taskgrouping.methods.sparse import silhouette_sparse
+
+        return silhouette_sparse(graph.sparse, labels)
+    return silhouette_precomputed(graph.d, labels)
 
 
 Candidates = dict[tuple[int, ...], tuple[np.ndarray, str, float]]
@@ -325,7 +390,16 @@ def _chains(cands: Candidates, graph: TaskGraph, sources: list[tuple[np.ndarray,
     alone = set(graph.isolated()) if stop == 1 else set()
     for labels, why in sources:
         scores: list[float] = []
-        for lab, sc in zip(merge_chain(labels, graph.d, alone, stop=stop, scores=scores), scores, strict=True):
+        sums = None
+        if graph.sparse is not None:
+            if _count(labels) > CHAIN_MAX:
+                continue  # O(communities^2) a merge: past CHAIN_MAX the Leiden partitions stand alone
+            from taskgrouping.methods.sparse import community_sums
+
+            sums = community_sums(graph.sparse, labels)[0]
+        chain = merge_chain(labels, None if sums is not None else graph.d, alone, stop=stop, scores=scores,
+                            to_comm=sums)
+        for lab, sc in zip(chain, scores, strict=True):
             _add(cands, graph, lab, f"{why}, merged by average linkage to {_count(lab)} groups", sc)
 
 
@@ -384,6 +458,10 @@ def _fixed_count(leidens: list[_Leiden], graph: TaskGraph, n: int) -> tuple[np.n
             _add(cands, graph, labels, why)
     _chains(cands, graph, [(lab, why) for lab, why in sources if _count(lab) > n], stop=n)
     cands = {k: v for k, v in cands.items() if _count(v[0]) == n}
+    if not cands and graph.sparse is not None and len(graph.tasks) > CHAIN_MAX:
+        raise InputError(f"--groups {n}: no Leiden partition of the sparse task graph of {len(graph.tasks)} tasks has "
+                         f"exactly {n} communities, and merging past {CHAIN_MAX} communities needs the dense matrix; "
+                         "use --groups auto or --pairs dense")
     if not cands:  # no resolution splits the graph into n (cannot happen past singletons; stay total)
         _add(cands, graph, merge_chain(np.arange(len(graph.tasks)), graph.d, stop=n)[-1], f"average linkage to {n}")
     labels, why = _pick(cands)
@@ -392,25 +470,27 @@ def _fixed_count(leidens: list[_Leiden], graph: TaskGraph, n: int) -> tuple[np.n
                             f"with at least {n} communities, each merged by average linkage to {n}"}
 
 
-def neighbour_rows(affinity: AffinityMatrix, graph: TaskGraph | None = None) -> list[dict[str, Any]]:
+def neighbour_rows(affinity: Any, graph: TaskGraph | None = None) -> list[dict[str, Any]]:
     """Each task's k nearest partners, as :data:`~taskgrouping.storage.store.NEIGHBOURS_SCHEMA` rows.
 
     ``value`` is the affinity's own value symmetrised (distance, or mutual gain); ``edge``
     whether the graph kept that edge and ``weight`` its kernel weight (0 when pruned).
     """
     graph = graph or build_graph(affinity)
-    sym = 0.5 * (affinity.values + affinity.values.T)
+    sparse = getattr(affinity, "sparse", False)
+    sym = affinity.values if sparse else 0.5 * (affinity.values + affinity.values.T)
     kept = {(int(a), int(b)): float(w) for (a, b), w in zip(graph.edges.tolist(), graph.weights.tolist(), strict=True)}
     rows = []
     for i, t in enumerate(graph.tasks):
         for r, j in enumerate(graph.neighbours[i].tolist()):
             w = kept.get((min(i, j), max(i, j)))
-            rows.append({"task": t, "rank": r + 1, "partner": graph.tasks[j], "value": float(sym[i, j]),
+            value = sym[i, r] if sparse else sym[i, j]  # a neighbour list keeps its partners' distances in rank order
+            rows.append({"task": t, "rank": r + 1, "partner": graph.tasks[j], "value": float(value),
                          "edge": w is not None, "weight": w or 0.0})
     return rows
 
 
-def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
+def select_graph(affinity: Any, n_groups: int | None, seed: int,
                  neighbours: int | None = None) -> Grouping:
     """Groups as the communities of the task graph (module docstring).
 
@@ -439,7 +519,13 @@ def select_graph(affinity: AffinityMatrix, n_groups: int | None, seed: int,
         else:
             labels, how = _fixed_count(leidens, graph, n_groups)
     base["modularity"] = graph_modularity(graph, labels)
-    info = base | how | {"k": _count(labels), "silhouette": silhouette(affinity, labels)}
+    if graph.sparse is not None:
+        from taskgrouping.methods.sparse import silhouette_sparse
+
+        sil = silhouette_sparse(affinity, labels)
+    else:
+        sil = silhouette(affinity, labels)
+    info = base | how | {"k": _count(labels), "silhouette": sil}
     return Grouping.from_labels(affinity.tasks, _canonical_labels(labels), info=info)
 
 

@@ -69,7 +69,21 @@ def _nearest_group(affinity: AffinityMatrix, task: str, serving: list[list[str]]
     return best, "nearest group"
 
 
-def _graph_placer(affinity: AffinityMatrix, serving: list[list[str]],
+def _shared_pairs(now: Any, then: Any, old: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The distances of the old tasks' pairs stored in both neighbour affinities (now, then)."""
+    keep = np.zeros(len(now.tasks), bool)
+    keep[positions(now.tasks, old)] = True
+    a, b, d = now.pairs()
+    sel = keep[a] & keep[b]
+    names = np.asarray(now.tasks, dtype=object)
+    at = {t: i for i, t in enumerate(then.tasks)}
+    ia = np.array([at[t] for t in names[a[sel]]], np.int64)
+    ib = np.array([at[t] for t in names[b[sel]]], np.int64)
+    prev, hit = then.pair_values(ia, ib)
+    return d[sel][hit], prev[hit]
+
+
+def _graph_placer(affinity: Any, serving: list[list[str]],
                   where: dict[str, int]) -> Callable[[str], tuple[int | None, str]]:
     """Places tasks by one task graph of ``affinity`` (built once for all new tasks)."""
     from taskgrouping.selectors.graph import build_graph, place_by_graph
@@ -78,8 +92,8 @@ def _graph_placer(affinity: AffinityMatrix, serving: list[list[str]],
     return lambda task: place_by_graph(affinity, task, serving, where, graph)
 
 
-def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_groups: int | None,
-                         previous_affinity: AffinityMatrix | None,
+def incremental_grouping(affinity: Any, previous: dict[str, Any], n_groups: int | None,
+                         previous_affinity: Any,
                          selector: str | None = None) -> tuple[Grouping | None, dict[str, Any]]:
     """The previous grouping extended by the new tasks, or ``None`` when drift asks for a full selection.
 
@@ -103,8 +117,15 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
     old = [t for t in tasks if t in keep]
     if any(t not in previous_affinity.tasks for t in old):
         return None, full | {"reason": "the previous version's affinity lacks some of its tasks"}
-    now = affinity.values[np.ix_(*[positions(affinity.tasks, old)] * 2)]
-    then = previous_affinity.values[np.ix_(*[positions(previous_affinity.tasks, old)] * 2)]
+    sparse = getattr(affinity, "sparse", False)
+    if sparse != getattr(previous_affinity, "sparse", False):
+        return None, full | {"reason": "the previous version's affinity is " + ("dense" if sparse else "sparse")
+                                       + " and this one is not (the task count crossed --pairs auto's threshold)"}
+    if sparse:
+        now, then = _shared_pairs(affinity, previous_affinity, old)
+    else:
+        now = affinity.values[np.ix_(*[positions(affinity.tasks, old)] * 2)]
+        then = previous_affinity.values[np.ix_(*[positions(previous_affinity.tasks, old)] * 2)]
     if not np.allclose(now, then, rtol=1e-6, atol=1e-12):
         return None, full | {"reason": "drift (affinity): the old tasks' affinity changed since the previous "
                                        "version (other data, settings, or a joint-training method)"}
@@ -114,7 +135,7 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
         return None, full | {"reason": "drift (groups): a group lost every task it served"}
     placed: dict[str, int] = {}
     where = {t: i for i, t in enumerate(affinity.tasks)}
-    place = _graph_placer(affinity, serving, where) if selector == "graph" and new else \
+    place = _graph_placer(affinity, serving, where) if (selector == "graph" or sparse) and new else \
         (lambda t: _nearest_group(affinity, t, serving, where))
     for t in new:
         best_or_none, why = place(t)
@@ -131,5 +152,11 @@ def incremental_grouping(affinity: AffinityMatrix, previous: dict[str, Any], n_g
                             "reason": ("1 new task joined its nearest group; no drift" if len(new) == 1 else
                                        f"{len(new)} new tasks joined their nearest groups; no drift" if new
                                        else "no new task; the groups are kept")}
-    sel = {"k": len(groups), "silhouette": silhouette(affinity, labels), "regroup": "incremental"}
+    if sparse:
+        from taskgrouping.methods.sparse import silhouette_sparse
+
+        sil = silhouette_sparse(affinity, labels)
+    else:
+        sil = silhouette(affinity, labels)
+    sel = {"k": len(groups), "silhouette": sil, "regroup": "incremental"}
     return Grouping(groups=groups, served=served, info=sel, objective=None), info

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from taskgrouping.data.dataset import PreparedData
     from taskgrouping.methods.base import AffinityMatrix
     from taskgrouping.methods.pairs import PairCache
+    from taskgrouping.methods.sparse import NeighbourAffinity
     from taskgrouping.methods.swola import Probe
     from taskgrouping.selectors.base import Grouping
 
@@ -70,6 +71,10 @@ AFFINITY_SCHEMA = pa.schema(
     ]
 )
 """Long affinity matrix. Row = receiver ``task_a``, column = source ``task_b``."""
+
+NEIGHBOUR_AFFINITY_SCHEMA = pa.schema([*AFFINITY_SCHEMA, pa.field("rank", pa.int32(), nullable=False)])
+"""A sparse (neighbour) affinity: per ``task_a`` its K nearest ``task_b`` with their exact distance,
+``rank`` 1 the nearest (:class:`~taskgrouping.methods.sparse.NeighbourAffinity`); O(T K) rows."""
 
 PAIR_SEGMENTS_MAX = 32
 """Pair-cache segments kept before they are folded into the compacted file."""
@@ -157,7 +162,7 @@ HEAD_CV_SCHEMA = pa.schema(
 """One task's relative cross-validated head loss at each C of the grid (NaN: too few labels)."""
 
 
-_AFFINITY_MEMO: dict[tuple[str, int, int, int], AffinityMatrix] = {}
+_AFFINITY_MEMO: dict[tuple[str, int, int, int], Any] = {}
 AFFINITY_MEMO_MAX = 4
 """Affinity matrices this process wrote or read lately, by file identity (:meth:`Store.read_affinity`)."""
 
@@ -166,7 +171,7 @@ def _file_identity(path: Path, st: os.stat_result) -> tuple[str, int, int, int]:
     return (str(path), st.st_ino, st.st_size, st.st_ctime_ns)
 
 
-def _remember_affinity(path: Path, st: os.stat_result, affinity: AffinityMatrix) -> None:
+def _remember_affinity(path: Path, st: os.stat_result, affinity: Any) -> None:
     while len(_AFFINITY_MEMO) >= AFFINITY_MEMO_MAX:
         _AFFINITY_MEMO.pop(next(iter(_AFFINITY_MEMO)))
     _AFFINITY_MEMO[_file_identity(path, st)] = affinity.copy()
@@ -715,17 +720,21 @@ class Store:
         return load_file(str(verified(self.model_dir(key) / "model.safetensors")))
 
     # --- run outputs -----------------------------------------------------------
-    def write_affinity(self, path: Path, affinity: AffinityMatrix) -> Path:
-        """An affinity matrix in long form (``task_a, task_b, value, kind``)."""
-        table = affinity.to_table(dictionary=True)
-        _check_schema(_decoded(table.schema), AFFINITY_SCHEMA, path)
+    def write_affinity(self, path: Path, affinity: AffinityMatrix | NeighbourAffinity) -> Path:
+        """An affinity matrix in long form (``task_a, task_b, value, kind``), or a neighbour affinity.
+
+        A neighbour affinity has the same columns and ``rank`` (:data:`NEIGHBOUR_AFFINITY_SCHEMA`).
+        """
+        sparse = getattr(affinity, "sparse", False)
+        table = affinity.to_table() if sparse else affinity.to_table(dictionary=True)  # type: ignore[call-arg]
+        _check_schema(_decoded(table.schema), NEIGHBOUR_AFFINITY_SCHEMA if sparse else AFFINITY_SCHEMA, path)
         with atomic_path(path) as tmp:  # no Arrow schema stored: the names read back as strings
             pq.write_table(table, tmp, compression="zstd", store_schema=False)
         if not np.isnan(affinity.values).any():  # what reading it back gives (a missing pair raises there)
             _remember_affinity(path, os.stat(path), affinity)
         return path
 
-    def read_affinity(self, path: Path) -> AffinityMatrix:
+    def read_affinity(self, path: Path) -> Any:
         """Read a long affinity Parquet file (from this process's memory when it wrote or read that very file).
 
         A run reads its affinity in three stages and the previous version's once; a
@@ -740,7 +749,15 @@ class Store:
         known = None if before is None else _AFFINITY_MEMO.get(_file_identity(path, before))
         if known is not None:
             return known.copy()
-        affinity = AffinityMatrix.from_table(read_table_checked(path, AFFINITY_SCHEMA))
+        table = read_table_checked(path, AFFINITY_SCHEMA)
+        affinity: AffinityMatrix | NeighbourAffinity
+        if "rank" in table.column_names:
+            from taskgrouping.methods.sparse import NeighbourAffinity
+
+            _check_schema(table.schema, NEIGHBOUR_AFFINITY_SCHEMA, path)
+            affinity = NeighbourAffinity.from_table(table)
+        else:
+            affinity = AffinityMatrix.from_table(table)
         with contextlib.suppress(OSError):
             after = os.stat(path)
             if before is not None and _file_identity(path, before) == _file_identity(path, after):

@@ -155,6 +155,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         "head": extra.get("head"),
         "meta_training": extra.get("meta_training"),
         "graph": graph_info,
+        "pairs": extra.get("pairs"),
     }
     if analysis is not None:
         summary |= analysis.summary()
@@ -196,7 +197,7 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
 
 
 def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[str, dict[str, float]],
-             text: str, affinity: AffinityMatrix) -> None:
+             text: str, affinity: Any) -> None:
     """Groups, affinity, the four-setting table, the changes and the report as Prefect artifacts (the UI)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -216,7 +217,15 @@ def _publish(summary: dict[str, Any], rows: list[dict[str, Any]], totals: dict[s
                for s, v in totals.items()],
         description="Total loss per evaluation setting (summed over tasks, mean over repeats; 95% intervals)",
     )
-    if len(affinity.tasks) <= AFFINITY_TABLE_MAX:
+    if getattr(affinity, "sparse", False):
+        create_markdown_artifact(
+            key=f"taskgrouping-affinity-{suffix}",
+            markdown=f"The neighbour affinity of {len(affinity.tasks)} tasks ({affinity.k} nearest partners each, "
+                     f"exact distances) is in `{summary['artifacts']['affinity']}` (long form: task_a, task_b, "
+                     "value, kind, rank).",
+            description=f"Affinity of run {summary['run_id']}",
+        )
+    elif len(affinity.tasks) <= AFFINITY_TABLE_MAX:
         create_table_artifact(
             key=f"taskgrouping-affinity-{suffix}",
             table={"task": affinity.tasks} | {b: [round(float(v), 6) for v in affinity.values[:, j]]

@@ -180,12 +180,18 @@ def probe_step(store: str, dataset_key: str, probes: list[list[str]], settings: 
 
 @task(name="affinity", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
 def affinity_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any],
-                  seed: int, device: str, pairs_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
-    """SWOLA distances between all probed tasks, computing only pairs not in the pair cache."""
+                  seed: int, device: str, pairs_key: str, cache_key: str, run_id: str,
+                  sparse: bool = False) -> dict[str, Any]:
+    """SWOLA distances between all probed tasks, computing only pairs not in the pair cache.
+
+    ``sparse``: each task's nearest partners only (:mod:`taskgrouping.methods.sparse`).
+    """
     st = Store(store)
     s = SwolaSettings(**settings)
     names = [p[0] for p in probes]
     probe_keys = [p[1] for p in probes]
+    if sparse:
+        return _sparse_affinity(st, dataset_key, names, probe_keys, s, seed, device, pairs_key, cache_key, run_id)
 
     def compute_rows(rows: list[int]) -> np.ndarray:
         data = st.read_prepared(dataset_key, tasks=[])
@@ -196,6 +202,31 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
                                      device=device)
 
     return _incremental_affinity(st, names, probe_keys, pairs_key, cache_key, compute_rows, run_id)
+
+
+def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: list[str], s: SwolaSettings,
+                     seed: int, device: str, pairs_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """The neighbour affinity: sketch candidates, exact distances for them (cached pairs read), written."""
+    from taskgrouping.methods.pairs import PairCache
+    from taskgrouping.methods.sparse import neighbour_affinity, sample_norms
+    from taskgrouping.methods.swola import weighted_rows
+
+    data = st.read_prepared(dataset_key, tasks=[])
+    errors, masks = weighted_rows(StoredProbes(st, probe_keys), data.x[data.probe_idx], s, seed, device)
+    t = len(names)
+    norms = sample_norms(errors)
+    flat = errors.view(t, -1)
+    cached = st.read_pairs(pairs_key)
+    aff, new = neighbour_affinity(names, flat, norms, masks, s.lr / s.trunks, seed,
+                                  cached=lambda a, b: cached.lookup_pairs(probe_keys, a, b))
+    del errors, flat
+    if len(new["a"]):
+        st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, new["a"], new["b"], new["d"]))
+        faults.reached(st.root, "affinity")
+    path = st.write_affinity(st.affinity_path(cache_key), aff)
+    return {"path": str(path), "pairs_computed": int(len(new["a"])),
+            "pairs_reused": int(new["pairs_exact"] - len(new["a"])), "pairs_exact": int(new["pairs_exact"]),
+            "sparse": aff.info, "run_id": run_id}
 
 
 def _incremental_affinity(st: Store, names: list[str], probe_keys: list[str], pairs_key: str, cache_key: str,
