@@ -176,8 +176,8 @@ class NeighbourAffinity:
     @classmethod
     def from_table(cls, table: pa.Table, tasks: Sequence[str] | None = None) -> NeighbourAffinity:
         """Inverse of :meth:`to_table` (every task has the same number of partners, ranks 1..K)."""
-        both = pa.chunked_array(table.column("task_a").chunks + table.column("task_b").chunks,
-                                pa.string()).combine_chunks().dictionary_encode()
+        cols = [table.column(c).cast(pa.string()) for c in ("task_a", "task_b")]  # dictionary or large strings too
+        both = pa.chunked_array(cols[0].chunks + cols[1].chunks, pa.string()).combine_chunks().dictionary_encode()
         names = both.dictionary.to_pylist() if tasks is None else list(tasks)
         n = table.num_rows
         idx = both.indices.to_numpy(zero_copy_only=False).astype(np.int64)

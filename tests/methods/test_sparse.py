@@ -1,0 +1,242 @@
+"""The sparse task graph: exact distances on every stored pair, the dense groups on small problems.
+
+References: :func:`~taskgrouping.methods.swola.masked_l1_cross` (the dense pairwise step),
+the dense graph selector, and brute-force sums over the T x T matrix.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from taskgrouping.data.builtins import synthetic
+from taskgrouping.data.dataset import prepare
+from taskgrouping.errors import InputError
+from taskgrouping.methods.pairs import PairCache
+from taskgrouping.methods.sparse import (
+    NeighbourAffinity,
+    community_sums,
+    exact_pairs,
+    neighbour_affinity,
+    sample_norms,
+    silhouette_sparse,
+    stored_count,
+)
+from taskgrouping.methods.swola import (
+    SwolaSettings,
+    affinity_from_distances,
+    distances_from_probes,
+    masked_l1_cross,
+    probe_tasks,
+    weighted_rows,
+)
+from taskgrouping.selectors.base import silhouette_precomputed
+from taskgrouping.selectors.graph import select_graph
+
+
+def _probed(tasks, groups, seed, missing=0.0, samples=128):
+    ds = synthetic(tasks=tasks, groups=groups, samples=500, seed=seed, missing=missing)
+    data = prepare(ds, seed, samples)
+    x, y = data.x[data.probe_idx], data.y[data.probe_idx]
+    s = SwolaSettings(hidden=16)
+    probes = probe_tasks(x, y, data.tasks, s, seed)
+    return ds, x, s, probes
+
+
+def _sparse(names, x, s, probes, seed, **kw):
+    e, m = weighted_rows(probes, x, s, seed)
+    t = len(names)
+    return neighbour_affinity(names, e.view(t, -1), sample_norms(e), m, s.lr / s.trunks, seed, **kw)
+
+
+def test_exact_pairs_equal_the_dense_masked_l1():
+    rng = np.random.default_rng(0)
+    t, n, m = 12, 30, 5
+    e = torch.as_tensor(rng.standard_normal((t, n, m)), dtype=torch.float32)
+    mask = torch.as_tensor(rng.random((t, n)) > 0.3)
+    e[~mask] = 0.0
+    dense = masked_l1_cross(e, mask, e, mask).numpy()
+    i, j = np.triu_indices(t, 1)
+    got = exact_pairs(e.view(t, -1), sample_norms(e), mask, i, j)
+    np.testing.assert_allclose(got, dense[i, j], rtol=1e-6)
+    # brute force for one pair: the shared labelled samples only
+    a, b = 2, 7
+    both = (mask[a] & mask[b]).numpy()
+    ref = np.abs(e[a].numpy()[both] - e[b].numpy()[both]).sum() / both.sum()
+    np.testing.assert_allclose(got[np.flatnonzero((i == a) & (j == b))[0]], ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.2])
+def test_every_stored_pair_has_the_dense_distance(missing):
+    ds, x, s, probes = _probed(30, 5, 1, missing)
+    names = ds.task_names
+    dense = distances_from_probes(probes, x, s, 1)
+    aff, new = _sparse(names, x, s, probes, 1)
+    k = stored_count(30)
+    assert aff.k == k and new["pairs_computed"] == new["pairs_exact"] > 0
+    for i in range(len(names)):
+        np.testing.assert_allclose(aff.values[i], dense[i, aff.neighbours[i]], rtol=1e-6)
+        assert list(aff.values[i]) == sorted(aff.values[i])  # nearest first
+        assert i not in aff.neighbours[i]
+
+
+def test_all_candidates_give_the_true_nearest_and_the_dense_groups():
+    """With every pair a candidate, the lists are the exact k nearest and the groups the dense selector's."""
+    for seed in (0, 1, 2):
+        ds, x, s, probes = _probed(24, 4, seed)
+        names = ds.task_names
+        t = len(names)
+        dense = affinity_from_distances(names, distances_from_probes(probes, x, s, seed))
+        aff, _ = _sparse(names, x, s, probes, seed, k=t - 1, c=t - 1)
+        key = np.where(np.eye(t, dtype=bool), np.inf, dense.values)
+        for i in range(t):
+            assert set(aff.neighbours[i, :5]) == set(np.argsort(key[i])[:5])
+        want = select_graph(dense, None, seed)
+        got = select_graph(aff, None, seed)
+        assert got.groups == want.groups, (seed, got.info["chosen"], want.info["chosen"])
+        assert got.info["silhouette"] == pytest.approx(want.info["silhouette"], rel=1e-6)
+
+
+def test_community_sums_equal_the_dense_product_when_every_pair_is_stored():
+    rng = np.random.default_rng(3)
+    t = 15
+    pts = rng.standard_normal((t, 4))
+    d = np.abs(pts[:, None] - pts[None]).sum(axis=2)
+    order = np.argsort(np.where(np.eye(t, dtype=bool), np.inf, d), axis=1)[:, : t - 1]
+    aff = NeighbourAffinity([f"t{i}" for i in range(t)], order, np.take_along_axis(d, order, axis=1))
+    labels = rng.integers(0, 4, t)
+    sums, sizes, codes = community_sums(aff, labels)
+    members = np.eye(codes.max() + 1)[codes]
+    np.testing.assert_allclose(sums, d @ members, rtol=1e-12, atol=1e-12)
+    assert silhouette_sparse(aff, labels) == pytest.approx(silhouette_precomputed(d, labels))
+
+
+def test_unstored_pairs_count_as_the_farther_radius():
+    """Two tasks stored only with their nearest: the unstored pair is max(r_i, r_j), not 0."""
+    aff = NeighbourAffinity(["a", "b", "c"], np.array([[1], [0], [1]]), np.array([[1.0], [1.0], [3.0]]))
+    sums, _, _ = community_sums(aff, np.array([0, 0, 0]))
+    # a-b stored 1, b-c stored 3, a-c unstored: max(r_a, r_c) = max(1, 3) = 3
+    np.testing.assert_allclose(sums[:, 0], [1 + 3, 1 + 3, 3 + 3])
+
+
+def test_groups_do_not_depend_on_task_order():
+    ds, x, s, probes = _probed(40, 8, 4)
+    names = ds.task_names
+    aff, _ = _sparse(names, x, s, probes, 4)
+    perm = np.random.default_rng(0).permutation(len(names))
+    aff2, _ = _sparse([names[i] for i in perm], x, s, [probes[i] for i in perm], 4)
+    g1 = select_graph(aff, None, 4)
+    g2 = select_graph(aff2, None, 4)
+    assert sorted(map(sorted, g1.groups)) == sorted(map(sorted, g2.groups))
+
+
+def test_candidate_recall_of_the_true_nearest():
+    """Sketch candidates against the dense top-10 on planted tasks (hundreds: the bench measures 10,000)."""
+    ds, x, s, probes = _probed(300, 30, 5, samples=256)
+    names = ds.task_names
+    dense = distances_from_probes(probes, x, s, 5)
+    np.fill_diagonal(dense, np.inf)
+    aff, new = _sparse(names, x, s, probes, 5)
+    top = np.argsort(dense, axis=1)[:, :10]
+    recall = np.mean([len(set(top[i]) & set(aff.neighbours[i, :10])) / 10 for i in range(len(names))])
+    assert recall >= 0.85, recall
+    assert new["pairs_exact"] < 0.3 * 300 * 299 / 2  # far fewer than every pair
+    truth = [ds.ground_truth[t] for t in names]
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, select_graph(aff, None, 5).labels(names)) >= 0.8
+
+
+def test_cached_pairs_are_read_not_computed():
+    ds, x, s, probes = _probed(30, 5, 6)
+    names = ds.task_names
+    keys = [f"k{i}" for i in range(30)]
+    aff, new = _sparse(names, x, s, probes, 6)
+    cache = PairCache().with_pairs(keys, new["a"], new["b"], new["d"])
+    again, new2 = _sparse(names, x, s, probes, 6, cached=lambda a, b: cache.lookup_pairs(keys, a, b))
+    assert new2["pairs_computed"] == 0
+    np.testing.assert_array_equal(again.neighbours, aff.neighbours)
+    np.testing.assert_array_equal(again.values, aff.values)
+
+
+def test_lookup_pairs_agrees_with_the_dense_lookup():
+    rng = np.random.default_rng(1)
+    keys = [f"p{i}" for i in range(9)]
+    i, j = np.triu_indices(9, 1)
+    pick = rng.random(len(i)) < 0.5
+    cache = PairCache().with_pairs(keys, i[pick], j[pick], rng.random(pick.sum()))
+    d, known = cache.lookup(keys)
+    qi, qj = rng.integers(0, 9, 40), rng.integers(0, 9, 40)
+    ok = qi != qj
+    v, hit = cache.lookup_pairs(keys, qi[ok], qj[ok])
+    np.testing.assert_array_equal(hit, known[qi[ok], qj[ok]])
+    np.testing.assert_allclose(v[hit], d[qi[ok], qj[ok]][hit])
+
+
+def test_store_round_trip_and_the_select_file(tmp_path):
+    from taskgrouping.data.affinity_file import load_affinity_file
+    from taskgrouping.storage import Store
+
+    ds, x, s, probes = _probed(20, 4, 7)
+    aff, _ = _sparse(ds.task_names, x, s, probes, 7)
+    st = Store(tmp_path / "store")
+    path = st.write_affinity(tmp_path / "store" / "a.parquet", aff)
+    back = Store(tmp_path / "store").read_affinity(path)
+    assert back.sparse and back.tasks == aff.tasks
+    np.testing.assert_array_equal(back.neighbours, aff.neighbours)
+    np.testing.assert_array_equal(back.values, aff.values)
+    loaded = load_affinity_file(str(path))
+    np.testing.assert_array_equal(loaded.neighbours, aff.neighbours)
+
+
+def test_bad_neighbour_files_are_refused_with_their_reason(tmp_path):
+    import polars as pl
+
+    from taskgrouping.data.affinity_file import load_affinity_file
+
+    good = {"task_a": ["a", "a", "b", "b", "c", "c"], "task_b": ["b", "c", "a", "c", "a", "b"],
+            "value": [1.0, 2.0, 1.0, 3.0, 2.0, 3.0], "rank": [1, 2, 1, 2, 1, 2]}
+    path = tmp_path / "n.parquet"
+    pl.DataFrame(good).write_parquet(path)
+    assert load_affinity_file(str(path)).k == 2
+    with pytest.raises(InputError, match="holds distances, not gains"):
+        load_affinity_file(str(path), kind="gain")
+    pl.DataFrame(good | {"value": [1.0, -2.0, 1.0, 3.0, 2.0, 3.0]}).write_parquet(path)
+    with pytest.raises(InputError, match=r"value in row 2 is -2, not a finite non-negative distance"):
+        load_affinity_file(str(path))
+    pl.DataFrame({k: v[:5] for k, v in good.items()}).write_parquet(path)
+    with pytest.raises(InputError, match=r"n.parquet: a neighbour affinity has 5 rows, expected 3 tasks x 2 partners"):
+        load_affinity_file(str(path))
+
+
+def test_fixed_group_count_past_the_chain_limit_is_refused_with_the_way_out():
+    from taskgrouping.selectors import graph as g
+
+    cliques = g.CHAIN_MAX + 50  # disjoint triples: every Leiden partition has more communities than CHAIN_MAX
+    t = 3 * cliques
+    nb = np.array([[3 * (i // 3) + (i + 1) % 3, 3 * (i // 3) + (i + 2) % 3] for i in range(t)])
+    aff = NeighbourAffinity([f"t{i:04d}" for i in range(t)], nb, np.ones((t, 2)))
+    with pytest.raises(InputError, match=r"--groups 2: no Leiden partition .* use --groups auto or --pairs dense"):
+        select_graph(aff, 2, 0)
+
+
+def test_the_sparse_memory_estimate_refuses_a_run_that_cannot_fit():
+    from taskgrouping.resources import check_swola_fits, sparse_memory
+
+    parts = sparse_memory(10_000, 512, 128)
+    assert 2.4 * 2**30 < sum(parts.values()) < 8 * 2**30  # the probes alone are 2.4 GiB
+    check_swola_fits(10_000, 512, SwolaSettings(), available=16 * 2**30, sparse=True)
+    with pytest.raises(InputError, match=r"over 100000 tasks with 512 probe samples needs about 2\d\.\d GiB "
+                                         r"\(probes 24\.4, .*\), more than 80% of the 16\.0 GiB available"):
+        check_swola_fits(100_000, 512, SwolaSettings(), available=16 * 2**30, sparse=True)
+    with pytest.raises(InputError, match="--pairs sparse"):  # the dense refusal names the way out
+        check_swola_fits(20_000, 512, SwolaSettings(), available=16 * 2**30)
+
+
+def test_pairs_option_is_checked():
+    from taskgrouping.config import RunConfig
+
+    with pytest.raises(InputError, match="--pairs must be auto, dense or sparse, got 'some'"):
+        RunConfig(pairs="some")
+    with pytest.raises(InputError, match=r"--pairs sparse .* needs --method swola and --selector graph "
+                                         r"\(got --method swola --selector spectral\)"):
+        RunConfig(pairs="sparse", selector="spectral")
