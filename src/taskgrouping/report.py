@@ -709,7 +709,14 @@ def render_report(summary: dict[str, Any], affinity: AffinityMatrix, rows: list[
     lines += ["## Work", "",
               f"Probes computed {c['probes_computed']}, reused {c['probes_reused']}; pairs computed "
               f"{c['pairs_computed']}, reused {c['pairs_reused']}; groups trained {c['groups_trained']}, "
-              f"reused {c['groups_reused']}.", "",
-              "| stage | seconds |", "|---|---:|"]
+              f"reused {c['groups_reused']}.", ""]
+    pairs = summary.get("pairs") or {}
+    if pairs.get("form") == "neighbours":
+        t = len(summary["tasks"])
+        lines += [f"Sparse affinity (`--pairs {summary['settings'].get('pairs', 'auto')}`): each task's "
+                  f"{pairs['stored']} nearest partners, found among {pairs['candidates']} candidates from "
+                  f"{pairs['sketch_width']}-wide sketches, with exact distances for {pairs['pairs_exact']:,} pairs "
+                  f"({100 * pairs['pairs_exact'] / max(1, t * (t - 1) // 2):.2f}% of all {t * (t - 1) // 2:,}).", ""]
+    lines += ["| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"

@@ -276,17 +276,18 @@ def test_damaged_store_files_are_reported_and_recomputed_never_used(prefect_api,
 
 
 def test_which_probes_run_in_the_flows_process():
-    """Few tasks, or an MLP whose probes fit in INLINE_PROBE_FLOATS: here; image trunks and a given cluster: workers."""
-    from taskgrouping.flows.regroup import INLINE_PROBE_FLOATS, probes_here
+    """Few tasks, or an MLP (in steps whose probes fit in INLINE_PROBE_FLOATS): here; image trunks and a given
+    cluster: workers."""
+    from taskgrouping.flows.regroup import INLINE_PROBE_FLOATS, inline_chunk, probes_here
     from taskgrouping.methods.swola import SwolaSettings
 
     mlp = SwolaSettings()
     per_task = 512 * mlp.layers * mlp.hidden
     limit = INLINE_PROBE_FLOATS // per_task  # 2,048 tasks at 512 samples x 128 errors
-    assert probes_here(limit, 512, mlp, None, None) and not probes_here(limit + 1, 512, mlp, None, None)
+    assert inline_chunk(512, mlp) == limit and inline_chunk(512, SwolaSettings(trunks=3)) == limit // 3
+    assert probes_here(limit, 512, mlp, None, None) and probes_here(10 * limit, 512, mlp, None, None)
     assert probes_here(limit, 512, mlp, [32], None)  # a flat input is the MLP's
     assert not probes_here(3, 512, mlp, [3, 8, 8], None)  # an image: the cnn trunk's per-sample gradients
     assert probes_here(2, 512, mlp, [3, 8, 8], None)  # one or two tasks are always probed here
     assert not probes_here(3, 512, SwolaSettings(trunk="cnn"), None, None)
     assert not probes_here(1, 512, mlp, None, "tcp://scheduler:8786")  # the user's cluster does the work
-    assert not probes_here(limit // 3 + 1, 512, SwolaSettings(trunks=3), None, None)

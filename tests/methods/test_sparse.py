@@ -240,3 +240,18 @@ def test_pairs_option_is_checked():
     with pytest.raises(InputError, match=r"--pairs sparse .* needs --method swola and --selector graph "
                                          r"\(got --method swola --selector spectral\)"):
         RunConfig(pairs="sparse", selector="spectral")
+
+
+def test_probe_overlap_in_blocks_equals_the_dense_count(monkeypatch):
+    from taskgrouping.data import dataset
+
+    rng = np.random.default_rng(4)
+    labels = rng.random((40, 23))
+    labels[rng.random(labels.shape) < 0.6] = np.nan
+    shared = dataset.shared_labels(labels)[~np.eye(23, dtype=bool)]
+    monkeypatch.setattr(dataset, "OVERLAP_BLOCK", 5)
+    assert dataset.probe_overlap(labels) == {"min": int(shared.min()), "below": int((shared < dataset.MIN_SHARED).sum()) // 2,
+                                             "threshold": dataset.MIN_SHARED}
+    full = np.zeros((12, 4))
+    assert dataset.probe_overlap(full) == {"min": 12, "below": 6 if 12 < dataset.MIN_SHARED else 0,
+                                           "threshold": dataset.MIN_SHARED}

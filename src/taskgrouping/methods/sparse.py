@@ -390,26 +390,86 @@ def community_sums(aff: NeighbourAffinity, labels: np.ndarray) -> tuple[np.ndarr
     g = int(codes.max()) + 1 if t else 0
     r = aff.radius()
     sums = np.zeros((t, g))
-    for cid in range(g):
-        members = np.flatnonzero(codes == cid)
-        rc = np.sort(r[members])
-        prefix = np.concatenate([[0.0], np.cumsum(rc)])
-        below = np.searchsorted(rc, r, side="right")
-        sums[:, cid] = r * below + (prefix[-1] - prefix[below])
+    # sum_{j in c} max(r_i, r_j) = r_i * #{j in c: r_j <= r_i} + sum_{j in c: r_j > r_i} r_j, from running
+    # counts and sums over the tasks in order of r (ties: every tied task counts as below)
+    order = np.argsort(r, kind="stable")
+    rs, cs = r[order], codes[order]
+    last = np.searchsorted(rs, rs, side="right") - 1  # the last sorted position with the same r
+    pos = np.empty(t, np.int64)
+    pos[order] = last
+    for c0 in range(0, g, SUM_BLOCK):  # community blocks bound the running arrays (T x SUM_BLOCK)
+        c1 = min(g, c0 + SUM_BLOCK)
+        sel = (cs >= c0) & (cs < c1)
+        count = np.zeros((t, c1 - c0))
+        count[np.flatnonzero(sel), cs[sel] - c0] = 1.0
+        total = np.cumsum(count * rs[:, None], axis=0)
+        np.cumsum(count, axis=0, out=count)
+        sums[:, c0:c1] = r[:, None] * count[pos] + (total[-1][None, :] - total[pos])
     sums[np.arange(t), codes] -= r  # a task is not its own partner: max(r_i, r_i) = r_i was counted
     a, b, d = aff.pairs()
-    fill = np.maximum(r[a], r[b])
-    np.add.at(sums, (a, codes[b]), d - fill)
-    np.add.at(sums, (b, codes[a]), d - fill)
+    fill = d - np.maximum(r[a], r[b])
+    flat = np.bincount(np.concatenate([a * g + codes[b], b * g + codes[a]]), weights=np.concatenate([fill, fill]),
+                       minlength=t * g)
+    sums += flat.reshape(t, g)
     return sums, np.bincount(codes, minlength=g).astype(np.float64), codes
 
 
-def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
-    """The silhouette of ``labels`` on the stored distances, unstored pairs as in :func:`community_sums`."""
-    from taskgrouping.selectors.base import silhouette_from_sums
+SUM_BLOCK = 256
+"""Communities per block of :func:`community_sums`."""
 
-    k = len(np.unique(labels))
-    if k < 2 or k >= len(labels):
+
+def fill_sums(r: np.ndarray, codes: np.ndarray, i: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``sum_{j in community c[e], j != i[e]} max(r_i, r_j)`` for each query ``(i[e], c[e])``, O((T + Q) log T).
+
+    Tasks sorted by (community, r) with running sums; each query is one binary search.
+    """
+    t = len(r)
+    g = int(codes.max()) + 1 if t else 0
+    levels, rank = np.unique(r, return_inverse=True)
+    width = len(levels) + 1
+    order = np.lexsort((rank, codes))
+    key = codes[order] * width + rank[order]
+    prefix = np.concatenate([[0.0], np.cumsum(r[order])])
+    start = np.searchsorted(codes[order], np.arange(g + 1))
+    below = np.searchsorted(key, c * width + rank[i], side="right") - start[c]
+    s_below = prefix[start[c] + below] - prefix[start[c]]
+    s_all = prefix[start[c + 1]] - prefix[start[c]]
+    out = r[i] * below + (s_all - s_below)
+    return out - np.where(codes[i] == c, r[i], 0.0)  # a task is not its own partner
+
+
+def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
+    """The silhouette of ``labels`` on the stored distances, unstored pairs as in :func:`community_sums`.
+
+    Only the communities a task has a stored partner in (and its own) are summed, so the
+    cost is O((T + pairs) log T), not T x communities: a community a task has no stored
+    partner in is at least its radius away on average (every unstored pair is at least
+    ``r_i``), and ``b(i)`` takes that bound for them. With every pair stored every
+    community is summed and this is the dense silhouette (a test).
+    """
+    _, codes = np.unique(labels, return_inverse=True)
+    t = len(codes)
+    g = int(codes.max()) + 1 if t else 0
+    if g < 2 or g >= t:
         return float("nan")
-    sums, sizes, codes = community_sums(aff, labels)
-    return silhouette_from_sums(sums, sizes, codes)
+    r = aff.radius()
+    a, b, d = aff.pairs()
+    extra = d - np.maximum(r[a], r[b])
+    qi = np.concatenate([a, b, np.arange(t)])
+    qc = np.concatenate([codes[b], codes[a], codes])
+    qv = np.concatenate([extra, extra, np.zeros(t)])
+    code, inverse = np.unique(qi * g + qc, return_inverse=True)
+    corr = np.bincount(inverse, weights=qv, minlength=len(code))
+    ii, cc = code // g, code % g
+    sums = fill_sums(r, codes, ii, cc) + corr
+    sizes = np.bincount(codes, minlength=g).astype(np.float64)
+    own = cc == codes[ii]
+    a_i = np.zeros(t)
+    a_i[ii[own]] = sums[own] / np.maximum(sizes[cc[own]] - 1.0, 1.0)
+    b_i = r.copy()  # the bound for communities with no stored partner
+    other = ~own
+    np.minimum.at(b_i, ii[other], sums[other] / sizes[cc[other]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (b_i - a_i) / np.maximum(a_i, b_i)
+    s[sizes[codes] == 1] = 0.0
+    return float(np.mean(np.nan_to_num(s)))

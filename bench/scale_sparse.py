@@ -1,0 +1,157 @@
+"""Tens of thousands of tasks through the CLI: the sparse task graph (``--pairs auto`` past 2,000 tasks).
+
+For each size T and missing-label share: ``taskgrouping run --evaluate none`` on a fresh
+store with T of the T + 1 tasks of ``builtin:synthetic:tasks=T+1,groups=(T+1)/10``, then the
+same store with all T + 1 (the +1 run). Each run is its own process under ``/usr/bin/time``:
+its wall time and peak resident memory (the largest process of the run) are recorded
+with the run summary's seconds, counts, the neighbour lists' facts and the ARI against
+the planted groups. ``--recall Q``: for Q tasks drawn at random, the true 10 nearest by
+the dense computation (their rows against every task, from the stored probes) against
+the stored lists, and the memory estimate beside the measured peak.
+
+Writes ``bench/results/scale_sparse.md`` and ``.jsonl`` (one line per run, appended with ``--add``).
+
+    .venv/bin/python bench/scale_sparse.py [--tasks 10000] [--missing 0 0.2] [--recall 200]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/selectors.py shadows the standard library's selectors (which subprocess imports): this folder last
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from common import machine_line, write_result  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def source(t: int, missing: float) -> str:
+    groups = max(2, (t + 1) // 10)
+    extra = f",missing={missing:g}" if missing else ""
+    return f"builtin:synthetic:tasks={t + 1},groups={groups}{extra}"
+
+
+def cli(args: list[str]) -> tuple[dict[str, object], float, float]:
+    """Run the CLI under /usr/bin/time: (summary, wall seconds, peak resident GiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "taskgrouping", "run", *args, "--json"],
+                          capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 2**20  # type: ignore[union-attr]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall, peak
+
+
+def recall(store: str, summary: dict[str, object], queries: int, seed: int) -> dict[str, float]:
+    """Recall of the true 10 nearest for ``queries`` random tasks: dense rows from the stored probes."""
+    import torch
+
+    from taskgrouping.methods.swola import SwolaSettings, masked_l1_cross, weighted_rows
+    from taskgrouping.storage import Store
+    from taskgrouping.storage.store import StoredProbes
+
+    st = Store(store)
+    aff = st.read_affinity(Path(summary["artifacts"]["affinity"]))  # type: ignore[index]
+    names = list(aff.tasks)
+    from taskgrouping import keys as k
+    from taskgrouping.config import RunConfig
+
+    cfg = RunConfig.from_dict(summary["settings"])  # type: ignore[arg-type]
+    meta = st.read_prepared_meta(summary["dataset_key"])  # type: ignore[arg-type]
+    fps = dict(zip([t["name"] for t in meta["tasks"]], meta["label_fps"], strict=True))
+    data = st.read_prepared(summary["dataset_key"], tasks=[])  # type: ignore[arg-type]
+    c = summary["head"]["c"]  # type: ignore[index]
+    from dataclasses import replace
+
+    s = replace(cfg.swola, head_c=c) if isinstance(cfg.swola, SwolaSettings) else cfg.swola
+    pkeys = [k.probe_key(data.data_key(), t, fps[t], s, cfg.seed) for t in names]
+    e, m = weighted_rows(StoredProbes(st, pkeys), data.x[data.probe_idx], s, cfg.seed)
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(len(names), queries, replace=False))
+    dense = masked_l1_cross(e[torch.as_tensor(q)], m[torch.as_tensor(q)], e, m).numpy() * (s.lr / s.trunks)
+    dense[np.arange(len(q)), q] = np.inf
+    top = np.argsort(dense, axis=1)[:, :10]
+    got = aff.neighbours[q, :10]
+    d10 = np.sort(dense, axis=1)[:, 9]
+    exact = np.mean([np.allclose(np.sort(aff.values[i, :10]), np.sort(dense[r, aff.neighbours[i, :10]]), rtol=1e-5)
+                     for r, i in enumerate(q)])
+    return {"recall10": float(np.mean([len(set(top[r]) & set(got[r])) / 10 for r in range(len(q))])),
+            "within1pct": float(np.mean(dense[np.arange(len(q))[:, None], got] <= 1.01 * d10[:, None])),
+            "stored_exact": float(exact), "queries": int(queries)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, nargs="+", default=[10000])
+    ap.add_argument("--missing", type=float, nargs="+", default=[0.0, 0.2])
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--recall", type=int, default=0, metavar="Q")
+    ap.add_argument("--add", action="store_true", help="append to the jsonl instead of replacing it")
+    ap.add_argument("--keep", action="store_true", help="keep the stores")
+    args = ap.parse_args()
+    from taskgrouping.resources import sparse_memory
+
+    jsonl = RESULTS / "scale_sparse.jsonl"
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if args.add and jsonl.exists() else []
+    for t in args.tasks:
+        for missing in args.missing:
+            root = tempfile.mkdtemp(prefix=f"tg-sparse-{t}-")
+            store = str(Path(root) / "store")
+            data = source(t, missing)
+            last = f"y_{t:0{len(str(t))}d}"
+            common = ["--data", data, "--store", store, "--samples", str(args.samples), "--evaluate", "none"]
+            for label, extra in (("full", ["--tasks", f"y_*,!{last}"]), ("+1 task", [])):
+                summary, wall, peak = cli(common + extra)
+                est = sum(sparse_memory(t, args.samples, 128, masked=missing > 0).values()) / 2**30
+                row = {"T": len(summary["tasks"]), "missing": missing, "run": label, "wall": round(wall, 1),  # type: ignore[arg-type]
+                       "peak_gib": round(peak, 2), "estimate_gib": round(est, 2),
+                       "seconds": summary["seconds"], "counts": summary["counts"], "pairs": summary.get("pairs"),
+                       "ari": summary["ground_truth_ari"], "groups": len(summary["groups"]),  # type: ignore[arg-type]
+                       "regroup": summary["regroup"], "date": time.strftime("%Y-%m-%d")}
+                if label == "full" and args.recall:
+                    row["recall"] = recall(store, summary, args.recall, 0)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            if not args.keep:
+                import shutil
+
+                shutil.rmtree(root, ignore_errors=True)
+    write_result("scale_sparse.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    lines = ["# The sparse task graph at scale (`taskgrouping run --evaluate none`)", "",
+             f"Machine: {machine_line()}", "",
+             "Each run is one CLI process (its own Prefect server and 2 Dask workers); wall and peak resident "
+             "memory by `/usr/bin/time`. `+1 task`: the same store with one more task.", "",
+             "| T | missing | run | wall s | flow total | probe | affinity (sketch / exact) | select | report | "
+             "peak GiB | estimate GiB | pairs computed / reused | ARI | groups | recall@10 (within 1%) | regroup |",
+             "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    for r in rows:
+        s, c, p = r["seconds"], r["counts"], r.get("pairs") or {}
+        ps = p.get("seconds") or {}
+        rec = r.get("recall")
+        rec_cell = "" if not rec else f"{rec['recall10']:.3f} ({rec['within1pct']:.3f})"
+        lines.append(
+            f"| {r['T']} | {r['missing']:.0%} | {r['run']} | {r['wall']:.1f} | {s['total']:.1f} | {s['probe']:.1f} | "
+            f"{s['affinity']:.1f} ({ps.get('sketch', 0):.1f} / {ps.get('exact', 0):.1f}) | {s['select']:.1f} | "
+            f"{s.get('report', 0):.1f} | {r['peak_gib']:.2f} | {r['estimate_gib']:.2f} | "
+            f"{c['pairs_computed']} / {c['pairs_reused']} | {r['ari']:.3f} | {r['groups']} | "
+            f"{rec_cell} | {r['regroup']['mode']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    print("wrote", write_result("scale_sparse.md", text))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The sparse task graph through the CLI: neighbour lists stored, groups found, +1 task incremental,
+old probes untouched."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from taskgrouping.cli import main
+
+DATA = "builtin:synthetic:tasks=41,groups=8,samples=400,seed=2"
+FAST = ["--samples", "128", "--workers", "1", "--evaluate", "none", "--hidden", "16", "--json"]
+
+
+def _run(capsys, *args):
+    rc = main(["run", "--data", DATA, *args, *FAST])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return json.loads(out.out)
+
+
+def test_sparse_run_then_one_more_task(prefect_api, tmp_path, capsys):
+    store = tmp_path / "store"
+    first = _run(capsys, "--store", str(store), "--tasks", "y_*,!y_40", "--pairs", "sparse")
+    pairs = first["pairs"]
+    assert pairs["form"] == "neighbours" and pairs["stored"] == 10 and pairs["candidates"] == 20
+    assert first["counts"]["pairs_computed"] == pairs["pairs_exact"] < 40 * 39 // 2
+    table = pq.read_table(first["artifacts"]["affinity"])
+    assert table.num_rows == 40 * 10 and set(table.column("rank").to_pylist()) == set(range(1, 11))
+    assert first["ground_truth_ari"] >= 0.8
+    report = Path(first["artifacts"]["report"]).read_text()
+    assert "Sparse affinity (`--pairs sparse`): each task's 10 nearest partners" in report
+    assert Path(first["artifacts"]["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    probes = {p: p.read_bytes() for p in (store / "probes").glob("*.arrow")}
+    assert len(probes) == 40
+
+    second = _run(capsys, "--store", str(store), "--pairs", "sparse")
+    assert second["counts"]["probes_computed"] == 1 and second["counts"]["probes_reused"] == 40
+    assert all(p.read_bytes() == b for p, b in probes.items())  # the old probes are byte-identical
+    assert 0 < second["counts"]["pairs_computed"] <= 2 * 20  # the new task's candidates (and who lists it)
+    assert second["regroup"]["mode"] == "incremental", second["regroup"]
+    assert list(second["regroup"]["placed"]) == ["y_40"]
+    old = {t: g for t, g in first["served"].items()}
+    moved = [t for t in old if sorted(first["groups"][old[t]]) != sorted(u for u in second["groups"][second["served"][t]]
+                                                                          if u != "y_40")]
+    assert moved == []
+
+
+def test_dense_and_sparse_find_the_same_planted_groups(prefect_api, tmp_path, capsys):
+    common = ["--tasks", "y_*,!y_40"]
+    dense = _run(capsys, "--store", str(tmp_path / "d"), "--pairs", "dense", *common)
+    sparse = _run(capsys, "--store", str(tmp_path / "s"), "--pairs", "sparse", *common)
+    assert dense["pairs"] == {"form": "dense"} and sparse["pairs"]["form"] == "neighbours"
+    assert sparse["ground_truth_ari"] >= dense["ground_truth_ari"] - 0.1
