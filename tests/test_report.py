@@ -111,18 +111,19 @@ def test_an_identical_heatmap_is_copied_from_the_store_and_a_changed_one_drawn_a
     aff = AffinityMatrix(tasks, (v + v.T) / 2, "distance")
     path = st.write_affinity(st.affinity_path("k1"), aff)
     two = Grouping(groups=[["a", "b"], ["c", "d"]], served={"a": 0, "b": 0, "c": 1, "d": 1})
-    first = report_step._heatmap(st, path, aff, two, "swola distance")
-    again = report_step._heatmap(st, path, aff, two, "swola distance")
+    first, stored = report_step._heatmap(st, path, aff, two, "swola distance")
+    again, stored_again = report_step._heatmap(st, path, aff, two, "swola distance")
     assert again == first and len(drawn) == 1 and first.startswith(b"\x89PNG")
+    assert stored == stored_again and stored.read_bytes() == first  # the store's file, for the run to link
     one = Grouping(groups=[tasks], served={t: 0 for t in tasks})
-    assert report_step._heatmap(st, path, aff, one, "swola distance") != first  # other groups: drawn
+    assert report_step._heatmap(st, path, aff, one, "swola distance")[0] != first  # other groups: drawn
     aff2 = AffinityMatrix(tasks, aff.values * 2, "distance")
     path2 = st.write_affinity(st.affinity_path("k2"), aff2)
     report_step._heatmap(st, path2, aff2, two, "swola distance")  # other matrix: drawn
     assert len(drawn) == 3 and len(list((st.root / "heatmaps").glob("*.png"))) == 3
     for png in (st.root / "heatmaps").glob("*.png"):  # damaged copies are drawn again, never served
         png.write_bytes(b"not a png")
-    assert report_step._heatmap(st, path, aff, two, "swola distance") == first and len(drawn) == 4
+    assert report_step._heatmap(st, path, aff, two, "swola distance")[0] == first and len(drawn) == 4
 
     copy = st.copy_file(path, tmp_path / "run" / "affinity.parquet")
     assert copy.read_bytes() == path.read_bytes() and st.read_affinity(copy).tasks == tasks
@@ -174,3 +175,25 @@ def test_past_80_tasks_the_heatmap_is_a_raster_with_group_lines_a_scale_and_no_m
             "print('matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_run_files_are_links_to_the_store_or_copies_where_links_are_refused(tmp_path, monkeypatch):
+    """A run folder's affinity is the store's file (one inode); a file system without links gets a copy."""
+    import os
+
+    from taskgrouping.storage import Store
+    from taskgrouping.storage.integrity import intact
+
+    st = Store(str(tmp_path / "store"))
+    aff = AffinityMatrix(["a", "b"], np.array([[0.0, 1.0], [1.0, 0.0]]), "distance")
+    source = st.write_affinity(st.affinity_path("k"), aff)
+    linked = st.copy_file(source, st.run_dir("r1") / "affinity.parquet")
+    assert os.stat(linked).st_ino == os.stat(source).st_ino and intact(linked) and intact(source)
+
+    def refuse(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    copied = st.copy_file(source, st.run_dir("r2") / "affinity.parquet")
+    assert os.stat(copied).st_ino != os.stat(source).st_ino
+    assert copied.read_bytes() == source.read_bytes() and intact(copied)

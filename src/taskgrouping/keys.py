@@ -136,6 +136,13 @@ def pairs_key(settings: SwolaSettings, seed: int) -> str:
     return stable_hash("pairs", distance_code(), _content(settings) | {"block": None}, seed)
 
 
+def sketch_key(pairs: str) -> str:
+    """The sparse step's per-probe sketches under one pair cache's distance settings (:func:`pairs_key`)."""
+    from taskgrouping.methods.sparse import SKETCH_WIDTH, sparse_code
+
+    return stable_hash("sketch", pairs, SKETCH_WIDTH, sparse_code())
+
+
 def affinity_key(probe_keys: list[tuple[str, str]], settings: SwolaSettings, seed: int,
                  sparse: bool = False) -> str:
     """The affinity over a task set (order matters: it fixes row order); ``sparse``: its neighbour lists."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -58,14 +59,6 @@ _VIRIDIS = np.array([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], 
                      [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float64)
 """Nine evenly spaced colours of the viridis colour map (dark to light), interpolated linearly."""
 
-_GLYPHS = {  # 3 x 5 pixel digits for the raster's colour scale
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001010010",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "+": "000010111010000", "e": "000111101110011",
-}
-
-
 def _colours(t: np.ndarray, reverse: bool) -> np.ndarray:
     """uint8 RGB of ``t`` in [0, 1] (clipped) on viridis, 256 levels (reversed: light for 0); NaN is grey."""
     x = np.linspace(0.0, 1.0, 256) * (len(_VIRIDIS) - 1)
@@ -79,33 +72,25 @@ def _colours(t: np.ndarray, reverse: bool) -> np.ndarray:
     return out
 
 
-def _text(img: np.ndarray, top: int, left: int, text: str, zoom: int = 2) -> None:
-    """Draw ``text`` (digits, '.', '-', '+', 'e') in black into ``img`` at (top, left)."""
-    for k, ch in enumerate(text):
-        glyph = np.array([c == "1" for c in _GLYPHS.get(ch, "0" * 15)]).reshape(5, 3)
-        block = np.kron(glyph, np.ones((zoom, zoom), bool))
-        y, x = top, left + k * 4 * zoom
-        region = img[y : y + block.shape[0], x : x + block.shape[1]]
-        region[block[: region.shape[0], : region.shape[1]]] = 0
+def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None,
+              labels: Sequence[tuple[int, int, str]] = ()) -> bytes:
+    """An 8-bit RGB PNG of ``rgb`` (h, w, 3) uint8, written by Pillow.
 
+    ``labels`` ``(top, left, text)`` are drawn in black (Pillow's default font), ``text``
+    goes into tEXt chunks (keyword: text).
+    """
+    from PIL import Image, ImageDraw, PngImagePlugin
 
-def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """An 8-bit RGB PNG of ``rgb`` (h, w, 3) uint8, with ``text`` as tEXt chunks (keyword: Latin-1 text)."""
-    import struct
-    import zlib
-
-    h, w, _ = rgb.shape
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    rows = np.zeros((h, 1 + 3 * w), np.uint8)  # filter byte 0 (none) before every scanline
-    rows[:, 1:] = rgb.reshape(h, 3 * w)
-    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))]
+    img = Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for top, left, label in labels:
+        draw.text((left, top), label, fill=(0, 0, 0))
+    info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
-        out.append(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")))
-    out += [chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)), chunk(b"IEND", b"")]  # level 1: 4x faster than 6
-    return b"".join(out)
+        info.add_text(key, value)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info, compress_level=1)  # level 1: 4x faster than 6, files ~20% larger
+    return buf.getvalue()
 
 
 def raster_heatmap(m: np.ndarray, bounds: list[int], kind: str, label: str) -> bytes:
@@ -137,11 +122,10 @@ def raster_heatmap(m: np.ndarray, bounds: list[int], kind: str, label: str) -> b
     ramp = np.linspace(1.0, 0.0, size)[:, None]  # top: the high end
     x0 = margin + size + gap
     img[margin : margin + size, x0 : x0 + bar] = _colours(np.repeat(ramp, bar, axis=1), reverse=kind == "distance")
-    _text(img, margin, x0 + bar + 6, top_text)
-    _text(img, margin + size - 10, x0 + bar + 6, bottom_text)
     return png_bytes(img, {"Title": "Task affinity, ordered by group",
                            "Description": f"{label} (off-diagonal scale: {lo:.6g} at the bottom of the bar, "
-                                          f"{hi:.6g} at the top; {n} tasks, {len(bounds) + 1} groups)"})
+                                          f"{hi:.6g} at the top; {n} tasks, {len(bounds) + 1} groups)"},
+                     labels=[(margin, x0 + bar + 6, top_text), (margin + size - 10, x0 + bar + 6, bottom_text)])
 
 
 def heatmap_png(affinity: AffinityMatrix, groups: list[list[str]], served: dict[str, int] | None = None,

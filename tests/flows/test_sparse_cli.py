@@ -44,6 +44,16 @@ def test_sparse_run_then_one_more_task(prefect_api, tmp_path, capsys):
     moved = [t for t in old if sorted(first["groups"][old[t]]) != sorted(u for u in second["groups"][second["served"][t]]
                                                                           if u != "y_40")]
     assert moved == []
+    assert second["pairs"]["sketched"] == 1 and second["pairs"]["rows_read"] <= 2 * 20 + 1  # not every probe
+    assert len(list((store / "sketches").rglob("*.parquet"))) == 2
+
+    fresh = _run(capsys, "--store", str(tmp_path / "fresh"), "--pairs", "sparse")  # all 41 from scratch
+    from taskgrouping.storage import Store
+
+    a = Store(store).read_affinity(Path(second["artifacts"]["affinity"]))
+    b = Store(tmp_path / "fresh").read_affinity(Path(fresh["artifacts"]["affinity"]))
+    assert a.tasks == b.tasks and (a.neighbours == b.neighbours).all()  # adding a task = computing afresh
+    assert abs(a.values - b.values).max() < 1e-9
 
 
 def test_dense_and_sparse_find_the_same_planted_groups(prefect_api, tmp_path, capsys):

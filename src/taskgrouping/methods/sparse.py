@@ -35,11 +35,13 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SKETCH_WIDTH = 256
 """Gaussian directions per task sketch."""
@@ -206,6 +208,8 @@ def sample_norms(errors: torch.Tensor, p: int = 1, chunk: int = 64) -> torch.Ten
 
     A few tasks at a time: the whole array's ``abs()`` would be a second copy of it.
     """
+    import torch
+
     out = torch.empty(errors.shape[:2], dtype=torch.float64, device=errors.device)
     for r in range(0, errors.shape[0], chunk):
         part = errors[r : r + chunk].double()
@@ -228,6 +232,8 @@ def sketch_rows(errors: torch.Tensor, width: int, seed: int, chunk: int = 256) -
 
     G is generated in column blocks of 4,096 rows of features, so it is never held whole.
     """
+    import torch
+
     from taskgrouping.hashing import derive_seed
 
     t, f = errors.shape
@@ -251,6 +257,8 @@ def candidates(sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tenso
         masks: (T, n) bool labelled.
         rank: (T,) canonical position of each task (ties break by it, not by input order).
     """
+    import torch
+
     t = sketch.shape[0]
     norms = (sketch.double() ** 2).sum(dim=1)
     mf = masks.double()
@@ -278,6 +286,8 @@ def exact_pairs(flat: torch.Tensor, norms: torch.Tensor, masks: torch.Tensor, i:
     whose partners are gathered once and compared in one ``cdist``. Equal to
     :func:`~taskgrouping.methods.swola.masked_l1_cross` on the same pairs (a test).
     """
+    import torch
+
     out = np.empty(len(i), np.float64)
     order = np.argsort(i, kind="stable")
     bounds = np.flatnonzero(np.diff(i[order])) + 1
@@ -325,11 +335,15 @@ def nearest_lists(t: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, k: int,
     return dst[idx], val[idx]
 
 
+Rows = Callable[[np.ndarray], tuple["torch.Tensor", "torch.Tensor"]]
+"""Given task indices (sorted), their weighted-error rows (len, n * m) and per-sample L1 norms (len, n)."""
+
+
 def neighbour_affinity(tasks: list[str], flat: torch.Tensor, norms: torch.Tensor, masks: torch.Tensor,
                        scale: float, seed: int, cached: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
                        | None = None, k: int | None = None, c: int | None = None, width: int = SKETCH_WIDTH,
                        progress: Callable[[int], None] | None = None) -> tuple[NeighbourAffinity, dict[str, Any]]:
-    """The sparse SWOLA affinity of ``tasks`` from their weighted errors (module docstring).
+    """The sparse SWOLA affinity of ``tasks`` from all their weighted errors in memory (module docstring).
 
     Args:
         flat: (T, n * m) float32 weighted errors; ``norms`` (T, n) their per-sample L1 norms;
@@ -344,19 +358,55 @@ def neighbour_affinity(tasks: list[str], flat: torch.Tensor, norms: torch.Tensor
     """
     import time
 
+    t0 = time.perf_counter()
+    sk, sq = sketch_parts(flat, masks, width, seed)
+    t_sketch = time.perf_counter() - t0
+    aff, new = neighbours_from_sketches(tasks, sk, sq, masks, lambda idx: _take(flat, norms, idx), scale, cached, k, c,
+                                        progress)
+    aff.info["seconds"]["sketch"] += round(t_sketch, 3)
+    return aff, new | {"seconds": aff.info["seconds"]}
+
+
+def _take(flat: torch.Tensor, norms: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of ``flat`` and ``norms``: the arrays themselves (no copy) when idx is every row."""
+    import torch
+
+    if len(idx) == flat.shape[0] and (idx == np.arange(len(idx))).all():
+        return flat, norms
+    i = torch.as_tensor(idx)
+    return flat[i], norms[i]
+
+
+def sketch_parts(flat: torch.Tensor, masks: torch.Tensor, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each task's part of the candidate search: its sketch (T, width) and per-sample squared norms (T, n).
+
+    A task's parts depend on its rows alone (the store keeps them per probe). The norms
+    are used only when some label is missing (:func:`candidates`).
+    """
+    t, n = masks.shape
+    return sketch_rows(flat, width, seed), sample_norms(flat.view(t, n, -1), 2)
+
+
+def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor,
+                             rows: Rows, scale: float,
+                             cached: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                             k: int | None = None, c: int | None = None,
+                             progress: Callable[[int], None] | None = None) -> tuple[NeighbourAffinity, dict[str, Any]]:
+    """Steps 2-4 of the module docstring from every task's sketch; ``rows`` gives the exact rows asked for.
+
+    Only the tasks of pairs missing from ``cached`` are asked for: adding one task to a
+    store asks for it and its few candidates, not for every probe.
+    """
+    import time
+
     t = len(tasks)
     k = stored_count(t) if k is None else min(k, t - 1)
     c = max(k, candidate_count(t) if c is None else min(c, t - 1))
     order = np.argsort(np.asarray(tasks, dtype=object), kind="stable")
     rank = np.empty(t, np.int64)
     rank[order] = np.arange(t)
-    n = masks.shape[1]
     t0 = time.perf_counter()
-    sketch = sketch_rows(flat, width, seed)
-    sq = None
-    if not bool(masks.all()):
-        sq = sample_norms(flat.view(t, n, -1), 2)
-    cand = candidates(sketch, sq, masks, c, rank)
+    cand = candidates(sketch, None if bool(masks.all()) else sq, masks, c, rank)
     t_sketch = time.perf_counter() - t0
     a, b = unordered(np.repeat(np.arange(t), c), cand.reshape(-1), t)
     d = np.zeros(len(a))
@@ -365,15 +415,22 @@ def neighbour_affinity(tasks: list[str], flat: torch.Tensor, norms: torch.Tensor
         d, hit = cached(a, b)
     t0 = time.perf_counter()
     todo = np.flatnonzero(~hit)
+    asked = 0
     if len(todo):
-        d[todo] = exact_pairs(flat, norms, masks, a[todo], b[todo], progress) * scale
+        involved = np.unique(np.concatenate([a[todo], b[todo]]))
+        local = np.full(t, -1, np.int64)
+        local[involved] = np.arange(len(involved))
+        flat, norms = rows(involved)
+        asked = len(involved)
+        d[todo] = exact_pairs(flat, norms, masks[involved], local[a[todo]], local[b[todo]], progress) * scale
+        del flat, norms
     t_exact = time.perf_counter() - t0
     if np.isnan(d).any():
         e = int(np.flatnonzero(np.isnan(d))[0])
         raise ValueError(f"tasks {tasks[a[e]]!r} and {tasks[b[e]]!r} share no labelled probe sample")
     nb, val = nearest_lists(t, a, b, d, k, rank)
-    info = {"form": "neighbours", "stored": k, "candidates": c, "sketch_width": width,
-            "pairs_exact": int(len(a)), "pairs_computed": int(len(todo)),
+    info = {"form": "neighbours", "stored": k, "candidates": c, "sketch_width": int(sketch.shape[1]),
+            "pairs_exact": int(len(a)), "pairs_computed": int(len(todo)), "rows_read": int(asked),
             "seconds": {"sketch": round(t_sketch, 3), "exact": round(t_exact, 3)}}
     return NeighbourAffinity(list(tasks), nb, val, info=info), {"a": a[todo], "b": b[todo], "d": d[todo]} | info
 

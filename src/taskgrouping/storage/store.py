@@ -8,6 +8,7 @@ Layout under the store root::
     probes/<probe_key>.arrow                  one SWOLA probe (per-task backpropagated errors), Arrow IPC
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys (compacted)
     pairs/<pairs_key>/<segment>.parquet       pairs added since, one append-only file per writing run
+    sketches/<sketch_key>/<segment>.parquet   the sparse step's per-probe sketches, one append-only file per writing run
     heads/<segment>.parquet                   per-task cross-validated head losses (joint head's C), one file per writing run
     affinity/<affinity_key>.parquet           affinity over one task set (long form)
     maps/<joint_key>.parquet                  STG-MTL data maps, one row per task
@@ -549,6 +550,43 @@ class Store:
                 out[key] = np.array([np.nan if v is None else v for v in losses], np.float64)
         return out
 
+    # --- sketches of the sparse pairwise step ----------------------------------
+    def add_sketches(self, key: str, probe_keys: list[str], sketch: np.ndarray, sq: np.ndarray,
+                     labelled: np.ndarray) -> Path:
+        """Append tasks' candidate-search parts (:func:`~taskgrouping.methods.sparse.sketch_parts`) as a new file.
+
+        ``sketches/<key>/<segment>.parquet``, one row per probe key: ``sketch`` (float32 x width),
+        ``sq`` (each sample's squared row norm, float32 x n), ``labelled`` (bool x n).
+        """
+        import uuid
+
+        def fixed(a: np.ndarray, t: pa.DataType) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a).reshape(-1), t), a.shape[1])
+
+        table = pa.table({"key": pa.array(probe_keys, pa.string()), "sketch": fixed(sketch.astype(np.float32), pa.float32()),
+                          "sq": fixed(sq.astype(np.float32), pa.float32()), "labelled": fixed(labelled, pa.bool_())})
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        return atomic_write_table(self.root / "sketches" / key / name, table)
+
+    def read_sketches(self, key: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored part under ``key``: (probe keys, sketch, sq, labelled); unreadable files are left out."""
+        folder = self.root / "sketches" / key
+        keys: list[str] = []
+        parts: list[list[np.ndarray]] = [[], [], []]
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            data = intact_bytes(path)
+            if data is None:
+                continue
+            table = pq.read_table(pa.BufferReader(data))
+            keys += table.column("key").to_pylist()
+            for out, name in zip(parts, ("sketch", "sq", "labelled"), strict=True):
+                col = table.column(name).combine_chunks()
+                out.append(col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size))
+        if not keys:
+            return [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros((0, 0), bool)
+        sk, sq, lab = (np.concatenate(p) for p in parts)
+        return keys, sk, sq, lab.astype(bool)
+
     # --- pair cache ------------------------------------------------------------
     def pair_segments(self, key: str) -> list[Path]:
         """The append-only segments of a pair cache, oldest first (by name: nanosecond time, then a random id)."""
@@ -786,9 +824,20 @@ class Store:
         return self.root / "heatmaps" / f"{key}.png"
 
     def copy_file(self, source: Path, path: Path) -> Path:
-        """Copy an intact store file to ``path`` byte for byte (atomic, sealed); :class:`DamagedFile` if it is not."""
+        """Put an intact store file at ``path`` (atomic, sealed): a hard link, or a copy where links are refused.
+
+        Store files are never changed in place (every write is a new file renamed over the
+        old), so a run folder's ``affinity.parquet`` and ``heatmap.png`` can be the store's
+        own bytes: no second copy of a 10,000-task affinity. Another file system (or one
+        without links) gets a byte-for-byte copy. :class:`DamagedFile` if ``source`` is not intact.
+        """
         with atomic_path(path) as tmp:
-            shutil.copyfile(verified(source), tmp)
+            src = verified(source)
+            try:
+                tmp.unlink(missing_ok=True)  # the reserved temporary name, taken by the link instead
+                os.link(src, tmp)
+            except OSError:  # EXDEV (another file system), EPERM/ENOTSUP (no hard links there)
+                shutil.copyfile(src, tmp)
         return path
 
     def write_run_file(self, run_id: str, name: str, data: bytes) -> Path:

@@ -11,7 +11,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from taskgrouping.hashing import stable_hash
-from taskgrouping.methods.base import AffinityMatrix
 from taskgrouping.models.evaluate import CONTROLS, SETTINGS, setting_totals
 from taskgrouping.models.verdict import analyse
 from taskgrouping.report import chance_tasks, changes_markdown, heatmap_png, render_report
@@ -29,7 +28,7 @@ HEATMAP_CODE = "2"
 """Bump when :func:`~taskgrouping.report.heatmap_png` draws differently (stored heatmaps are keyed by it)."""
 
 
-def _heatmap(st: Store, affinity_path: Path, affinity: AffinityMatrix, grouping: Grouping, label: str) -> bytes:
+def _heatmap(st: Store, affinity_path: Path, affinity: Any, grouping: Grouping, label: str) -> tuple[bytes, Path | None]:
     """The run's heatmap PNG: from the store when the same affinity file, groups and label were drawn before.
 
     Drawing it takes 0.5 s for 15 tasks (matplotlib's import and render; past 80 tasks a
@@ -43,11 +42,11 @@ def _heatmap(st: Store, affinity_path: Path, affinity: AffinityMatrix, grouping:
                                            sorted(grouping.served.items()), label))
         cached = intact_bytes(path)
         if cached is not None:
-            return cached
+            return cached, path
     png = heatmap_png(affinity, grouping.groups, grouping.served, label=label)
     if path is not None:
         atomic_write_bytes(path, png)
-    return png
+    return png, path
 
 
 def graph_summary(info: dict[str, Any], graph: Any, labels: Any, rows: list[dict[str, Any]],
@@ -98,13 +97,14 @@ def report_step(config: dict[str, Any], run_id: str, tasks: list[str], selection
         ari = adjusted_rand([truth[t] for t in tasks], grouping.labels(tasks))
 
     run_dir = st.run_dir(run_id)
-    artifacts = {
+    png, stored_png = _heatmap(st, Path(affinity_path), affinity, grouping, f"{config['method']} {affinity.kind}")
+    artifacts = {  # the affinity and heatmap are the store's files, linked (a copy where links are refused)
         "affinity": str(st.copy_file(Path(affinity_path), run_dir / "affinity.parquet")),
         "groups": str(st.write_groups(run_id, grouping)),
         "metrics": str(st.write_metrics(run_id, rows)),
         "report": str(run_dir / "report.md"),
-        "heatmap": str(st.write_run_file(run_id, "heatmap.png", _heatmap(
-            st, Path(affinity_path), affinity, grouping, f"{config['method']} {affinity.kind}"))),
+        "heatmap": str(st.copy_file(stored_png, run_dir / "heatmap.png") if stored_png is not None
+                       else st.write_run_file(run_id, "heatmap.png", png)),
     }
     graph, graph_info = None, None
     if config["selector"] == "graph" and len(tasks) > 1:

@@ -206,24 +206,76 @@ def affinity_step(store: str, dataset_key: str, probes: list[list[str]], setting
 
 def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: list[str], s: SwolaSettings,
                      seed: int, device: str, pairs_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
-    """The neighbour affinity: sketch candidates, exact distances for them (cached pairs read), written."""
+    """The neighbour affinity: sketch candidates, exact distances for them (cached pairs read), written.
+
+    Each probe's sketch is stored (``sketches/``), so a run that adds tasks sketches only
+    them, and reads the probes of the pairs it must compute, not every probe.
+    """
+    import torch
+
     from taskgrouping.methods.pairs import PairCache
-    from taskgrouping.methods.sparse import neighbour_affinity, sample_norms
+    from taskgrouping.methods.sparse import (
+        SKETCH_WIDTH,
+        neighbours_from_sketches,
+        sample_norms,
+        sketch_parts,
+    )
     from taskgrouping.methods.swola import weighted_rows
 
     data = st.read_prepared(dataset_key, tasks=[])
-    errors, masks = weighted_rows(StoredProbes(st, probe_keys), data.x[data.probe_idx], s, seed, device)
+    x = data.x[data.probe_idx]
     t = len(names)
-    norms = sample_norms(errors)
-    flat = errors.view(t, -1)
+    sk_key = keys.sketch_key(pairs_key)
+    stored_keys, stored_sk, stored_sq, stored_lab = st.read_sketches(sk_key)
+    at = {k: i for i, k in enumerate(stored_keys)}
+    missing = np.array([i for i, k in enumerate(probe_keys) if k not in at], np.int64)
+    held: dict[str, Any] = {}
+    n = len(data.probe_idx)
+    sketch = torch.zeros((t, SKETCH_WIDTH), dtype=torch.float32)
+    sq = torch.zeros((t, n), dtype=torch.float64)
+    masks = torch.zeros((t, n), dtype=torch.bool)
+    if len(missing):
+        errors, m = weighted_rows(StoredProbes(st, [probe_keys[i] for i in missing]), x, s, seed, device)
+        flat = errors.view(len(missing), -1)
+        sk, sq_m = sketch_parts(flat, m, SKETCH_WIDTH, seed)
+        st.add_sketches(sk_key, [probe_keys[i] for i in missing], sk.cpu().numpy(), sq_m.cpu().numpy(), m.cpu().numpy())
+        held = {"idx": missing, "flat": flat, "norms": sample_norms(errors)}
+        sketch[missing], sq[missing], masks[missing] = sk.cpu(), sq_m.cpu(), m.cpu()
+        del errors
+    have = np.setdiff1d(np.arange(t), missing)
+    if len(have):
+        rows = np.array([at[probe_keys[i]] for i in have], np.int64)
+        sketch[have] = torch.as_tensor(stored_sk[rows])
+        sq[have] = torch.as_tensor(stored_sq[rows].astype(np.float64))
+        masks[have] = torch.as_tensor(stored_lab[rows])
+
+    def exact_rows(idx: np.ndarray) -> tuple[Any, Any]:
+        """The rows asked for: held ones (this run's new probes), the others read now."""
+        if len(held) and len(held["idx"]) == t and len(idx) == t:
+            return held["flat"], held["norms"]  # a first run: every row is in memory already (no copy)
+        pos_held = {int(v): j for j, v in enumerate(held["idx"])} if held else {}
+        read = [i for i in idx.tolist() if i not in pos_held]
+        parts: dict[int, tuple[Any, Any]] = {}
+        if read:
+            e, _ = weighted_rows(StoredProbes(st, [probe_keys[i] for i in read]), x, s, seed, device)
+            fr, nr = e.view(len(read), -1), sample_norms(e)
+            parts = {i: (fr[j], nr[j]) for j, i in enumerate(read)}
+        for i in idx.tolist():
+            if i in pos_held:
+                parts[i] = (held["flat"][pos_held[i]], held["norms"][pos_held[i]])
+        flat = torch.stack([parts[i][0] for i in idx.tolist()])
+        norms = torch.stack([parts[i][1] for i in idx.tolist()])
+        return flat, norms
+
     cached = st.read_pairs(pairs_key)
-    aff, new = neighbour_affinity(names, flat, norms, masks, s.lr / s.trunks, seed,
-                                  cached=lambda a, b: cached.lookup_pairs(probe_keys, a, b))
-    del errors, flat
+    aff, new = neighbours_from_sketches(names, sketch, sq, masks, exact_rows, s.lr / s.trunks,
+                                        cached=lambda a, b: cached.lookup_pairs(probe_keys, a, b))
+    held.clear()
     if len(new["a"]):
         st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, new["a"], new["b"], new["d"]))
         faults.reached(st.root, "affinity")
     path = st.write_affinity(st.affinity_path(cache_key), aff)
+    aff.info["sketched"] = int(len(missing))
     return {"path": str(path), "pairs_computed": int(len(new["a"])),
             "pairs_reused": int(new["pairs_exact"] - len(new["a"])), "pairs_exact": int(new["pairs_exact"]),
             "sparse": aff.info, "run_id": run_id}
