@@ -3,8 +3,8 @@
 ``TASKGROUPING_FAULT=STAGE:K:ACTION`` fires once, right after the K-th item of STAGE
 has been written to the store (counted across processes and runs of one store):
 
-* STAGE: ``sample``, ``probe`` (one per ML task), ``affinity``, ``select`` or
-  ``train`` (one per model).
+* STAGE: ``sample``, ``probe`` (one per ML task), ``affinity``, ``pairs`` (one per tile of
+  the sparse step on a cluster), ``select`` or ``train`` (one per model).
 * ACTION: ``kill-run`` sends SIGKILL to the whole process group (the run, its Dask
   workers and the Prefect server it started: ``kill -9`` of everything), and
   ``kill-worker`` sends SIGKILL to the current process only (on a Dask worker: a lost
@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 
 ENV = "TASKGROUPING_FAULT"
-STAGES = ("sample", "probe", "affinity", "select", "train")
+STAGES = ("sample", "probe", "affinity", "pairs", "select", "train")
 ACTIONS = ("kill-run", "kill-worker", "hang")
 HANG_SECONDS = 3600.0
 

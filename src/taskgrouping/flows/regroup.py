@@ -469,10 +469,14 @@ def _swola_affinity(run: _Run) -> _Affinity:
     if sparse:
         log.info("affinity: each of %d tasks' nearest partners (sparse: sketch candidates, exact distances "
                  "for them)", len(run.names))
+    if sparse and cfg.dask_address and not run.inline:
+        tiles_run = _sparse_on_cluster(run, ordered, swola_settings, keys.pairs_key(cfg.swola, cfg.seed))
     sparse_arg: dict[str, Any] = {"sparse": True} if sparse else {}  # dense steps' records keep their parameters
     aff = _run_step(affinity_step, run.results, lambda r: intact(Path(r["path"])), *aff_args,
                     cache_key=aff_key, run_id=run.run_id, inline=run.inline, **sparse_arg)
     pairs_total = int(aff["pairs_exact"]) if sparse else len(run.names) * (len(run.names) - 1) // 2
+    if sparse and cfg.dask_address and not run.inline:  # the pairs were computed by the tiles, then read
+        aff = dict(aff) | {"pairs_computed": tiles_run["pairs"], "sparse": dict(aff["sparse"]) | {"cluster": tiles_run}}
     probe_bytes = [store.probe_path(probe_keys[t]).stat().st_size for t in run.names]
     return _Affinity(path=aff["path"], key=aff_key, probes_computed=computed,
                      pairs_computed=aff["pairs_computed"] if aff["run_id"] == run.run_id else 0,
@@ -481,6 +485,76 @@ def _swola_affinity(run: _Run) -> _Affinity:
                      extra={"probe_bytes_mean": sum(probe_bytes) / max(1, len(probe_bytes)),
                             "head_c": head_c, "heads_scored": scored,
                             "pairs": aff.get("sparse") if sparse else {"form": "dense"}})
+
+
+SKETCH_BATCH = 512
+"""Probes per sketch step on a cluster (512 x 256 KiB of rows at 512 samples x 128 errors)."""
+
+ROW_BAND = 1024
+"""Tasks per band of a pair tile on a cluster: a tile holds two bands' rows (512 MiB at 512 x 128)."""
+
+
+def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, Any], pairs_key: str) -> dict[str, Any]:
+    """The sparse step's work on the user's Dask cluster (``--dask-address``): sketch steps, then pair tiles.
+
+    1. Probes without a stored sketch are sketched in steps of :data:`SKETCH_BATCH`.
+    2. Here: every task's candidates from the sketches; the pairs not in the pair cache.
+    3. Those pairs in tiles of two row bands (:data:`ROW_BAND` tasks each), one step per tile,
+       each appending its pairs to the cache. A lost worker costs its tile: Dask sends it
+       to another worker, and the tiles already done stay in the cache.
+
+    The affinity step then finds every pair in the cache and only assembles the lists.
+    On one machine this does not pay (the flow's process uses every core in one matrix
+    product), so the local cluster leaves it to the affinity step.
+    """
+    from taskgrouping.methods.sparse import candidate_pairs, tiles
+    from taskgrouping.tasks.steps import pair_tile_step, sketch_step, sketch_table
+
+    cfg, store = run.cfg, run.store
+    sk_key = keys.sketch_key(pairs_key)
+    names = [t for t, _ in ordered]
+    probe_keys = [k for _, k in ordered]
+    _, _, _, missing = sketch_table(store, sk_key, probe_keys, 1)
+    t0 = time.perf_counter()
+    batches = [[ordered[i] for i in missing[j : j + SKETCH_BATCH]] for j in range(0, len(missing), SKETCH_BATCH)]
+    with _gpu_annotation(cfg):
+        _await_workers()
+        futures = [sketch_step.with_options(result_storage=run.results, refresh_cache=True,
+                                            task_run_name=f"sketch {len(b)} probes").submit(
+            cfg.store, run.dataset_key, b, settings, cfg.seed, cfg.device, sk_key,
+            cache_key=stable_hash("sketch-batch", sk_key, [k for _, k in b]), run_id=run.run_id) for b in batches]
+    for f in as_completed(futures):
+        f.result()
+    sketch_seconds = time.perf_counter() - t0
+    data = store.read_prepared(run.dataset_key, tasks=[])
+    n = len(data.probe_idx)
+    sketch, sq, masks, missing = sketch_table(store, sk_key, probe_keys, n)
+    if len(missing):
+        raise RuntimeError(f"sketch: {len(missing)} sketches are missing after their steps finished (first: ML task "
+                           f"{names[missing[0]]!r}); is the store on a file system every worker sees?")
+    a, b = candidate_pairs(names, sketch, sq, masks)
+    _, hit = store.read_pairs(pairs_key).lookup_pairs(probe_keys, a, b)
+    a, b = a[~hit], b[~hit]
+    t0 = time.perf_counter()
+    futures = []
+    with _gpu_annotation(cfg):
+        for group in tiles(a, b, ROW_BAND):
+            rows = np.unique(np.concatenate([a[group], b[group]]))
+            local = {int(r): i for i, r in enumerate(rows)}
+            pk = [probe_keys[r] for r in rows]
+            la, lb = [local[int(v)] for v in a[group]], [local[int(v)] for v in b[group]]
+            futures.append(pair_tile_step.with_options(result_storage=run.results, refresh_cache=True,
+                                                       task_run_name=f"pair tile ({len(group)} pairs)").submit(
+                cfg.store, run.dataset_key, pk, la, lb, settings, cfg.seed, cfg.device, pairs_key,
+                cache_key=stable_hash("pair-tile", pairs_key, pk, la, lb), run_id=run.run_id))
+    progress = _Progress("pairs", len(futures), "pair tiles") if futures else None
+    for f in as_completed(futures):
+        f.result()
+        if progress is not None:
+            progress.step()
+    return {"sketched": int(sum(len(x) for x in batches)), "sketch_steps": len(batches), "tiles": len(futures),
+            "pairs": int(len(a)), "seconds": {"sketch": round(sketch_seconds, 3),
+                                              "tiles": round(time.perf_counter() - t0, 3)}}
 
 
 def _meta_affinity(run: _Run, why: str | None = None) -> _Affinity:

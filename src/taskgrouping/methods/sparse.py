@@ -387,6 +387,36 @@ def sketch_parts(flat: torch.Tensor, masks: torch.Tensor, width: int, seed: int)
     return sketch_rows(flat, width, seed), sample_norms(flat.view(t, n, -1), 2)
 
 
+def canonical_rank(tasks: Sequence[str]) -> np.ndarray:
+    """(T,) each task's position in name order (ties break by it, never by input order)."""
+    order = np.argsort(np.asarray(tasks, dtype=object), kind="stable")
+    rank = np.empty(len(tasks), np.int64)
+    rank[order] = np.arange(len(tasks))
+    return rank
+
+
+def candidate_pairs(tasks: Sequence[str], sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor,
+                    c: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered candidate pair ``(a, b)``, ``a < b``: each task's ``c`` nearest in sketch space."""
+    t = len(tasks)
+    c = max(stored_count(t), candidate_count(t)) if c is None else min(c, t - 1)
+    cand = candidates(sketch, None if bool(masks.all()) else sq, masks, c, canonical_rank(tasks))
+    return unordered(np.repeat(np.arange(t), c), cand.reshape(-1), t)
+
+
+def tiles(a: np.ndarray, b: np.ndarray, band: int) -> list[np.ndarray]:
+    """Pairs ``(a, b)`` grouped by (row band of a, row band of b): each group's rows are two bands at most.
+
+    Returns the indices of each tile's pairs; a tile's work needs the rows of its two
+    bands only, so its memory is bounded by ``2 * band`` rows whatever T is.
+    """
+    ta, tb = a // band, b // band
+    code = np.minimum(ta, tb) * (int(max(ta.max(initial=0), tb.max(initial=0))) + 1) + np.maximum(ta, tb)
+    order = np.argsort(code, kind="stable")
+    cuts = np.flatnonzero(np.diff(code[order])) + 1
+    return [g for g in np.split(order, cuts) if len(g)]
+
+
 def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor,
                              rows: Rows, scale: float,
                              cached: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
@@ -402,13 +432,10 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
     t = len(tasks)
     k = stored_count(t) if k is None else min(k, t - 1)
     c = max(k, candidate_count(t) if c is None else min(c, t - 1))
-    order = np.argsort(np.asarray(tasks, dtype=object), kind="stable")
-    rank = np.empty(t, np.int64)
-    rank[order] = np.arange(t)
+    rank = canonical_rank(tasks)
     t0 = time.perf_counter()
-    cand = candidates(sketch, None if bool(masks.all()) else sq, masks, c, rank)
+    a, b = candidate_pairs(tasks, sketch, sq, masks, c)
     t_sketch = time.perf_counter() - t0
-    a, b = unordered(np.repeat(np.arange(t), c), cand.reshape(-1), t)
     d = np.zeros(len(a))
     hit = np.zeros(len(a), bool)
     if cached is not None:

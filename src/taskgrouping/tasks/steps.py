@@ -226,14 +226,9 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     x = data.x[data.probe_idx]
     t = len(names)
     sk_key = keys.sketch_key(pairs_key)
-    stored_keys, stored_sk, stored_sq, stored_lab = st.read_sketches(sk_key)
-    at = {k: i for i, k in enumerate(stored_keys)}
-    missing = np.array([i for i, k in enumerate(probe_keys) if k not in at], np.int64)
-    held: dict[str, Any] = {}
     n = len(data.probe_idx)
-    sketch = torch.zeros((t, SKETCH_WIDTH), dtype=torch.float32)
-    sq = torch.zeros((t, n), dtype=torch.float64)
-    masks = torch.zeros((t, n), dtype=torch.bool)
+    sketch, sq, masks, missing = sketch_table(st, sk_key, probe_keys, n)
+    held: dict[str, Any] = {}
     if len(missing):
         errors, m = weighted_rows(StoredProbes(st, [probe_keys[i] for i in missing]), x, s, seed, device)
         flat = errors.view(len(missing), -1)
@@ -242,12 +237,6 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
         held = {"idx": missing, "flat": flat, "norms": sample_norms(errors)}
         sketch[missing], sq[missing], masks[missing] = sk.cpu(), sq_m.cpu(), m.cpu()
         del errors
-    have = np.setdiff1d(np.arange(t), missing)
-    if len(have):
-        rows = np.array([at[probe_keys[i]] for i in have], np.int64)
-        sketch[have] = torch.as_tensor(stored_sk[rows])
-        sq[have] = torch.as_tensor(stored_sq[rows].astype(np.float64))
-        masks[have] = torch.as_tensor(stored_lab[rows])
 
     def exact_rows(idx: np.ndarray) -> tuple[Any, Any]:
         """The rows asked for: held ones (this run's new probes), the others read now."""
@@ -279,6 +268,74 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     return {"path": str(path), "pairs_computed": int(len(new["a"])),
             "pairs_reused": int(new["pairs_exact"] - len(new["a"])), "pairs_exact": int(new["pairs_exact"]),
             "sparse": aff.info, "run_id": run_id}
+
+
+def sketch_table(st: Store, sk_key: str, probe_keys: list[str], n: int) -> tuple[Any, Any, Any, np.ndarray]:
+    """The stored sketch parts of ``probe_keys`` in their order: (sketch, sq, masks, indices of those not stored).
+
+    The rows of tasks not stored are zero (the caller sketches them).
+    """
+    import torch
+
+    from taskgrouping.methods.sparse import SKETCH_WIDTH
+
+    t = len(probe_keys)
+    stored_keys, stored_sk, stored_sq, stored_lab = st.read_sketches(sk_key)
+    at = {k: i for i, k in enumerate(stored_keys)}
+    missing = np.array([i for i, k in enumerate(probe_keys) if k not in at], np.int64)
+    sketch = torch.zeros((t, SKETCH_WIDTH), dtype=torch.float32)
+    sq = torch.zeros((t, n), dtype=torch.float64)
+    masks = torch.zeros((t, n), dtype=torch.bool)
+    have = np.setdiff1d(np.arange(t), missing)
+    if len(have):
+        rows = np.array([at[probe_keys[i]] for i in have], np.int64)
+        sketch[have] = torch.as_tensor(stored_sk[rows])
+        sq[have] = torch.as_tensor(stored_sq[rows].astype(np.float64))
+        masks[have] = torch.as_tensor(stored_lab[rows])
+    return sketch, sq, masks, missing
+
+
+@task(name="sketch", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
+def sketch_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any], seed: int,
+                device: str, sketch_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
+    """Sketch a batch of probes (the sparse step's candidate parts, ``[[task, probe key], ...]``) into the store."""
+    from taskgrouping.methods.sparse import SKETCH_WIDTH, sketch_parts
+    from taskgrouping.methods.swola import weighted_rows
+
+    _single_thread()
+    st = Store(store)
+    data = st.read_prepared(dataset_key, tasks=[])
+    pk = [k for _, k in probes]
+    errors, m = weighted_rows(StoredProbes(st, pk), data.x[data.probe_idx], SwolaSettings(**settings), seed, device)
+    sk, sq = sketch_parts(errors.view(len(pk), -1), m, SKETCH_WIDTH, seed)
+    st.add_sketches(sketch_key, pk, sk.cpu().numpy(), sq.cpu().numpy(), m.cpu().numpy())
+    return {"tasks": [t for t, _ in probes], "run_id": run_id}
+
+
+@task(name="pair-tile", retries=2, retry_delay_seconds=1, **STEP_OPTIONS)
+def pair_tile_step(store: str, dataset_key: str, probe_keys: list[str], a: list[int], b: list[int],
+                   settings: dict[str, Any], seed: int, device: str, pairs_key: str, cache_key: str,
+                   run_id: str) -> dict[str, Any]:
+    """Exact SWOLA distances of one tile of pairs (indices into ``probe_keys``), appended to the pair cache.
+
+    A tile's rows are two bands of tasks at most (:func:`~taskgrouping.methods.sparse.tiles`),
+    so a worker's memory is bounded; a lost worker costs its tile only (Dask runs it again
+    elsewhere, and pairs another run already cached are not lost either way).
+    """
+    from taskgrouping.methods.pairs import PairCache
+    from taskgrouping.methods.sparse import exact_pairs, sample_norms
+    from taskgrouping.methods.swola import weighted_rows
+
+    _single_thread()
+    st = Store(store)
+    s = SwolaSettings(**settings)
+    data = st.read_prepared(dataset_key, tasks=[])
+    errors, m = weighted_rows(StoredProbes(st, probe_keys), data.x[data.probe_idx], s, seed, device)
+    ia, ib = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    d = exact_pairs(errors.view(len(probe_keys), -1), sample_norms(errors), m, ia, ib) * (s.lr / s.trunks)
+    st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, ia, ib, d))
+    faults.reached(st.root, "pairs")
+    return {"pairs": len(a), "run_id": run_id}
 
 
 def _incremental_affinity(st: Store, names: list[str], probe_keys: list[str], pairs_key: str, cache_key: str,
