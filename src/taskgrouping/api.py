@@ -163,8 +163,8 @@ class TaskGrouper:
     impute : {"none", "median", "mean"}
         Missing feature values of a frame ``X``: an error naming the column, or filled.
     pairs : {"auto", "dense", "sparse"}
-        As ``--pairs``: every pair, or each task's nearest partners (``auto``: sparse past
-        2,000 tasks with the graph selector; then ``affinity_`` is None and
+        As ``--pairs``: every pair, or each task's nearest partners (``auto``: sparse from
+        1,000 tasks on with the graph selector; then ``affinity_`` is None and
         ``affinity_frame()`` holds the neighbour lists).
     skip_unusable_tasks : bool
         Leave out (with a warning in ``warnings_``) the columns of ``Y`` whose labels cannot be

@@ -159,8 +159,8 @@ def _add_run_options(parser: argparse.ArgumentParser, given: bool = False) -> No
                              "(auto), always exact (none), or a Cauchy sketch of width K")
     parser.add_argument("--pairs", default="auto", choices=["auto", "dense", "sparse"],
                         help="SWOLA's pairwise step: every pair (dense), or each task's nearest partners found "
-                             "from sketches with exact distances for them (sparse); auto: dense up to 2,000 "
-                             "tasks, sparse past it with the graph selector")
+                             "from sketches with exact distances for them (sparse); auto: dense below 1,000 "
+                             "tasks, sparse from 1,000 on with the graph selector")
     parser.add_argument("--input-shape", default=None, type=_shape, metavar="C,H,W",
                         help="the shape of one input: the feature values of a row, in order (e.g. a "
                              "fixed-size list column of images)")

@@ -256,3 +256,11 @@ def test_probe_overlap_in_blocks_equals_the_dense_count(monkeypatch):
     full = np.zeros((12, 4))
     assert dataset.probe_overlap(full) == {"min": 12, "below": 6 if 12 < dataset.MIN_SHARED else 0,
                                            "threshold": dataset.MIN_SHARED}
+
+
+def test_auto_is_sparse_from_the_threshold_with_the_graph_selector():
+    from taskgrouping.methods.sparse import SPARSE_MIN_TASKS, use_sparse
+
+    assert not use_sparse("auto", SPARSE_MIN_TASKS - 1, "graph") and use_sparse("auto", SPARSE_MIN_TASKS, "graph")
+    assert not use_sparse("auto", 10 * SPARSE_MIN_TASKS, "spectral")  # the other selectors need every pair
+    assert use_sparse("sparse", 3, "graph") and not use_sparse("dense", 10 * SPARSE_MIN_TASKS, "graph")

@@ -46,8 +46,13 @@ if TYPE_CHECKING:
 SKETCH_WIDTH = 256
 """Gaussian directions per task sketch."""
 
-SPARSE_MIN_TASKS = 2000
-"""``--pairs auto`` computes the dense matrix up to this many tasks and the sparse graph past it."""
+SPARSE_MIN_TASKS = 1000
+"""``--pairs auto`` computes the sparse graph from this many tasks on (the dense matrix below).
+
+Measured on ``builtin:synthetic`` (2 seeds, 0 and 20% of labels missing, library):
+at 1,000 tasks the dense pairs took 21 s and the sparse step 5.3-5.7 s, ARI 0.970-0.998
+against the dense 0.974-0.997; at 500, 5.5 s against 2.1-2.7 s, but ARI 0.005-0.009
+lower with missing labels, so small runs keep every pair."""
 
 ROW_BLOCK = 1024
 """Sketch rows compared at a time in the candidate search (a ROW_BLOCK x T float32 block)."""
@@ -220,11 +225,11 @@ def sample_norms(errors: torch.Tensor, p: int = 1, chunk: int = 64) -> torch.Ten
 def use_sparse(pairs: str, n_tasks: int, selector: str) -> bool:
     """Whether a run stores the neighbour affinity (``--pairs sparse``, or ``auto`` past the threshold).
 
-    ``auto``: past :data:`SPARSE_MIN_TASKS` tasks with the ``graph`` selector (the others need every pair).
+    ``auto``: from :data:`SPARSE_MIN_TASKS` tasks on, with the ``graph`` selector (the others need every pair).
     """
     if pairs == "sparse":
         return True
-    return pairs == "auto" and n_tasks > SPARSE_MIN_TASKS and selector in ("graph", "given")
+    return pairs == "auto" and n_tasks >= SPARSE_MIN_TASKS and selector in ("graph", "given")
 
 
 def sketch_rows(errors: torch.Tensor, width: int, seed: int, chunk: int = 256) -> torch.Tensor:
