@@ -523,6 +523,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     get_selector(args.selector)  # an unknown name fails before the file is read
     affinity = load_affinity_file(args.affinity, args.kind)
     t = len(affinity.tasks)
+    if getattr(affinity, "sparse", False) and args.selector != "graph":
+        k = getattr(affinity, "k", 0)
+        raise InputError(f"{args.affinity}: a neighbour affinity (each task's {k} nearest partners) "
+                         f"needs --selector graph; --selector {args.selector} needs every pair")
     if args.groups is not None and not 1 <= args.groups <= t:
         raise InputError(f"--groups {args.groups} is outside 1..{t} (the number of tasks in {args.affinity})")
     if args.objective == "wang" and args.selector != "mip":

@@ -264,3 +264,38 @@ def test_auto_is_sparse_from_the_threshold_with_the_graph_selector():
     assert not use_sparse("auto", SPARSE_MIN_TASKS - 1, "graph") and use_sparse("auto", SPARSE_MIN_TASKS, "graph")
     assert not use_sparse("auto", 10 * SPARSE_MIN_TASKS, "spectral")  # the other selectors need every pair
     assert use_sparse("sparse", 3, "graph") and not use_sparse("dense", 10 * SPARSE_MIN_TASKS, "graph")
+
+
+def test_select_reads_a_neighbour_affinity_and_refuses_a_selector_that_needs_every_pair(tmp_path, capsys):
+    import json
+
+    from taskgrouping.cli import main
+    from taskgrouping.storage import Store
+
+    ds, x, s, probes = _probed(24, 4, 8)
+    aff, _ = _sparse(ds.task_names, x, s, probes, 8)
+    path = Store(tmp_path / "st").write_affinity(tmp_path / "n.parquet", aff)
+    assert main(["select", "--affinity", str(path), "--selector", "graph", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["groups"] == select_graph(aff, None, 0).groups and got["kind"] == "distance"
+    assert main(["select", "--affinity", str(path), "--selector", "spectral"]) == 2
+    err = capsys.readouterr().err
+    assert "n.parquet: a neighbour affinity (each task's 10 nearest partners) needs --selector graph; " \
+           "--selector spectral needs every pair" in err
+
+
+def test_the_fast_silhouette_is_the_full_one_when_every_pair_is_stored(monkeypatch):
+    """Past FULL_FILL_MAX communities only stored communities are summed; with every pair stored that is exact."""
+    from sklearn.metrics import silhouette_score
+
+    from taskgrouping.methods import sparse
+
+    rng = np.random.default_rng(5)
+    t = 30
+    pts = rng.standard_normal((t, 3))
+    d = np.abs(pts[:, None] - pts[None]).sum(axis=2)
+    order = np.argsort(np.where(np.eye(t, dtype=bool), np.inf, d), axis=1)[:, : t - 1]
+    aff = NeighbourAffinity([f"t{i}" for i in range(t)], order, np.take_along_axis(d, order, axis=1))
+    labels = rng.integers(0, 6, t)
+    monkeypatch.setattr(sparse, "FULL_FILL_MAX", 2)
+    assert silhouette_sparse(aff, labels) == pytest.approx(silhouette_score(d, labels, metric="precomputed"))

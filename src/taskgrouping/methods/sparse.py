@@ -503,6 +503,10 @@ def community_sums(aff: NeighbourAffinity, labels: np.ndarray) -> tuple[np.ndarr
     return sums, np.bincount(codes, minlength=g).astype(np.float64), codes
 
 
+FULL_FILL_MAX = 400
+"""Up to this many communities a silhouette sums every community (the graph selector's chains start
+from partitions of at most this many, so chains and partitions are scored alike)."""
+
 SUM_BLOCK = 256
 """Communities per block of :func:`community_sums`."""
 
@@ -530,8 +534,9 @@ def fill_sums(r: np.ndarray, codes: np.ndarray, i: np.ndarray, c: np.ndarray) ->
 def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
     """The silhouette of ``labels`` on the stored distances, unstored pairs as in :func:`community_sums`.
 
-    Only the communities a task has a stored partner in (and its own) are summed, so the
-    cost is O((T + pairs) log T), not T x communities: a community a task has no stored
+    Up to :data:`FULL_FILL_MAX` communities every community is summed
+    (:func:`community_sums`, T x communities). Past it only the communities a task has a
+    stored partner in (and its own) are, so the cost is O((T + pairs) log T): a community a task has no stored
     partner in is at least its radius away on average (every unstored pair is at least
     ``r_i``), and ``b(i)`` takes that bound for them. With every pair stored every
     community is summed and this is the dense silhouette (a test).
@@ -541,6 +546,11 @@ def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
     g = int(codes.max()) + 1 if t else 0
     if g < 2 or g >= t:
         return float("nan")
+    if g <= FULL_FILL_MAX:  # every community summed (as the selector's average-linkage chains score them)
+        from taskgrouping.selectors.base import silhouette_from_sums
+
+        sums, sizes, codes = community_sums(aff, labels)
+        return silhouette_from_sums(sums, sizes, codes)
     r = aff.radius()
     a, b, d = aff.pairs()
     extra = d - np.maximum(r[a], r[b])

@@ -66,7 +66,8 @@ SCALED: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
 RESTARTS = 4
 """Leiden seeds per resolution (each seed derived from the run's)."""
 CHAIN_MAX = 400
-"""On a sparse graph, average-linkage chains start only from partitions with at most this many communities."""
+"""On a sparse graph, average-linkage chains start only from partitions with at most this many communities
+(:data:`~taskgrouping.methods.sparse.FULL_FILL_MAX`: scored the same way as the partitions)."""
 PRUNE = 1.5
 """An edge must satisfy ``d^2 <= PRUNE^2 sigma_i sigma_j`` (short on both ends' scales)."""
 
