@@ -10,35 +10,50 @@ from taskgrouping.data.dataset import Dataset
 from taskgrouping.errors import InputError
 from taskgrouping.methods.swola import SwolaSettings
 
+INLINE_PROBE_FLOATS = 1 << 27
+"""With the MLP trunk, tasks are probed in one step in the flow's process while their probes
+hold at most this many float32 values (512 MiB: 2,048 tasks at 512 samples x 128 errors).
+
+A batched MLP probe with the joint head costs about 1.3 ms a task (1,000 tasks in 1.27 s
+on 2 cores, `bench/scale.py`), while the same 1,000 tasks sent to two local Dask workers
+took 7.2 s of probe stage: the fan-out costs more than it saves on one machine. Image
+trunks (per-sample gradients) and an existing cluster (``--dask-address``) keep the workers.
+"""
+
 HEADROOM = 0.8
 """Refuse a run whose estimate is above this share of the memory available now."""
 
 
 def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False) -> dict[str, int]:
-    """Bytes the sparse pairwise step (:mod:`taskgrouping.methods.sparse`) holds at once, by part.
+    """Peak bytes of a run's process with the sparse pairwise step (:mod:`taskgrouping.methods.sparse`), by part.
 
     Every task's weighted errors (float32) and per-sample norms and masks, the candidate
     search's blocks (a few ROW_BLOCK x T float64 arrays, and with missing labels the
     squared norms and two more), one task's gathered partners, the candidate pairs (index
-    and value arrays while they are sorted) and the neighbour lists; plus the Python
-    process the step runs in (torch and the data: :data:`PROCESS_BASE`).
+    and value arrays while they are sorted) and the neighbour lists; the probe steps
+    before it (one step's probes and its head fit's intermediates, which the allocator
+    keeps for the process after they are freed), and the process itself
+    (:data:`PROCESS_BASE`). Measured peaks (``bench/results/scale_sparse.md``): 0.98,
+    2.63 and 3.81 GiB at 1,000, 5,000 and 10,000 tasks; this gives 1.00, 2.62 and 4.08.
     """
     from taskgrouping.methods.sparse import ROW_BLOCK, candidate_count, stored_count
 
     t, n = n_tasks, n_samples
     c, k = candidate_count(max(t, 2)), stored_count(max(t, 2))
+    chunk = max(1, INLINE_PROBE_FLOATS // max(1, n * width))
     return {
         "probes": t * n * width * 4,
         "norms and masks": t * n * (8 + 1 + (8 if masked else 0)),
         "candidate blocks": min(ROW_BLOCK, t) * t * 8 * (6 if masked else 3),
         "exact pairs": t * c * 8 * 8 + c * n * width * 4,
         "neighbour lists": t * k * 64,
+        "probe steps": min(t, chunk) * n * width * 8,
         "process": PROCESS_BASE,
     }
 
 
-PROCESS_BASE = 600 << 20
-"""What a Python process with torch, the prepared data and the store's readers holds before the step."""
+PROCESS_BASE = 256 << 20
+"""What a run's Python process holds besides its arrays (torch, Prefect's client, the prepared data)."""
 
 
 def swola_memory(n_tasks: int, n_samples: int, settings: SwolaSettings, width: int | None = None) -> dict[str, int]:

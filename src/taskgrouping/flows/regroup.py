@@ -26,6 +26,9 @@ from taskgrouping.hashing import stable_hash
 from taskgrouping.methods.base import positions
 from taskgrouping.methods.swola import SwolaSettings
 from taskgrouping.models.evaluate import GroupJob, evaluation_jobs, repeat_seed
+from taskgrouping.resources import (
+    INLINE_PROBE_FLOATS,  # the memory estimate counts the probe steps too
+)
 from taskgrouping.storage import Store
 from taskgrouping.storage.integrity import intact
 from taskgrouping.tasks.report import report_step
@@ -347,17 +350,6 @@ PROBE_BATCH_MAX = 64
 
 INLINE_PROBES = 2
 """Up to this many tasks to probe run in the flow's process (a local cluster only), not on a worker."""
-
-INLINE_PROBE_FLOATS = 1 << 27
-"""With the MLP trunk, tasks are probed in one step in the flow's process while their probes
-hold at most this many float32 values (512 MiB: 2,048 tasks at 512 samples x 128 errors).
-
-A batched MLP probe with the joint head costs about 1.3 ms a task (1,000 tasks in 1.27 s
-on 2 cores, `bench/scale.py`), while the same 1,000 tasks sent to two local Dask workers
-took 7.2 s of probe stage: the fan-out costs more than it saves on one machine. Image
-trunks (per-sample gradients) and an existing cluster (``--dask-address``) keep the workers.
-"""
-
 
 def probes_here(n_tasks: int, samples: int, settings: SwolaSettings, input_shape: Sequence[int] | None,
                 dask_address: str | None) -> bool:

@@ -38,7 +38,7 @@ from torch import nn
 from taskgrouping.hashing import derive_seed
 
 if TYPE_CHECKING:
-    from taskgrouping.methods.swola import Probe
+    from taskgrouping.methods.probe import Probe
 
 EXACT_MAX_FLOATS = 16 * 2**20
 """``sketch="auto"`` keeps exact gradients while n x P is at most this (64 MiB of float32 per task)."""

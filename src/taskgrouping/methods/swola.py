@@ -42,6 +42,7 @@ from torch import nn
 from taskgrouping.data.dataset import TaskSpec
 from taskgrouping.hashing import derive_seed
 from taskgrouping.methods.base import AffinityMatrix
+from taskgrouping.methods.probe import Probe
 from taskgrouping.models.trunk import build_trunk, resolve_device, trunk_linears
 from taskgrouping.models.trunks import resolve_trunk_name
 
@@ -138,26 +139,6 @@ class SwolaSettings:
         if self.trunk not in ("auto", "mlp") or self.checkpoint is not None:  # MLP keys stay as they were
             part |= {"trunk": self.trunk.rpartition(":")[2], "trunk_fp": self.trunk_fp, "sketch": self.sketch}
         return part
-
-
-@dataclass
-class Probe:
-    """One task's probe.
-
-    Attributes:
-        deltas: (trunks, n, m) float32. ``kind="delta"`` (the MLP): backpropagated errors at
-            each linear layer's output, layers concatenated (m = sum of hidden widths);
-            ``kind="grad"``: exact per-sample trunk gradients (m = P); ``kind="sketch"``: their
-            Cauchy sketches (m = k). Zero rows for unlabelled samples.
-        labelled: (n,) bool, which probe samples carry this task's label.
-        kind: ``delta``, ``grad`` or ``sketch`` (above).
-        norms: (trunks, n) exact per-sample gradient L1 norms (``grad`` and ``sketch``), else None.
-    """
-
-    deltas: np.ndarray
-    labelled: np.ndarray
-    kind: str = "delta"
-    norms: np.ndarray | None = None
 
 
 def probe_trunks(in_dim: int, settings: SwolaSettings, seed: int) -> list[nn.Sequential]:
