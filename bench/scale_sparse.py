@@ -93,6 +93,40 @@ def recall(store: str, summary: dict[str, object], queries: int, seed: int) -> d
             "stored_exact": float(exact), "queries": int(queries)}
 
 
+class Cluster:
+    """A `dask scheduler` and ``workers`` single-threaded `dask worker` processes on loopback (the user's cluster)."""
+
+    def __init__(self, workers: int) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                        str(port), "--no-dashboard"], env=env, **quiet)]  # type: ignore[call-overload]
+        self.procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", self.address, "--nthreads", "1",
+                                         "--no-nanny", "--no-dashboard", "--memory-limit", "0"], env=env, **quiet)  # type: ignore[call-overload]
+                       for _ in range(workers)]
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def worker_peaks(self) -> list[float]:
+        """Each worker's peak resident memory so far (GiB, from /proc)."""
+        out = []
+        for p in self.procs[1:]:
+            try:
+                text = Path(f"/proc/{p.pid}/status").read_text()
+                out.append(round(int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 2**20, 2))  # type: ignore[union-attr]
+            except (OSError, AttributeError):
+                out.append(float("nan"))
+        return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, nargs="+", default=[10000])
@@ -101,9 +135,13 @@ def main() -> None:
     ap.add_argument("--recall", type=int, default=0, metavar="Q")
     ap.add_argument("--add", action="store_true", help="append to the jsonl instead of replacing it")
     ap.add_argument("--keep", action="store_true", help="keep the stores")
+    ap.add_argument("--cluster", type=int, default=0, metavar="W",
+                    help="run on a `dask scheduler` and W `dask worker` processes started here (--dask-address)")
+    ap.add_argument("--no-plus-one", action="store_true", help="only the full runs")
     args = ap.parse_args()
     from taskgrouping.resources import sparse_memory
 
+    cluster = Cluster(args.cluster) if args.cluster else None
     jsonl = RESULTS / "scale_sparse.jsonl"
     rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if args.add and jsonl.exists() else []
     for t in args.tasks:
@@ -113,14 +151,17 @@ def main() -> None:
             data = source(t, missing)
             last = f"y_{t:0{len(str(t))}d}"
             common = ["--data", data, "--store", store, "--samples", str(args.samples), "--evaluate", "none"]
-            for label, extra in (("full", ["--tasks", f"y_*,!{last}"]), ("+1 task", [])):
-                summary, wall, peak = cli(common + extra)
-                est = sum(sparse_memory(t, args.samples, 128, masked=missing > 0).values()) / 2**30
+            runs = [("full", ["--tasks", f"y_*,!{last}"])] + ([] if args.no_plus_one else [("+1 task", [])])
+            for label, extra in runs:
+                summary, wall, peak = cli(common + extra + (["--dask-address", cluster.address] if cluster else []))
+                est = sum(sparse_memory(t, args.samples, 128, masked=missing > 0).values()) / 2**30  # the default MLP
                 row = {"T": len(summary["tasks"]), "missing": missing, "run": label, "wall": round(wall, 1),  # type: ignore[arg-type]
                        "peak_gib": round(peak, 2), "estimate_gib": round(est, 2),
                        "seconds": summary["seconds"], "counts": summary["counts"], "pairs": summary.get("pairs"),
                        "ari": summary["ground_truth_ari"], "groups": len(summary["groups"]),  # type: ignore[arg-type]
                        "regroup": summary["regroup"], "date": time.strftime("%Y-%m-%d")}
+                if cluster:
+                    row["cluster"] = {"workers": args.cluster, "worker_peak_gib": cluster.worker_peaks()}
                 if label == "full" and args.recall:
                     row["recall"] = recall(store, summary, args.recall, 0)
                 rows.append(row)
@@ -129,11 +170,19 @@ def main() -> None:
                 import shutil
 
                 shutil.rmtree(root, ignore_errors=True)
+    if cluster:
+        for p in cluster.procs[::-1]:
+            p.terminate()
+    for r in rows:  # the estimate as the code gives it now (rows measured earlier keep their peaks)
+        r["estimate_gib"] = round(sum(sparse_memory(int(r["T"]), args.samples, 128,
+                                                    masked=r["missing"] > 0).values()) / 2**30, 2)
     write_result("scale_sparse.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     lines = ["# The sparse task graph at scale (`taskgrouping run --evaluate none`)", "",
              f"Machine: {machine_line()}", "",
              "Each run is one CLI process (its own Prefect server and 2 Dask workers); wall and peak resident "
              "memory by `/usr/bin/time`. `+1 task`: the same store with one more task.", "",
+             "`cluster`: on a `dask scheduler` and two `dask worker` processes (`--dask-address`; peak: the flow's "
+             "process, then each worker's).", "",
              "| T | missing | run | wall s | flow total | probe | affinity (sketch / exact) | select | report | "
              "peak GiB | estimate GiB | pairs computed / reused | ARI | groups | recall@10 (within 1%) | regroup |",
              "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|"]
@@ -147,7 +196,7 @@ def main() -> None:
             f"{s['affinity']:.1f} ({ps.get('sketch', 0):.1f} / {ps.get('exact', 0):.1f}) | {s['select']:.1f} | "
             f"{s.get('report', 0):.1f} | {r['peak_gib']:.2f} | {r['estimate_gib']:.2f} | "
             f"{c['pairs_computed']} / {c['pairs_reused']} | {r['ari']:.3f} | {r['groups']} | "
-            f"{rec_cell} | {r['regroup']['mode']} |")
+            f"{rec_cell} | {r['regroup']['mode']}{' (cluster, workers ' + str(r['cluster']['worker_peak_gib']) + ' GiB)' if r.get('cluster') else ''} |")
     text = "\n".join(lines) + "\n"
     print(text)
     print("wrote", write_result("scale_sparse.md", text))

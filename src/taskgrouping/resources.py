@@ -24,7 +24,7 @@ HEADROOM = 0.8
 """Refuse a run whose estimate is above this share of the memory available now."""
 
 
-def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False) -> dict[str, int]:
+def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False, hidden: int = 64) -> dict[str, int]:
     """Peak bytes of a run's process with the sparse pairwise step (:mod:`taskgrouping.methods.sparse`), by part.
 
     Every task's weighted errors (float32) and per-sample norms and masks, the candidate
@@ -33,8 +33,10 @@ def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False
     and value arrays while they are sorted) and the neighbour lists; the probe steps
     before it (one step's probes and its head fit's intermediates, which the allocator
     keeps for the process after they are freed), and the process itself
-    (:data:`PROCESS_BASE`). Measured peaks (``bench/results/scale_sparse.md``): 0.98,
-    2.63 and 3.81 GiB at 1,000, 5,000 and 10,000 tasks; this gives 1.00, 2.62 and 4.08.
+    (:data:`PROCESS_BASE`), and with missing labels the per-task head CV. Measured peaks
+    (``bench/results/scale_sparse.md``, 512 samples): 0.98, 2.63 and 3.97 GiB at 1,000,
+    5,000 and 10,000 tasks (1.02, 2.90 and 5.42 with 20% of labels missing); this gives
+    1.02, 2.63 and 4.00 (1.14, 3.24 and 5.22).
     """
     from taskgrouping.methods.sparse import ROW_BLOCK, candidate_count, stored_count
 
@@ -48,6 +50,8 @@ def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False
         "exact pairs": t * c * 8 * 8 + c * n * width * 4,
         "neighbour lists": t * k * 64,
         "probe steps": min(t, chunk) * n * width * 8,
+        # with missing labels every task's head CV has its own Gram matrix and factor (per fold, kept)
+        "head CV": t * (hidden + 1) ** 2 * 8 * 3 if masked else 0,
         "process": PROCESS_BASE,
     }
 
@@ -116,7 +120,7 @@ def check_swola_fits(n_tasks: int, n_samples: int, settings: SwolaSettings, avai
     """
     if sparse:
         parts = sparse_memory(n_tasks, n_samples, width or settings.trunks * settings.layers * settings.hidden,
-                              masked)
+                              masked, settings.hidden)
     else:
         parts = swola_memory(n_tasks, n_samples, settings, width)
     need = sum(parts.values())
