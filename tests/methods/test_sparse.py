@@ -185,6 +185,7 @@ def test_store_round_trip_and_the_select_file(tmp_path):
     assert back.sparse and back.tasks == aff.tasks
     np.testing.assert_array_equal(back.neighbours, aff.neighbours)
     np.testing.assert_array_equal(back.values, aff.values)
+    np.testing.assert_array_equal(back.sketch, aff.sketch)  # kept: it estimates the pairs no list holds
     loaded = load_affinity_file(str(path))
     np.testing.assert_array_equal(loaded.neighbours, aff.neighbours)
 
@@ -299,3 +300,36 @@ def test_the_fast_silhouette_is_the_full_one_when_every_pair_is_stored(monkeypat
     labels = rng.integers(0, 6, t)
     monkeypatch.setattr(sparse, "FULL_FILL_MAX", 2)
     assert silhouette_sparse(aff, labels) == pytest.approx(silhouette_score(d, labels, metric="precomputed"))
+
+
+def test_groups_larger_than_the_stored_lists_stay_whole():
+    """50 tasks a group, 10 stored partners each: most within-group pairs are unstored, and their sketch
+    estimate (not the lists' radius, which made every unstored pair look close: ARI 0.0) keeps groups whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    for seed in (0, 1):
+        ds, x, s, probes = _probed(200, 4, seed, samples=256)
+        names = ds.task_names
+        truth = [ds.ground_truth[t] for t in names]
+        dense = affinity_from_distances(names, distances_from_probes(probes, x, s, seed))
+        aff, _ = _sparse(names, x, s, probes, seed, k=10)
+        want = adjusted_rand_score(truth, select_graph(dense, None, seed).labels(names))
+        got = adjusted_rand_score(truth, select_graph(aff, None, seed).labels(names))
+        assert got >= 0.9 and got >= want - 0.05, (seed, got, want)
+        radius_only = NeighbourAffinity(aff.tasks, aff.neighbours, aff.values)  # no sketch: the lower bound
+        assert adjusted_rand_score(truth, select_graph(radius_only, None, seed).labels(names)) < got
+
+
+def test_the_sketch_estimate_follows_the_exact_distances():
+    """Mean estimated distance to a community against the exact mean over its members (every pair known)."""
+    ds, x, s, probes = _probed(60, 6, 2)
+    names = ds.task_names
+    dense = distances_from_probes(probes, x, s, 2)
+    aff, _ = _sparse(names, x, s, probes, 2)
+    codes = np.array([int(ds.ground_truth[t]) for t in names])
+    codes = np.unique(codes, return_inverse=True)[1]
+    est = aff.estimate_to(codes)
+    exact = np.stack([dense[:, codes == c].mean(axis=1) for c in range(codes.max() + 1)], axis=1)
+    rel = np.abs(est - exact) / exact
+    assert np.median(rel) < 0.15, np.median(rel)
+    assert np.corrcoef(est.ravel(), exact.ravel())[0, 1] > 0.8

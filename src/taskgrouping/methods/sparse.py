@@ -83,6 +83,10 @@ class NeighbourAffinity:
         values: (T, K) their distances (exact SWOLA D).
         kind: always ``distance``.
         info: how the lists were found (sketch width, candidates, pairs computed).
+        sketch: (T, w) each task's sketch, or None: what an unstored pair's distance is
+            estimated from (:meth:`estimate_to`); without it an unstored pair counts as
+            :meth:`radius` says.
+        offset: subtracted from every estimate (the graph selector shifts the stored values).
     """
 
     tasks: list[str]
@@ -90,6 +94,8 @@ class NeighbourAffinity:
     values: np.ndarray
     kind: str = "distance"
     info: dict[str, Any] = field(default_factory=dict)
+    sketch: np.ndarray | None = None
+    offset: float = 0.0
 
     sparse = True
 
@@ -110,7 +116,41 @@ class NeighbourAffinity:
     def copy(self) -> NeighbourAffinity:
         """An independent copy."""
         return NeighbourAffinity(list(self.tasks), self.neighbours.copy(), self.values.copy(), self.kind,
-                                 dict(self.info))
+                                 dict(self.info), None if self.sketch is None else self.sketch.copy(), self.offset)
+
+    @functools.cached_property
+    def _scale(self) -> float:
+        """Stored distance per unit of sketch distance: the median ratio over (up to 20,000) stored pairs."""
+        assert self.sketch is not None
+        a, b, d = self.pairs()
+        if len(a) > 20_000:
+            pick = np.random.default_rng(0).choice(len(a), 20_000, replace=False)
+            a, b, d = a[pick], b[pick], d[pick]
+        s = self.sketch.astype(np.float64)
+        l2 = np.sqrt(((s[a] - s[b]) ** 2).sum(axis=1))
+        ok = l2 > 0
+        return float(np.median((d[ok] + self.offset) / l2[ok])) if ok.any() else 0.0
+
+    def estimate_to(self, codes: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        """(rows, communities) each task's estimated mean distance to each community's members.
+
+        ``scale * sqrt(mean_j ||s_i - s_j||^2)`` over the community's sketches, less
+        :attr:`offset` (at least 0): the squared sketch distances add up by community, so
+        this is one (T x w) by (w x communities) product, not a sum over pairs. Used for the
+        pairs no list holds; the stored pairs keep their exact distances.
+        """
+        assert self.sketch is not None
+        s = self.sketch.astype(np.float64)
+        g = int(codes.max()) + 1
+        sizes = np.bincount(codes, minlength=g).astype(np.float64)
+        n2 = (s * s).sum(axis=1)
+        mu = np.zeros((g, s.shape[1]))
+        np.add.at(mu, codes, s)
+        mu /= sizes[:, None]
+        q = np.bincount(codes, weights=n2, minlength=g) / sizes
+        part = s if rows is None else s[rows]
+        msq = (n2 if rows is None else n2[rows])[:, None] - 2.0 * (part @ mu.T) + q[None, :]
+        return np.clip(self._scale * np.sqrt(np.clip(msq, 0.0, None)) - self.offset, 0.0, None)
 
     def radius(self) -> np.ndarray:
         """(T,) each task's distance to its last stored partner (what an unstored pair is at least)."""
@@ -172,13 +212,19 @@ class NeighbourAffinity:
         names = pa.array(self.tasks, pa.string())
         a = pa.array(np.repeat(np.arange(t, dtype=np.int32), k))
         b = pa.array(self.neighbours.reshape(-1).astype(np.int32))
-        return pa.table({
+        cols = {
             "task_a": pa.DictionaryArray.from_arrays(a, names),
             "task_b": pa.DictionaryArray.from_arrays(b, names),
             "value": pa.array(self.values.reshape(-1).astype(np.float64)),
             "kind": pa.DictionaryArray.from_arrays(pa.array(np.zeros(t * k, np.int32)), pa.array([self.kind])),
             "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), t)),
-        })
+        }
+        if self.sketch is not None and k:  # each task's sketch on its rank-1 row (null on the others)
+            w = self.sketch.shape[1]
+            offsets = np.concatenate([[0], np.repeat((np.arange(t) + 1) * w, k)]).astype(np.int32)
+            values = pa.array(np.ascontiguousarray(self.sketch, np.float32).reshape(-1), pa.float32())
+            cols["sketch"] = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(np.tile(np.arange(k) != 0, t)))
+        return pa.table(cols)
 
     @classmethod
     def from_table(cls, table: pa.Table, tasks: Sequence[str] | None = None) -> NeighbourAffinity:
@@ -205,7 +251,16 @@ class NeighbourAffinity:
         if (nb < 0).any():
             i = int(np.argwhere(nb < 0)[0][0])
             raise ValueError(f"task {names[i]!r} lacks some of its {k} partners")
-        return cls(names, nb, val)
+        sketch = None
+        if "sketch" in table.column_names:
+            col = table.column("sketch").combine_chunks()
+            first = np.flatnonzero(rank == 1)
+            rows = col.take(pa.array(first))
+            if rows.null_count == 0 and len(rows):
+                w = len(rows[0])
+                sketch = np.zeros((t, w), np.float32)
+                sketch[a[first]] = rows.flatten().to_numpy().reshape(len(first), w)
+        return cls(names, nb, val, sketch=sketch)
 
 
 def sample_norms(errors: torch.Tensor, p: int = 1, chunk: int = 64) -> torch.Tensor:
@@ -464,7 +519,8 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
     info = {"form": "neighbours", "stored": k, "candidates": c, "sketch_width": int(sketch.shape[1]),
             "pairs_exact": int(len(a)), "pairs_computed": int(len(todo)), "rows_read": int(asked),
             "seconds": {"sketch": round(t_sketch, 3), "exact": round(t_exact, 3)}}
-    return NeighbourAffinity(list(tasks), nb, val, info=info), {"a": a[todo], "b": b[todo], "d": d[todo]} | info
+    return (NeighbourAffinity(list(tasks), nb, val, info=info, sketch=sketch.detach().cpu().numpy().astype(np.float32)),
+            {"a": a[todo], "b": b[todo], "d": d[todo]} | info)
 
 
 def community_sums(aff: NeighbourAffinity, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -477,6 +533,8 @@ def community_sums(aff: NeighbourAffinity, labels: np.ndarray) -> tuple[np.ndarr
     codes = np.unique(labels, return_inverse=True)[1]
     t = len(codes)
     g = int(codes.max()) + 1 if t else 0
+    if aff.sketch is not None:
+        return _estimated_sums(aff, codes), np.bincount(codes, minlength=g).astype(np.float64), codes
     r = aff.radius()
     sums = np.zeros((t, g))
     # sum_{j in c} max(r_i, r_j) = r_i * #{j in c: r_j <= r_i} + sum_{j in c: r_j > r_i} r_j, from running
@@ -509,6 +567,27 @@ from partitions of at most this many, so chains and partitions are scored alike)
 
 SUM_BLOCK = 256
 """Communities per block of :func:`community_sums`."""
+
+
+def _stored_sums(aff: NeighbourAffinity, codes: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, g) each task's summed stored distances to each community's members, and how many it has stored."""
+    t = len(codes)
+    a, b, d = aff.pairs()
+    where = np.concatenate([a * g + codes[b], b * g + codes[a]])
+    total = np.bincount(where, weights=np.concatenate([d, d]), minlength=t * g).reshape(t, g)
+    count = np.bincount(where, minlength=t * g).reshape(t, g).astype(np.float64)
+    return total, count
+
+
+def _estimated_sums(aff: NeighbourAffinity, codes: np.ndarray) -> np.ndarray:
+    """(T, g) summed distances to each community: stored pairs exact, the others the sketch estimate."""
+    t = len(codes)
+    g = int(codes.max()) + 1
+    sizes = np.bincount(codes, minlength=g).astype(np.float64)
+    total, count = _stored_sums(aff, codes, g)
+    unstored = sizes[None, :] - count
+    unstored[np.arange(t), codes] -= 1.0  # a task is not its own partner
+    return total + np.clip(unstored, 0.0, None) * aff.estimate_to(codes)
 
 
 def fill_sums(r: np.ndarray, codes: np.ndarray, i: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -546,7 +625,7 @@ def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
     g = int(codes.max()) + 1 if t else 0
     if g < 2 or g >= t:
         return float("nan")
-    if g <= FULL_FILL_MAX:  # every community summed (as the selector's average-linkage chains score them)
+    if g <= FULL_FILL_MAX or aff.sketch is not None:  # every community summed (as the chains score them)
         from taskgrouping.selectors.base import silhouette_from_sums
 
         sums, sizes, codes = community_sums(aff, labels)
