@@ -75,7 +75,8 @@ AFFINITY_SCHEMA = pa.schema(
 
 NEIGHBOUR_AFFINITY_SCHEMA = pa.schema([*AFFINITY_SCHEMA, pa.field("rank", pa.int32(), nullable=False)])
 """A sparse (neighbour) affinity: per ``task_a`` its K nearest ``task_b`` with their exact distance,
-``rank`` 1 the nearest (:class:`~taskgrouping.methods.sparse.NeighbourAffinity`); O(T K) rows."""
+``rank`` 1 the nearest (:class:`~taskgrouping.methods.sparse.NeighbourAffinity`); O(T K) rows. An
+optional ``sketch`` list column holds each task's sketch on its rank-1 row (null elsewhere)."""
 
 PAIR_SEGMENTS_MAX = 32
 """Pair-cache segments kept before they are folded into the compacted file."""
