@@ -138,13 +138,14 @@ def main() -> None:
     ap.add_argument("--cluster", type=int, default=0, metavar="W",
                     help="run on a `dask scheduler` and W `dask worker` processes started here (--dask-address)")
     ap.add_argument("--no-plus-one", action="store_true", help="only the full runs")
+    ap.add_argument("--render", action="store_true", help="only write the table and plot from the jsonl")
     args = ap.parse_args()
     from taskgrouping.resources import sparse_memory
 
-    cluster = Cluster(args.cluster) if args.cluster else None
+    cluster = Cluster(args.cluster) if args.cluster and not args.render else None
     jsonl = RESULTS / "scale_sparse.jsonl"
-    rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if args.add and jsonl.exists() else []
-    for t in args.tasks:
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if (args.add or args.render) and jsonl.exists() else []
+    for t in [] if args.render else args.tasks:
         for missing in args.missing:
             root = tempfile.mkdtemp(prefix=f"tg-sparse-{t}-")
             store = str(Path(root) / "store")
@@ -199,7 +200,48 @@ def main() -> None:
             f"{rec_cell} | {r['regroup']['mode']}{' (cluster, workers ' + str(r['cluster']['worker_peak_gib']) + ' GiB)' if r.get('cluster') else ''} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    print("wrote", write_result("scale_sparse.md", text))
+    print("wrote", write_result("scale_sparse.md", text), write_result("scale_sparse.png", plot(rows)))
+
+
+def plot(rows: list[dict[str, object]]) -> bytes:
+    """Wall, flow total and peak memory of the full runs against T (log-log), by missing-label share."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for missing, style in ((0.0, "o-"), (0.2, "s--")):
+        full = sorted((r for r in rows if r["run"] == "full" and r["missing"] == missing and not r.get("cluster")),
+                      key=lambda r: r["T"])  # type: ignore[arg-type, return-value]
+        if not full:
+            continue
+        ts = [r["T"] for r in full]
+        ax.plot(ts, [r["wall"] for r in full], style, label=f"wall, {missing:.0%} missing")
+        ax.plot(ts, [r["seconds"]["affinity"] for r in full], style, alpha=0.5,  # type: ignore[index]
+                label=f"affinity stage, {missing:.0%} missing")
+        bx.plot(ts, [r["peak_gib"] for r in full], style, label=f"measured, {missing:.0%} missing")
+        bx.plot(ts, [r["estimate_gib"] for r in full], style, alpha=0.5, label=f"estimate, {missing:.0%} missing")
+    for r in rows:
+        if r.get("cluster"):
+            ax.plot([r["T"]], [r["wall"]], "k^", label=f"wall, 2 Dask workers ({r['T']} tasks)")
+    ax.axhline(300, color="red", lw=0.8, ls=":", label="5 minutes")
+    bx.axhline(8, color="red", lw=0.8, ls=":", label="8 GiB")
+    for a, y in ((ax, "seconds"), (bx, "peak resident GiB")):
+        a.set_xscale("log")
+        a.set_xlabel("tasks T")
+        a.set_ylabel(y)
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_yscale("log")
+    ax.set_title("The sparse task graph through the CLI")
+    bx.set_title("Memory: measured peak and the up-front estimate")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 if __name__ == "__main__":
