@@ -396,7 +396,8 @@ def nearest_lists(t: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, k: int,
 
 
 Rows = Callable[[np.ndarray], tuple["torch.Tensor", "torch.Tensor"]]
-"""Given task indices (sorted), their weighted-error rows (len, n * m) and per-sample L1 norms (len, n)."""
+"""Given task indices (sorted), their weighted-error rows (len, n * m) and per-sample L1 norms (len, n);
+or every task's (T, ...), when they are all in memory already (no copy of the ones asked for)."""
 
 
 def neighbour_affinity(tasks: list[str], flat: torch.Tensor, norms: torch.Tensor, masks: torch.Tensor,
@@ -421,20 +422,10 @@ def neighbour_affinity(tasks: list[str], flat: torch.Tensor, norms: torch.Tensor
     t0 = time.perf_counter()
     sk, sq = sketch_parts(flat, masks, width, seed)
     t_sketch = time.perf_counter() - t0
-    aff, new = neighbours_from_sketches(tasks, sk, sq, masks, lambda idx: _take(flat, norms, idx), scale, cached, k, c,
-                                        progress)
+    aff, new = neighbours_from_sketches(tasks, sk, sq, masks, lambda idx: (flat, norms), scale, cached, k, c,
+                                        progress)  # every row is in memory: given whole, never copied
     aff.info["seconds"]["sketch"] += round(t_sketch, 3)
     return aff, new | {"seconds": aff.info["seconds"]}
-
-
-def _take(flat: torch.Tensor, norms: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``idx`` of ``flat`` and ``norms``: the arrays themselves (no copy) when idx is every row."""
-    import torch
-
-    if len(idx) == flat.shape[0] and (idx == np.arange(len(idx))).all():
-        return flat, norms
-    i = torch.as_tensor(idx)
-    return flat[i], norms[i]
 
 
 def sketch_parts(flat: torch.Tensor, masks: torch.Tensor, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -509,7 +500,10 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
         local[involved] = np.arange(len(involved))
         flat, norms = rows(involved)
         asked = len(involved)
-        d[todo] = exact_pairs(flat, norms, masks[involved], local[a[todo]], local[b[todo]], progress) * scale
+        if flat.shape[0] == t and len(involved) != t:  # every task's rows given (held already): global indices
+            d[todo] = exact_pairs(flat, norms, masks, a[todo], b[todo], progress) * scale
+        else:
+            d[todo] = exact_pairs(flat, norms, masks[involved], local[a[todo]], local[b[todo]], progress) * scale
         del flat, norms
     t_exact = time.perf_counter() - t0
     if np.isnan(d).any():

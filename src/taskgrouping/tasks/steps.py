@@ -240,8 +240,8 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
 
     def exact_rows(idx: np.ndarray) -> tuple[Any, Any]:
         """The rows asked for: held ones (this run's new probes), the others read now."""
-        if len(held) and len(held["idx"]) == t and len(idx) == t:
-            return held["flat"], held["norms"]  # a first run: every row is in memory already (no copy)
+        if len(held) and len(held["idx"]) == t:
+            return held["flat"], held["norms"]  # every row is in memory already: all of them, no copy
         pos_held = {int(v): j for j, v in enumerate(held["idx"])} if held else {}
         read = [i for i in idx.tolist() if i not in pos_held]
         parts: dict[int, tuple[Any, Any]] = {}
