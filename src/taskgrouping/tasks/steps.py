@@ -214,13 +214,7 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     import torch
 
     from taskgrouping.methods.pairs import PairCache
-    from taskgrouping.methods.sparse import (
-        SKETCH_WIDTH,
-        neighbours_from_sketches,
-        sample_norms,
-        sketch_parts,
-    )
-    from taskgrouping.methods.swola import weighted_rows
+    from taskgrouping.methods.sparse import neighbours_from_sketches
 
     data = st.read_prepared(dataset_key, tasks=[])
     x = data.x[data.probe_idx]
@@ -230,11 +224,10 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     sketch, sq, masks, missing = sketch_table(st, sk_key, probe_keys, n)
     held: dict[str, Any] = {}
     if len(missing):
-        errors, m = weighted_rows(StoredProbes(st, [probe_keys[i] for i in missing]), x, s, seed, device)
-        flat = errors.view(len(missing), -1)
-        sk, sq_m = sketch_parts(flat, m, SKETCH_WIDTH, seed)
-        st.add_sketches(sk_key, [probe_keys[i] for i in missing], sk.cpu().numpy(), sq_m.cpu().numpy(), m.cpu().numpy())
-        held = {"idx": missing, "flat": flat, "norms": sample_norms(errors)}
+        keys_missing = [probe_keys[i] for i in missing]
+        errors, norms, m = _probe_rows(st, keys_missing, x, s, seed, device)
+        sk, sq_m = _sketch_into_store(st, sk_key, keys_missing, errors, m, seed)
+        held = {"idx": missing, "flat": errors.view(len(missing), -1), "norms": norms}
         sketch[missing], sq[missing], masks[missing] = sk.cpu(), sq_m.cpu(), m.cpu()
         del errors
 
@@ -246,8 +239,8 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
         read = [i for i in idx.tolist() if i not in pos_held]
         parts: dict[int, tuple[Any, Any]] = {}
         if read:
-            e, _ = weighted_rows(StoredProbes(st, [probe_keys[i] for i in read]), x, s, seed, device)
-            fr, nr = e.view(len(read), -1), sample_norms(e)
+            e, nr, _ = _probe_rows(st, [probe_keys[i] for i in read], x, s, seed, device)
+            fr = e.view(len(read), -1)
             parts = {i: (fr[j], nr[j]) for j, i in enumerate(read)}
         for i in idx.tolist():
             if i in pos_held:
@@ -268,6 +261,26 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     return {"path": str(path), "pairs_computed": int(len(new["a"])),
             "pairs_reused": int(new["pairs_exact"] - len(new["a"])), "pairs_exact": int(new["pairs_exact"]),
             "sparse": aff.info, "run_id": run_id}
+
+
+def _probe_rows(st: Store, probe_keys: list[str], x: np.ndarray, s: SwolaSettings, seed: int,
+                device: str) -> tuple[Any, Any, Any]:
+    """The stored probes' exact rows: (errors (B, n, m), per-sample L1 norms (B, n), masks (B, n))."""
+    from taskgrouping.methods.sparse import sample_norms
+    from taskgrouping.methods.swola import weighted_rows
+
+    errors, m = weighted_rows(StoredProbes(st, probe_keys), x, s, seed, device)
+    return errors, sample_norms(errors), m
+
+
+def _sketch_into_store(st: Store, sk_key: str, probe_keys: list[str], errors: Any, masks: Any,
+                       seed: int) -> tuple[Any, Any]:
+    """Sketch rows ``errors`` (B, n, m) and append the parts to the store; returns (sketch, sq)."""
+    from taskgrouping.methods.sparse import SKETCH_WIDTH, sketch_parts
+
+    sk, sq = sketch_parts(errors.view(len(probe_keys), -1), masks, SKETCH_WIDTH, seed)
+    st.add_sketches(sk_key, probe_keys, sk.cpu().numpy(), sq.cpu().numpy(), masks.cpu().numpy())
+    return sk, sq
 
 
 def sketch_table(st: Store, sk_key: str, probe_keys: list[str], n: int) -> tuple[Any, Any, Any, np.ndarray]:
@@ -299,16 +312,12 @@ def sketch_table(st: Store, sk_key: str, probe_keys: list[str], n: int) -> tuple
 def sketch_step(store: str, dataset_key: str, probes: list[list[str]], settings: dict[str, Any], seed: int,
                 device: str, sketch_key: str, cache_key: str, run_id: str) -> dict[str, Any]:
     """Sketch a batch of probes (the sparse step's candidate parts, ``[[task, probe key], ...]``) into the store."""
-    from taskgrouping.methods.sparse import SKETCH_WIDTH, sketch_parts
-    from taskgrouping.methods.swola import weighted_rows
-
     _single_thread()
     st = Store(store)
     data = st.read_prepared(dataset_key, tasks=[])
     pk = [k for _, k in probes]
-    errors, m = weighted_rows(StoredProbes(st, pk), data.x[data.probe_idx], SwolaSettings(**settings), seed, device)
-    sk, sq = sketch_parts(errors.view(len(pk), -1), m, SKETCH_WIDTH, seed)
-    st.add_sketches(sketch_key, pk, sk.cpu().numpy(), sq.cpu().numpy(), m.cpu().numpy())
+    errors, _, m = _probe_rows(st, pk, data.x[data.probe_idx], SwolaSettings(**settings), seed, device)
+    _sketch_into_store(st, sketch_key, pk, errors, m, seed)
     return {"tasks": [t for t, _ in probes], "run_id": run_id}
 
 
@@ -323,16 +332,15 @@ def pair_tile_step(store: str, dataset_key: str, probe_keys: list[str], a: list[
     elsewhere, and pairs another run already cached are not lost either way).
     """
     from taskgrouping.methods.pairs import PairCache
-    from taskgrouping.methods.sparse import exact_pairs, sample_norms
-    from taskgrouping.methods.swola import weighted_rows
+    from taskgrouping.methods.sparse import exact_pairs
 
     _single_thread()
     st = Store(store)
     s = SwolaSettings(**settings)
     data = st.read_prepared(dataset_key, tasks=[])
-    errors, m = weighted_rows(StoredProbes(st, probe_keys), data.x[data.probe_idx], s, seed, device)
+    errors, norms, m = _probe_rows(st, probe_keys, data.x[data.probe_idx], s, seed, device)
     ia, ib = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    d = exact_pairs(errors.view(len(probe_keys), -1), sample_norms(errors), m, ia, ib) * (s.lr / s.trunks)
+    d = exact_pairs(errors.view(len(probe_keys), -1), norms, m, ia, ib) * (s.lr / s.trunks)
     st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, ia, ib, d))
     faults.reached(st.root, "pairs")
     return {"pairs": len(a), "run_id": run_id}
