@@ -37,10 +37,22 @@ from common import machine_line, write_result  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def source(t: int, missing: float) -> str:
-    groups = max(2, (t + 1) // 10)
+def source(t: int, missing: float, more: int = 1, family: str = "synthetic") -> str:
+    """``builtin:synthetic`` with T + ``more`` tasks in groups of 10 (the last ``more`` held back for the second run).
+
+    ``subsets``: T tasks of ``builtin:subsets`` (mixed kinds, hidden nonlinear features,
+    each task missing up to ``missing`` of its labels; its default 0.3), no second run.
+    """
+    if family == "subsets":
+        return f"builtin:subsets:tasks={t},groups={max(2, t // 10)},missing={missing or 0.3:g}"
+    groups = max(2, (t + more) // 10)
     extra = f",missing={missing:g}" if missing else ""
-    return f"builtin:synthetic:tasks={t + 1},groups={groups}{extra}"
+    return f"builtin:synthetic:tasks={t + more},groups={groups}{extra}"
+
+
+def held_back(t: int, more: int) -> str:
+    """``--tasks`` of the first run: every task but the last ``more`` (``y_T`` .. ``y_{T+more-1}``)."""
+    return "y_*," + ",".join(f"!y_{i:02d}" for i in range(t, t + more))
 
 
 def cli(args: list[str]) -> tuple[dict[str, object], float, float]:
@@ -138,6 +150,9 @@ def main() -> None:
     ap.add_argument("--cluster", type=int, default=0, metavar="W",
                     help="run on a `dask scheduler` and W `dask worker` processes started here (--dask-address)")
     ap.add_argument("--no-plus-one", action="store_true", help="only the full runs")
+    ap.add_argument("--more", type=int, default=1, metavar="N", help="the second run adds N tasks (default 1)")
+    ap.add_argument("--family", default="synthetic", choices=["synthetic", "subsets"],
+                    help="subsets: builtin:subsets, full runs only")
     ap.add_argument("--render", action="store_true", help="only write the table and plot from the jsonl")
     args = ap.parse_args()
     from taskgrouping.resources import sparse_memory
@@ -149,14 +164,18 @@ def main() -> None:
         for missing in args.missing:
             root = tempfile.mkdtemp(prefix=f"tg-sparse-{t}-")
             store = str(Path(root) / "store")
-            data = source(t, missing)
-            last = f"y_{t:0{len(str(t))}d}"
+            data = source(t, missing, args.more, args.family)
             common = ["--data", data, "--store", store, "--samples", str(args.samples), "--evaluate", "none"]
-            runs = [("full", ["--tasks", f"y_*,!{last}"])] + ([] if args.no_plus_one else [("+1 task", [])])
+            if args.family == "subsets":
+                runs = [("full (subsets: up to the missing share per task)", [])]
+            else:
+                more = f"+{args.more} task" + ("s" if args.more > 1 else "")
+                runs = [("full", ["--tasks", held_back(t, args.more)])] + ([] if args.no_plus_one else [(more, [])])
             for label, extra in runs:
                 summary, wall, peak = cli(common + extra + (["--dask-address", cluster.address] if cluster else []))
                 est = sum(sparse_memory(t, args.samples, 128, masked=missing > 0).values()) / 2**30  # the default MLP
                 row = {"T": len(summary["tasks"]), "missing": missing, "run": label, "wall": round(wall, 1),  # type: ignore[arg-type]
+                       "family": args.family,
                        "peak_gib": round(peak, 2), "estimate_gib": round(est, 2),
                        "seconds": summary["seconds"], "counts": summary["counts"], "pairs": summary.get("pairs"),
                        "ari": summary["ground_truth_ari"], "groups": len(summary["groups"]),  # type: ignore[arg-type]

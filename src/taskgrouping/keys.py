@@ -106,6 +106,13 @@ def probe_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, 
     return stable_hash("probe", probe_code(), data_key, task, label_fp, settings.probe_part(), seed)
 
 
+def trunk_maps_key(data_key: str, settings: SwolaSettings, seed: int) -> str:
+    """A probe trunk's sketch maps on the probe rows: the rows, the trunk and its sketch width (no task)."""
+    part = {k: v for k, v in settings.probe_part().items() if k not in ("head", "head_c", "head_fit", "head_cs",
+                                                                         "head_folds")}
+    return stable_hash("trunk-maps", probe_code(), data_key, part, seed)
+
+
 def head_cv_key(data_key: str, task: str, label_fp: str, settings: SwolaSettings, seed: int) -> str:
     """One task's cross-validated head losses: the probe rows, its labels, the trunk and the C grid."""
     return stable_hash("head-cv", probe_code(), data_key, task, label_fp, settings.cv_part(), seed)

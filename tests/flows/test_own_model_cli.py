@@ -126,3 +126,35 @@ def test_png_folder_named_in_a_csv(prefect_api, tmp_path, capsys):
     again = _run(capsys, *args, "--seed", "1")  # a new split re-samples but does not decode again
     assert again["counts"]["probes_computed"] == 4 and cached[0].stat().st_mtime_ns == stamp
     assert Path(s["artifacts"]["report"]).read_text().count("image_id") >= 1
+
+
+def test_sketched_probes_share_the_trunks_stored_maps(prefect_api, tmp_path, capsys):
+    """``--sketch K`` on images: the trunk's per-sample maps are computed once and every later task reuses them."""
+    from taskgrouping.data.builtins import shapes
+
+    ds = shapes(samples=150, size=8, per=2, seed=3)  # 8 tasks, two per factor
+    x = ds.features.reshape(150, 3, 8, 8)
+    table = pa.table({"img": pa.FixedShapeTensorArray.from_numpy_ndarray(x)}
+                     | {t: pa.array(ds.labels[:, j].astype(int)) for j, t in enumerate(ds.task_names)})
+    data = tmp_path / "shapes.parquet"
+    pq.write_table(table, data)
+    store = tmp_path / "store"
+    # shared heads: a new task cannot move the joint head's C (which would re-probe every task); 4 features:
+    # the 7 tasks of the first run are worth the maps (F = 4), the one task added later reads them
+    args = ["--data", str(data), "--sketch", "16", "--head", "shared", "--hidden", "4", "--store", str(store),
+            "--evaluate", "none"]
+    first = _run(capsys, *args, "--tasks", ",".join(ds.task_names[:-1]))
+    maps = list((store / "trunkmaps").glob("*.arrow"))
+    assert len(maps) == 1 and first["counts"]["probes_computed"] == 7
+    before = {p.name: p.read_bytes() for p in [*maps, *(store / "probes").glob("*.arrow")]}
+    kinds = {json.loads(pa.ipc.open_file(str(p)).read_all().schema.metadata[b"taskgrouping"])["kind"]
+             for p in (store / "probes").glob("*.arrow")}
+    assert kinds == {"sketch"}
+    args += ["--tasks", ",".join(ds.task_names)]
+    second = _run(capsys, *args)  # one task more: its probe from the stored maps, nothing else rewritten
+    assert second["counts"]["probes_computed"] == 1
+    assert [p.name for p in (store / "trunkmaps").glob("*.arrow")] == [maps[0].name]
+    assert all((store / ("trunkmaps" if name == maps[0].name else "probes") / name).read_bytes() == data_
+               for name, data_ in before.items())
+    exact = _run(capsys, *[a if a != "16" else "none" for a in args])  # another width: other probe keys
+    assert exact["counts"]["probes_computed"] == 8

@@ -118,6 +118,65 @@ def test_a_task_probed_alone_equals_the_same_task_in_a_batch(factory):
         np.testing.assert_allclose(reversed_[b].deltas, batch[b].deltas, rtol=1e-5, atol=1e-7)
 
 
+def test_factored_gradients_equal_one_backward_pass_per_task(factory):
+    """Once tasks outnumber features, ``cot[i] @ J_i`` replaces a backward pass per (sample, task)."""
+    x, y, tasks = _problem(n=24, t=16)  # the factory trunk has F = 12 features: 16 tasks take the factored path
+    s = SwolaSettings(trunk=f"{factory}:make", sketch="none", head_c=0.2)
+    xt = torch.as_tensor(x)
+    trunk = probe_trunk_any(s, 0, SHAPE, xt)
+    cot = torch.randn(24, 16, 12, generator=torch.Generator().manual_seed(0))
+    ref = torch.cat([g for _, g in pe.per_sample_grads(trunk, xt, cot, engine="loop")])
+    fac = torch.cat([g for _, g in pe.factored_grads(trunk, xt, cot, chunk=5)])
+    np.testing.assert_allclose(fac.numpy(), ref.numpy(), rtol=1e-4, atol=1e-6)
+    batch = probe_tasks(x, y, tasks, s, 0, input_shape=SHAPE)  # factored
+    for b in (0, 3):
+        alone = probe_tasks(x, y[:, [b]], [tasks[b]], s, 0, input_shape=SHAPE)[0]  # one backward pass per sample
+        np.testing.assert_allclose(batch[b].deltas, alone.deltas, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batch[b].norms, alone.norms, rtol=1e-4)
+
+
+def test_sketch_maps_give_the_cauchy_projection_of_the_exact_gradient(factory):
+    """A sketch from the trunk's maps is S_i g_{t,i} of the exact gradient; its norms are the GM estimates."""
+    from dataclasses import replace
+
+    n, k = 16, 32
+    x, y, tasks = _problem(n=n, t=3)
+    s = SwolaSettings(trunk=f"{factory}:make", sketch=str(k), head_c=0.2)
+    probes = probe_tasks(x, y, tasks, s, 0, input_shape=SHAPE)
+    exact = probe_tasks(x, y, tasks, replace(s, sketch="none"), 0, input_shape=SHAPE)
+    logs = []
+    for b in range(3):
+        assert probes[b].kind == "sketch" and probes[b].deltas.shape == (1, n, k)
+        for i in range(n):
+            if not probes[b].labelled[i]:
+                assert not probes[b].deltas[0, i].any() and probes[b].norms[0, i] == 0.0
+                continue
+            ref = pe.cauchy_project(torch.as_tensor(exact[b].deltas[0, i : i + 1]), i, k, 0)[0]
+            np.testing.assert_allclose(probes[b].deltas[0, i], ref.numpy(), rtol=1e-3,
+                                       atol=1e-5 * float(ref.abs().max()))
+            assert probes[b].norms[0, i] == pytest.approx(float(pe.gm_l1(ref)), rel=1e-3)
+            logs.append(np.log(probes[b].norms[0, i] / exact[b].norms[0, i]))
+    # the estimated norms scatter about the exact ones as the GM estimator does: sd (pi / 2) / sqrt(k) in log
+    assert abs(np.mean(logs)) < 4 * (np.pi / 2) / np.sqrt(k * len(logs))
+    # 3 tasks < F = 12 features: each gradient was projected; from the maps, the same sketches and norms
+    maps = pe.sketch_maps(probe_trunk_any(s, 0, SHAPE, torch.as_tensor(x)), torch.as_tensor(x), k, 0)
+    again = probe_tasks(x, y, tasks, s, 0, input_shape=SHAPE, maps=maps)
+    for b in range(3):
+        np.testing.assert_allclose(again[b].deltas, probes[b].deltas, rtol=1e-3, atol=1e-5 * np.abs(probes[b].deltas).max())
+        np.testing.assert_allclose(again[b].norms, probes[b].norms, rtol=1e-3, atol=1e-9)
+    many = probe_tasks(x, np.tile(y, (1, 5)), tasks * 5, s, 0, input_shape=SHAPE)  # 15 >= F tasks: maps computed
+    np.testing.assert_allclose(many[4].deltas, probes[1].deltas, rtol=1e-3, atol=1e-5 * np.abs(probes[1].deltas).max())
+    with pytest.raises(ValueError, match=r"sketch maps of shape \(16, 12, 16\) do not fit 16 samples, 12 features "
+                                         r"and width 32"):
+        probe_tasks(x, y, tasks, s, 0, input_shape=SHAPE, maps=maps[:, :, :16])
+
+
+def test_a_sketch_width_changes_the_probe_key_of_the_default_trunk():
+    """``--trunk auto`` is the cnn on images: its probes depend on ``--sketch``."""
+    assert SwolaSettings(sketch="32").probe_part() != SwolaSettings().probe_part()
+    assert "sketch" not in SwolaSettings().probe_part()  # the MLP's keys stay as they were
+
+
 def test_sketched_distances_track_exact_distances_within_the_theory(factory):
     n, t, k = 256, 12, 128
     x, y, tasks = _problem(n=n, t=t, seed=2)

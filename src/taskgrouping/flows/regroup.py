@@ -44,6 +44,7 @@ from taskgrouping.tasks.steps import (
     oracle_step,
     probe_step,
     sample_step,
+    trunk_maps_step,
     select_step,
     train_step,
 )
@@ -384,6 +385,16 @@ def probe_batches(tasks: list[str], workers: int) -> list[list[str]]:
     return [tasks[i : i + size] for i in range(0, len(tasks), size)]
 
 
+def _generic_trunk(run: _Run) -> bool:
+    """Whether SWOLA probes this run on a trunk other than its MLP (the probe engine)."""
+    from taskgrouping.models.trunks import resolve_trunk_name
+
+    shape = run.store.read_prepared_meta(run.dataset_key).get("input_shape")
+    s = run.cfg.swola
+    return s.checkpoint is not None or (shape is not None and resolve_trunk_name(s.trunk, tuple(shape)) != "mlp") \
+        or s.trunk not in ("auto", "mlp")
+
+
 def _probe_name(batch: list[str]) -> str:
     return f"probe {batch[0]}" if len(batch) == 1 else f"probe {batch[0]} .. {batch[-1]} ({len(batch)} tasks)"
 
@@ -409,6 +420,12 @@ def _swola_affinity(run: _Run) -> _Affinity:
     probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], settings, cfg.seed) for t in run.names}
     todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
     batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
+    if todo and _generic_trunk(run):  # sketched probes share the trunk's maps: computed once, before the batches
+        _run_step(trunk_maps_step, run.results, lambda r: r["path"] is None or intact(Path(r["path"])), cfg.store,
+                  run.dataset_key, swola_settings, cfg.seed, cfg.device, len(todo),
+                  cache_key=stable_hash("trunk-maps", keys.trunk_maps_key(run.data_key, settings, cfg.seed),
+                                        len(todo)),  # fewer tasks than features may need no maps
+                  run_id=run.run_id, inline=run.inline, name="trunk maps")
 
     def step(batch: list[str]) -> Any:
         # only tasks missing from the store are sent, so a cached step record would be stale:

@@ -16,13 +16,22 @@ to a memory budget, with a per-sample autograd loop as the fallback for modules
 
 A probe keeps either the exact gradients (``kind="grad"``, n x P floats) or, when n x P
 is too large (``sketch="auto"``) or asked for, a Cauchy (1-stable) projection
-``y_{t,i} = S_i g_{t,i}`` with k rows (``kind="sketch"``, n x k floats). ``S_i`` is drawn
+``y_{t,i} = S_i g_{t,i}`` with k rows (``kind="sketch"``, n x k floats).
+
+**Trunk work once for all tasks.** ``g_{t,i} = J_i^T delta_{t,i}`` is linear in the
+task's cotangent, so ``y_{t,i} = (S_i J_i^T) delta_{t,i}``: the k x F map ``S_i J_i^T``
+of each sample (:func:`sketch_maps`: F backward passes and one projection per sample) is
+computed once per trunk and probe sample set, and every task's sketch is then its head,
+its cotangents and one (k x F) product per sample, whatever the number of tasks. Exact
+gradients use the same factoring within a batch once the tasks outnumber the features
+(:func:`factored_grads`); the F x P Jacobians are too large to keep. ``S_i`` is drawn
 from a seed of (run seed, probe sample position): different for every sample, equal for
 every task, so a new task needs only its own probe, and errors average out over samples
 (relative error of D about (pi/2) / sqrt(k n); one S shared by all samples is far worse).
 ``||g_a - g_b||_1`` is estimated from ``y_a - y_b`` with the bias-corrected geometric
 mean ``cos^k(pi / 2k) prod_j |y_j|^(1/k)`` (Li, Hastie and Church, 2007). Each sample's
-exact ``||g_{t,i}||_1`` is kept too (``norms``), for the task/sample normalisation.
+``||g_{t,i}||_1`` is kept too (``norms``), for the task/sample normalisation: exact for
+gradient probes, the same estimate from ``y_{t,i}`` for sketches.
 """
 
 from __future__ import annotations
@@ -136,6 +145,67 @@ def per_sample_grads(trunk: nn.Module, x: torch.Tensor, cot: torch.Tensor, chunk
                     raise
                 use_vmap = False  # this module defeats vmap: the loop for the rest
         yield start, _loop_grads(trunk, xs, cs)
+
+
+def trunk_jacobians(trunk: nn.Module, x: torch.Tensor, chunk: int | None = None,
+                    engine: str = "auto") -> Iterator[tuple[int, torch.Tensor]]:
+    """Every sample's feature Jacobian ``J_i`` (F x P), chunk by chunk: F backward passes per sample.
+
+    Row f of ``J_i`` is the gradient of feature f at ``x_i`` with respect to the trainable
+    parameters: :func:`per_sample_grads` with the F unit cotangents. Yields ``(start, J)``
+    with J (c, F, P).
+    """
+    with torch.no_grad():
+        f = int(trunk(x[:1]).shape[1])
+    eye = torch.eye(f, dtype=x.dtype, device=x.device).expand(x.shape[0], f, f)
+    yield from per_sample_grads(trunk, x, eye, chunk=chunk, engine=engine)
+
+
+def factored_grads(trunk: nn.Module, x: torch.Tensor, cot: torch.Tensor, chunk: int | None = None,
+                   engine: str = "auto") -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`per_sample_grads` as ``cot[i] @ J_i``: F backward passes per sample whatever the number of tasks.
+
+    Cheaper than one backward pass per (sample, task) once the tasks outnumber the
+    features (B > F); equal to it up to float rounding (a test).
+    """
+    n, b, f = cot.shape
+    if chunk is None:
+        chunk = max(1, min(n, CHUNK_BYTES // max(1, 4 * n_params(trunk) * (b + f))))
+    for start, jac in trunk_jacobians(trunk, x, chunk, engine):
+        yield start, torch.bmm(cot[start : start + jac.shape[0]], jac)
+
+
+def sketch_maps(trunk: nn.Module, x: torch.Tensor, k: int, seed: int, chunk: int | None = None,
+                engine: str = "auto") -> torch.Tensor:
+    """(n, F, k) float32: each sample's sketch of every feature's gradient, ``(S_i J_i^T)^T``.
+
+    A task's sketch at sample i is then ``delta_{t,i} @ maps[i]`` (:func:`sketch_from_maps`),
+    which is ``S_i g_{t,i}`` (:func:`cauchy_project` of the exact gradient) up to float
+    rounding: the trunk's backward passes and the projection are paid once per sample,
+    for every task there is and will be (the maps depend on the trunk, the probe inputs,
+    k and the seed only; the flow keeps them in the store).
+    """
+    out: torch.Tensor | None = None
+    for start, jac in trunk_jacobians(trunk, x, chunk, engine):
+        if out is None:
+            out = torch.empty((x.shape[0], jac.shape[1], k), dtype=torch.float32, device=x.device)
+        for i in range(jac.shape[0]):
+            out[start + i] = cauchy_project(jac[i], start + i, k, seed)
+    assert out is not None
+    return out
+
+
+def sketch_from_maps(cot: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every task's sketched probe from the maps: (rows (B, n, k), per-sample L1 norms (B, n) float64).
+
+    ``cot`` (n, B, F) the tasks' ``d l / d h``; ``maps`` (n, F, k) :func:`sketch_maps`.
+    The norms are the geometric-mean estimates of ``||g_{t,i}||_1`` from the rows
+    (:func:`gm_l1`): the exact norms would need the P-wide gradients this avoids (their
+    relative error, about 1.2 / sqrt(k) per sample, averages out over the samples of the
+    ``task`` normalisation's mean).
+    """
+    rows = torch.einsum("nbf,nfk->bnk", cot, maps.to(cot.dtype))
+    return rows, gm_l1(rows)
 
 
 def cauchy_project(g: torch.Tensor, sample: int, k: int, seed: int) -> torch.Tensor:

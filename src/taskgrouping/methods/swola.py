@@ -138,6 +138,8 @@ class SwolaSettings:
         part: dict[str, object] = {}
         if self.trunk not in ("auto", "mlp") or self.checkpoint is not None:  # MLP keys stay as they were
             part |= {"trunk": self.trunk.rpartition(":")[2], "trunk_fp": self.trunk_fp, "sketch": self.sketch}
+        elif self.sketch != "auto":  # ``auto`` is the cnn on images: a sketch width changes its probes
+            part["sketch"] = self.sketch
         return part
 
 
@@ -313,7 +315,8 @@ def probe_task(x: np.ndarray, y: np.ndarray, task: TaskSpec, settings: SwolaSett
 
 
 def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
-                device: str = "cpu", input_shape: tuple[int, ...] | None = None) -> list[Probe]:
+                device: str = "cpu", input_shape: tuple[int, ...] | None = None,
+                maps: torch.Tensor | None = None) -> list[Probe]:
     """Probe several tasks: backpropagated errors of every probe sample at every trunk layer.
 
     Each task is probed independently of the others (the result for a task does not
@@ -332,11 +335,16 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
         device: ``cpu`` or ``cuda``.
         input_shape: the shape of one input row (default ``(d,)``); with a trunk other than
             the MLP, probes run on :func:`probe_tasks_any`.
+        maps: the trunk's sketch maps when the probes are sketches (:func:`trunk_sketch_maps`,
+            computed here when None).
 
     Returns:
         One :class:`Probe` per task, in order.
     """
     shape = tuple(input_shape) if input_shape is not None else (x.shape[1],)
+    if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
+        # every task at once: the trunk's per-sample work (sketch maps, Jacobians) is shared by all of them
+        return probe_tasks_any(x, y, tasks, settings, seed, device, shape, maps=maps)
     if len(tasks) > PROBE_CHUNK:  # in chunks of tasks (one C for all of them): bounded memory, cache-friendly
         if settings.joint_head and settings.head_c is None:
             settings = replace(settings, head_c=joint_c(x, y, tasks, settings, seed, device, shape))
@@ -345,8 +353,6 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
             chunked += probe_tasks(x, y[:, i : i + PROBE_CHUNK], tasks[i : i + PROBE_CHUNK], settings, seed, device,
                                    shape)
         return chunked
-    if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
-        return probe_tasks_any(x, y, tasks, settings, seed, device, shape)
     dev = resolve_device(device)
     labelled = ~np.isnan(y)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
@@ -432,14 +438,42 @@ def probe_trunk_any(settings: SwolaSettings, seed: int, input_shape: tuple[int, 
     return trunk.eval()
 
 
+def trunk_sketch_maps(x: np.ndarray, settings: SwolaSettings, seed: int, device: str,
+                      input_shape: tuple[int, ...], tasks: int | None = None) -> torch.Tensor | None:
+    """The probe trunk's sketch maps on the probe inputs ``x`` (n, F, k), or None when probes are exact gradients.
+
+    What every sketched probe of these inputs shares
+    (:func:`~taskgrouping.methods.probe_engine.sketch_maps`); it depends on the trunk, the
+    inputs, the sketch width and the seed, not on any task. ``tasks``: how many tasks
+    are about to be probed; None (not worth it) when they are fewer than the trunk's F
+    features, since the maps cost about what F tasks' probes cost.
+    """
+    from taskgrouping.methods import probe_engine as pe
+
+    xt = torch.as_tensor(x, dtype=torch.float32, device=resolve_device(device))
+    trunk = probe_trunk_any(settings, seed, input_shape, xt)
+    k = pe.sketch_width(settings.sketch, xt.shape[0], pe.n_params(trunk))
+    if k is None:
+        return None
+    with torch.no_grad():
+        width = int(trunk(xt[:1]).shape[1])
+    return None if tasks is not None and tasks < width else pe.sketch_maps(trunk, xt, k, seed)
+
+
 def probe_tasks_any(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: SwolaSettings, seed: int,
                     device: str, input_shape: tuple[int, ...], chunk: int | None = None,
-                    engine: str = "auto") -> list[Probe]:
+                    engine: str = "auto", maps: torch.Tensor | None = None) -> list[Probe]:
     """Probe tasks on any trunk: exact per-sample trunk gradients or their Cauchy sketch (probe_engine).
 
     Per task: the head (fitted on the frozen features, or shared), ``delta = d l / d h``
     for every labelled sample (0 elsewhere), then ``g = J^T delta`` per sample over the
-    trainable trunk parameters. ``chunk`` and ``engine`` only trade memory and speed.
+    trainable trunk parameters: one backward pass per (sample, task), or, once the tasks
+    outnumber the features, ``delta @ J`` from the F per-sample feature gradients. A
+    sketch is ``delta @ maps[i]`` per sample from the trunk's sketch maps (``maps``, or
+    computed here from F tasks on): the trunk's work does not grow with the number of
+    tasks. With fewer tasks than features and no maps, each (sample, task) gradient is
+    projected as it is computed: the same sketch, and the same estimated norms, to float
+    rounding. ``chunk`` and ``engine`` only trade memory and speed.
     """
     from taskgrouping.methods import probe_engine as pe
 
@@ -458,16 +492,29 @@ def probe_tasks_any(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], setting
     cot = head_cotangents(h, yt, mask, tasks, heads).transpose(0, 1).contiguous()  # (n, B, F)
     p_count = pe.n_params(trunk)
     k = pe.sketch_width(settings.sketch, n, p_count)
-    rows = np.zeros((len(tasks), n, p_count if k is None else k), np.float32)
-    norms = np.zeros((len(tasks), n), np.float64)
-    for start, g in pe.per_sample_grads(trunk, xt, cot, chunk=chunk, engine=engine):
-        stop = start + g.shape[0]
-        norms[:, start:stop] = g.abs().sum(dim=2, dtype=torch.float64).T.cpu().numpy()
-        if k is None:
+    if k is None:
+        rows = np.zeros((len(tasks), n, p_count), np.float32)
+        norms = np.zeros((len(tasks), n), np.float64)
+        grads = pe.factored_grads if len(tasks) > width else pe.per_sample_grads
+        for start, g in grads(trunk, xt, cot, chunk=chunk, engine=engine):
+            stop = start + g.shape[0]
+            norms[:, start:stop] = g.abs().sum(dim=2, dtype=torch.float64).T.cpu().numpy()
             rows[:, start:stop] = g.transpose(0, 1).cpu().numpy()
-        else:
-            for i in range(g.shape[0]):
-                rows[:, start + i] = pe.cauchy_project(g[i], start + i, k, seed).cpu().numpy()
+    else:
+        if maps is None and len(tasks) >= width:  # the maps cost what F tasks cost: worth it from F tasks on
+            maps = pe.sketch_maps(trunk, xt, k, seed, chunk, engine)
+        if maps is not None:
+            if tuple(maps.shape) != (n, width, k):
+                raise ValueError(f"sketch maps of shape {tuple(maps.shape)} do not fit {n} samples, {width} "
+                                 f"features and width {k}")
+            sk, nr = pe.sketch_from_maps(cot, maps.to(dev))
+            rows, norms = sk.cpu().numpy(), nr.cpu().numpy()
+        else:  # fewer tasks than features: a backward pass and a projection per (sample, task), the same sketch
+            rows = np.zeros((len(tasks), n, k), np.float32)
+            for start, g in pe.per_sample_grads(trunk, xt, cot, chunk=chunk, engine=engine):
+                for i in range(g.shape[0]):
+                    rows[:, start + i] = pe.cauchy_project(g[i], start + i, k, seed).cpu().numpy()
+            norms = pe.gm_l1(torch.from_numpy(rows)).numpy()
     kind = "grad" if k is None else "sketch"
     rows[~labelled.T] = 0.0
     return [Probe(deltas=rows[b][None], labelled=labelled[:, b], kind=kind, norms=norms[b][None])

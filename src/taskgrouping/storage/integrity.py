@@ -240,8 +240,8 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
         yield dirpath, dirnames, filenames
 
 
-STORE_DIRS = ("datasets", "probes", "heads", "pairs", "affinity", "maps", "models", "meta", "groupings", "runs",
-              "images", "heatmaps", "prefect")
+STORE_DIRS = ("datasets", "probes", "heads", "pairs", "sketches", "trunkmaps", "affinity", "maps", "models", "meta",
+              "groupings", "runs", "images", "heatmaps", "prefect")
 """The top-level folders a store is made of (storage/store.py)."""
 
 

@@ -9,6 +9,7 @@ Layout under the store root::
     pairs/<pairs_key>.parquet                 cached pairwise distances keyed by probe keys (compacted)
     pairs/<pairs_key>/<segment>.parquet       pairs added since, one append-only file per writing run
     sketches/<sketch_key>/<segment>.parquet   the sparse step's per-probe sketches, one append-only file per writing run
+    trunkmaps/<maps_key>.arrow                a probe trunk's per-sample sketch maps (shared by every sketched probe)
     heads/<segment>.parquet                   per-task cross-validated head losses (joint head's C), one file per writing run
     affinity/<affinity_key>.parquet           affinity over one task set (long form)
     maps/<joint_key>.parquet                  STG-MTL data maps, one row per task
@@ -461,6 +462,35 @@ class Store:
         return Probe(deltas=deltas[0][None] if len(deltas) == 1 else np.stack(deltas),
                      labelled=table.column("labelled").to_numpy(zero_copy_only=False).astype(bool),
                      kind=str(meta.get("kind", "delta")), norms=norms)
+
+    def trunk_maps_path(self, key: str) -> Path:
+        """Arrow file of one probe trunk's sketch maps."""
+        return self.root / "trunkmaps" / f"{key}.arrow"
+
+    def write_trunk_maps(self, key: str, maps: np.ndarray) -> Path:
+        """A trunk's sketch maps (n, F, k) float32: one row per probe sample, ``map`` (F x k floats)."""
+        n, f, k = maps.shape
+        col = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(maps, np.float32).reshape(-1),
+                                                         pa.float32()), f * k)
+        table = pa.table({"map": col}).replace_schema_metadata({"taskgrouping": json.dumps({"shape": [n, f, k]})})
+        path = self.trunk_maps_path(key)
+        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        return path
+
+    def read_trunk_maps(self, key: str) -> np.ndarray | None:
+        """The sketch maps written under ``key`` (n, F, k), or None when absent or damaged."""
+        path = self.trunk_maps_path(key)
+        if not intact(path):
+            return None
+        data = intact_bytes(path)
+        if data is None:
+            return None
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        shape = json.loads((table.schema.metadata or {}).get(b"taskgrouping", b"{}"))["shape"]
+        col = table.column("map").combine_chunks()
+        return np.array(col.values.to_numpy(), np.float32).reshape(shape)  # a writable copy (torch takes it)
 
     # --- data maps -------------------------------------------------------------
     def write_datamaps(self, key: str, tasks: list[str], vectors: np.ndarray) -> Path:

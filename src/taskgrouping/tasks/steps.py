@@ -125,21 +125,67 @@ def _probe_batch(st: Store, dataset_key: str, todo: list[tuple[str, str]], s: Sw
     data = st.read_prepared(dataset_key, tasks=[t for t, _ in todo])
     rows = data.probe_idx
     x, y = data.x[rows], data.y[rows]
+    maps = _trunk_maps(st, data, x, s, seed, device, len(todo))
     try:
-        probes = probe_tasks(x, y, data.tasks, s, seed, device, data.shape)
+        probes = probe_tasks(x, y, data.tasks, s, seed, device, data.shape, maps=maps)
     except Exception:
         if len(todo) == 1:
             with _naming(f"probe of ML task {todo[0][0]!r}"):
                 raise
         for b, (name, key) in enumerate(todo):
             with _naming(f"probe of ML task {name!r}"):
-                probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device, data.shape)[0]
+                probe = probe_tasks(x, y[:, b : b + 1], [data.tasks[b]], s, seed, device, data.shape, maps=maps)[0]
             st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
             faults.reached(st.root, "probe")
         return
     for (name, key), probe in zip(todo, probes, strict=True):
         st.write_probe(key, probe, {"task": name, "settings": s.probe_part(), "seed": seed})
         faults.reached(st.root, "probe")
+
+
+def _trunk_maps(st: Store, data: Any, x: np.ndarray, s: SwolaSettings, seed: int, device: str, tasks: int) -> Any:
+    """The probe trunk's sketch maps from the store (computed and stored by the first batch of F tasks), or None.
+
+    None for the MLP, for exact-gradient probes, and while no batch of at least F tasks
+    has computed them (a smaller batch projects its own gradients: the same sketches).
+    The maps depend on the trunk and the probe rows only, so every later batch and every
+    task added later reuses them.
+    """
+    from taskgrouping.methods.swola import trunk_sketch_maps
+    from taskgrouping.models.trunks import resolve_trunk_name
+
+    shape = tuple(data.shape) if data.shape else (x.shape[1],)
+    if resolve_trunk_name(s.trunk, shape) == "mlp" and s.checkpoint is None:
+        return None
+    key = keys.trunk_maps_key(data.data_key(), s, seed)
+    stored = st.read_trunk_maps(key)
+    if stored is not None:
+        import torch
+
+        return torch.from_numpy(stored)
+    with _naming("the probe trunk's sketch maps"):
+        maps = trunk_sketch_maps(x, s, seed, device, shape, tasks)
+    if maps is not None:
+        st.write_trunk_maps(key, maps.cpu().numpy())
+    return maps
+
+
+@task(name="trunk-maps", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
+def trunk_maps_step(store: str, dataset_key: str, settings: dict[str, Any], seed: int, device: str, tasks: int,
+                    cache_key: str, run_id: str) -> dict[str, Any]:
+    """The probe trunk's sketch maps, once, before ``tasks`` tasks are probed in batches (:func:`_trunk_maps`).
+
+    ``path`` is the maps file, or None when the probes need none (exact gradients, or
+    fewer tasks than the trunk's features).
+    """
+    _single_thread()
+    st = Store(store)
+    s = SwolaSettings(**settings)
+    data = st.read_prepared(dataset_key, tasks=[])
+    had = st.read_trunk_maps(keys.trunk_maps_key(data.data_key(), s, seed)) is not None
+    maps = _trunk_maps(st, data, data.x[data.probe_idx], s, seed, device, tasks)
+    path = None if maps is None else str(st.trunk_maps_path(keys.trunk_maps_key(data.data_key(), s, seed)))
+    return {"path": path, "computed": maps is not None and not had, "run_id": run_id}
 
 
 @task(name="head-cv", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
