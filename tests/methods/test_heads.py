@@ -52,6 +52,29 @@ def test_a_task_in_a_batch_gets_the_head_it_gets_alone():
     np.testing.assert_allclose(cv_batch[0], cv_losses(h, y[:, :1], [BIN], (0.05, 1.0), 3, 0)[0], rtol=1e-6)
 
 
+def test_heads_with_many_missing_labels_equal_scikit_learn():
+    """Tasks labelled on at least half the rows step with the shared bound, the others with their own gram:
+    both reach scikit-learn's optimum, and each task's CV losses do not depend on its batch."""
+    rng = np.random.default_rng(4)
+    h, _ = _problem(n=200)
+    z = h @ rng.standard_normal((h.shape[1], 4))
+    y = (z + 0.5 * rng.standard_normal((200, 4)) > np.median(z, axis=0)).astype(np.float64)
+    for b, missing in enumerate((0.1, 0.4, 0.65, 0.85)):
+        y[rng.random(200) < missing, b] = np.nan
+    share = (~np.isnan(y)).mean(axis=0)
+    assert (share >= 0.5).sum() == 2 and (share < 0.5).sum() == 2  # both kinds of step
+    for c in (0.05, 2.0):
+        heads = fit_heads(h, y, [BIN] * 4, c)
+        for b in range(4):
+            lab = ~np.isnan(y[:, b])
+            ref = LogisticRegression(C=c, tol=1e-12, max_iter=100_000).fit(h[lab], y[lab, b])
+            np.testing.assert_allclose(heads[b][0], ref.coef_, atol=2e-4, rtol=1e-3)
+            np.testing.assert_allclose(heads[b][1], ref.intercept_, atol=2e-4, rtol=1e-3)
+    batch = cv_losses(h, y, [BIN] * 4, (0.05, 1.0), 3, 0)
+    for b in range(4):
+        np.testing.assert_allclose(batch[b], cv_losses(h, y[:, [b]], [BIN], (0.05, 1.0), 3, 0)[0], rtol=1e-6)
+
+
 def test_absent_and_single_classes():
     h, _ = _problem()
     y = np.zeros((h.shape[0], 2))

@@ -44,9 +44,9 @@ from taskgrouping.tasks.steps import (
     oracle_step,
     probe_step,
     sample_step,
-    trunk_maps_step,
     select_step,
     train_step,
+    trunk_maps_step,
 )
 
 log = logging.getLogger("taskgrouping")

@@ -11,9 +11,12 @@ tasks are fitted together:
   minimise with Boehning's bound. The Hessian of the log-loss is at most ``b H^T M H``
   (``b = 1/4`` for the sigmoid, ``1/2`` for the softmax), so every task takes the step
   ``beta <- beta - (b H^T M H + P / C)^{-1} grad`` with a factor that is fixed across
-  iterations: one Cholesky per row pattern and C, then matrix products for all tasks
-  at once. Each step decreases the penalised loss (a majorise-minimise step), and the
-  fixed point is the exact penalised optimum (checked against scikit-learn in the tests).
+  iterations, then matrix products for all tasks at once. Since ``M <= I``, ``b H^T H``
+  over all rows bounds every task's Hessian too: a task labelled on at least half the
+  rows steps with that one shared factor (missing labels cost no per-task solve), the
+  others with their own row pattern's. Each step decreases the penalised loss (a
+  majorise-minimise step), and the fixed point is the exact penalised optimum (checked
+  against scikit-learn in the tests).
 
 The objective is scikit-learn's: ``sum_i loss_i + ||W||^2 / (2 C)`` with an unpenalised
 intercept (``loss`` = log-loss, or half the squared error for regression).
@@ -31,7 +34,7 @@ mean: adding one task changes C only when the mean's argmin moves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,24 +58,74 @@ def _design(h: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
 
 
-class _Gram:
-    """``X^T diag(m) X`` for each distinct labelled-row mask of a batch of tasks (C does not enter)."""
+SHARED_BOUND_MIN = 0.5
+"""A logistic task labelled on at least this share of the rows steps with the shared (all-rows) bound."""
 
-    def __init__(self, x: torch.Tensor, masks: torch.Tensor) -> None:
-        uniq, self.index = torch.unique(masks.T, dim=0, return_inverse=True)
-        self.grams = torch.einsum("un,np,nq->upq", uniq, x, x)
-        self.shared = uniq.shape[0] == 1
+
+def _penalised_inverse(grams: torch.Tensor, bound: float, c: float) -> torch.Tensor:
+    """``(bound * G + P / C)^{-1}`` for grams (..., p, p); P the identity with the intercept unpenalised.
+
+    A 1e-10 ridge on the intercept keeps a task with no labelled row solvable.
+    """
+    penalty = torch.ones(grams.shape[-1], dtype=torch.float64) / c
+    penalty[-1] = 1e-10
+    return torch.cholesky_inverse(torch.linalg.cholesky(bound * grams + torch.diag(penalty)))
+
+
+class _Gram:
+    """``X^T diag(m) X`` for each distinct labelled-row mask of a batch of tasks (C does not enter).
+
+    ``full``: ``(X_F^T X_F, |F|)`` over a set of rows F that holds every task's rows and
+    does not depend on the batch (default: the rows of ``x``); the logistic fit's shared
+    majoriser.
+    """
+
+    def __init__(self, x: torch.Tensor, masks: torch.Tensor, full: tuple[torch.Tensor, int] | None = None) -> None:
+        self.x, self.masks = x, masks
+        self.full, rows = (x.T @ x, x.shape[0]) if full is None else full
+        self.share = masks.sum(dim=0) / max(1, rows)
+        self._patterns: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _pattern_grams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._patterns is None:
+            uniq, index = torch.unique(self.masks.T, dim=0, return_inverse=True)
+            self._patterns = (torch.einsum("un,np,nq->upq", uniq, self.x, self.x), index)
+        return self._patterns
 
     def inverse(self, bound: float, c: float) -> torch.Tensor:
-        """``(bound * G + P / C)^{-1}``: (p, p) when every task has the same rows, else (B, p, p) per task.
+        """``(bound * G_t + P / C)^{-1}`` of each task's own gram: (p, p) when every task has the same rows, else (B, p, p)."""
+        grams, index = self._pattern_grams()
+        inv = _penalised_inverse(grams, bound, c)
+        return inv[0] if grams.shape[0] == 1 else inv[index]
 
-        P is the identity with the intercept unpenalised (a 1e-10 ridge keeps a task
-        with no labelled row solvable).
+    def majoriser(self, bound: float, c: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``rhs -> A_t^{-1} rhs`` per task with ``A_t >= bound * X^T M_t X + P / C``: the logistic MM step.
+
+        A task labelled on at least :data:`SHARED_BOUND_MIN` of the rows takes the shared
+        ``A = bound * X_F^T X_F + P / C`` (a valid bound since ``M_t <= 1`` on F), so all of
+        them step with one matrix product; the others their own gram (exact bound). Either
+        way the fixed point is the penalised optimum; the shared bound is looser by at
+        most the unlabelled share, and its steps are as many matrix products as a fully
+        labelled batch's (1,000 tasks with 20% missing: 12.8 s of head CV became 2.9 s).
         """
-        penalty = torch.ones(self.grams.shape[1], dtype=torch.float64) / c
-        penalty[-1] = 1e-10
-        inv = torch.cholesky_inverse(torch.linalg.cholesky(bound * self.grams + torch.diag(penalty)))
-        return inv[0] if self.shared else inv[self.index]
+        shared = self.share >= SHARED_BOUND_MIN
+        inv_shared = _penalised_inverse(self.full, bound, c) if bool(shared.any()) else None
+        if bool(shared.all()):
+            assert inv_shared is not None
+            return lambda rhs: _apply(inv_shared, rhs)
+        own = torch.nonzero(~shared).flatten()
+        grams, index = self._pattern_grams()
+        inv_own = _penalised_inverse(grams, bound, c)[index[own]]
+        keep = torch.nonzero(shared).flatten()
+
+        def solve(rhs: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(rhs)
+            if inv_shared is not None:
+                out[:, keep] = _apply(inv_shared, rhs[:, keep])
+            out[:, own] = _apply(inv_own, rhs[:, own])
+            return out
+
+        return solve
 
 
 def _apply(inv: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -112,7 +165,7 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, classes: to
     nb = masks.shape[1]
     k = y.shape[2] if softmax else 1
     target = y if softmax else y.unsqueeze(2)
-    inv = gram.inverse(0.5 if softmax else 0.25, c)
+    solve = gram.majoriser(0.5 if softmax else 0.25, c)
     shrink = torch.full((p, 1, 1), 1.0 / c, dtype=torch.float64)
     shrink[-1] = 0.0
     b = torch.zeros(p, nb, k, dtype=torch.float64) if beta is None else beta.clone()
@@ -129,7 +182,7 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, classes: to
             prob = torch.sigmoid(logits)
         resid = prob.sub_(target) if weights is None else prob.sub_(target).mul_(weights)
         grad = (x.T @ resid.reshape(n, nb * k)).reshape(p, nb, k).addcmul_(shrink, look)
-        new = torch.where(active, look - _apply(inv, grad), b)
+        new = torch.where(active, look - solve(grad), b)
         moved = new - b
         # a task stops (and stays where it is) once no parameter moved more than the tolerance,
         # so its iterations do not depend on the other tasks of the batch
@@ -242,7 +295,8 @@ def cv_losses(h: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], cs: Seque
             present = _present(target, train) if kind == "multiclass" else None
             rows = train.any(dim=1)  # fit on the rows some task trains on (often: every task's)
             xt, tt, mt = x[rows], target[rows], train[rows]
-            gram = _Gram(xt, mt)
+            fold = x[ids != f]  # every task's training rows lie in the fold's: the batch-independent bound
+            gram = _Gram(xt, mt, (fold.T @ fold, fold.shape[0]))
             base += (_losses(x, _constant(x, tt, mt, present, kind), target, present, kind) * held).sum(dim=0)
             beta = None
             for j in order:

@@ -157,20 +157,32 @@ class NeighbourAffinity:
         return self.values[:, -1].astype(np.float64) if self.k else np.zeros(len(self.tasks))
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every stored pair once: ``(i, j, d)`` with ``i < j``."""
+        """Every stored pair once: ``(i, j, d)`` with ``i < j`` (computed once: the lists do not change)."""
+        return self._pairs
+
+    @functools.cached_property
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t, k = self.neighbours.shape
         i = np.repeat(np.arange(t), k)
         j = self.neighbours.reshape(-1)
         d = self.values.reshape(-1).astype(np.float64)
         a, b = np.minimum(i, j), np.maximum(i, j)
         _, first = np.unique(a * t + b, return_index=True)
-        return a[first], b[first], d[first]
+        out = a[first], b[first], d[first]
+        for x in out:
+            x.flags.writeable = False  # shared by every caller
+        return out
+
+    @functools.cached_property
+    def _pair_codes(self) -> np.ndarray:
+        a, b, _ = self._pairs
+        return a * len(self.tasks) + b
 
     def pair_values(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored distance of each pair ``(i[e], j[e])`` and whether it is stored."""
-        a, b, d = self.pairs()
+        _, _, d = self.pairs()
         t = len(self.tasks)
-        code = a * t + b
+        code = self._pair_codes
         want = np.minimum(i, j) * t + np.maximum(i, j)
         pos = np.clip(np.searchsorted(code, want), 0, max(0, len(code) - 1))
         hit = (code[pos] == want) if len(code) else np.zeros(len(want), bool)
@@ -320,16 +332,24 @@ def candidates(sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tenso
     import torch
 
     t = sketch.shape[0]
-    norms = (sketch.double() ** 2).sum(dim=1)
-    mf = masks.double()
+    s32 = sketch.float()
+    offset = (s32.double() ** 2).sum(dim=1)
+    # one float32 product per block: [s, sq, m] . [-2 s, m, sq] = -2 s_i.s_j + sq_i.m_j + m_i.sq_j, so that with the
+    # offsets ||s||^2 - sum(sq) it is ||s_i - s_j||^2 less the squared norms of the samples only one task labels
+    if sq is None:
+        left, right, mf = s32, -2.0 * s32, None
+    else:
+        mf = masks.float()
+        sqf = sq.float()
+        left, right = torch.cat([s32, sqf, mf], dim=1), torch.cat([-2.0 * s32, mf, sqf], dim=1)
+        offset = offset - sq.double().sum(dim=1)
     out = np.empty((t, c), np.int64)
     tie = torch.as_tensor(rank, dtype=torch.float64) * 1e-12
     for r in range(0, t, ROW_BLOCK):
         rows = slice(r, min(t, r + ROW_BLOCK))
-        d2 = norms[rows, None] + norms[None, :] - 2.0 * (sketch[rows].double() @ sketch.double().T)
-        if sq is not None:
-            d2 -= sq[rows].double() @ (1.0 - mf).T + ((1.0 - mf[rows]) @ sq.double().T)
-            both = mf[rows] @ mf.T
+        d2 = (left[rows] @ right.T).double().add_(offset[rows, None]).add_(offset[None, :])
+        if mf is not None:
+            both = (mf[rows] @ mf.T).double()
             d2 = torch.where(both > 0, d2.clamp_min(0.0) / both.clamp_min(1.0), torch.full_like(d2, math.inf))
         d2 = d2.clamp_min(0.0) + tie[None, :]
         d2[torch.arange(rows.stop - rows.start), torch.arange(rows.start, rows.stop)] = math.inf
