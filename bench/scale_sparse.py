@@ -1,8 +1,10 @@
-"""Tens of thousands of tasks through the CLI: the sparse task graph (``--pairs auto`` past 2,000 tasks).
+"""Tens of thousands of tasks through the CLI: the sparse task graph (``--pairs auto`` from 1,000 tasks).
 
 For each size T and missing-label share: ``taskgrouping run --evaluate none`` on a fresh
 store with T of the T + 1 tasks of ``builtin:synthetic:tasks=T+1,groups=(T+1)/10``, then the
-same store with all T + 1 (the +1 run). Each run is its own process under ``/usr/bin/time``:
+same store with all T + 1 (the +1 run); with ``--more N`` the data has T + N + 1 tasks and
+a run with T + N comes between (the "N more" run). ``--family subsets``: one full run of
+``builtin:subsets`` (mixed task kinds, each task missing up to 30% of its labels). Each run is its own process under ``/usr/bin/time``:
 its wall time and peak resident memory (the largest process of the run) are recorded
 with the run summary's seconds, counts, the neighbour lists' facts and the ARI against
 the planted groups. ``--recall Q``: for Q tasks drawn at random, the true 10 nearest by
@@ -38,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def source(t: int, missing: float, more: int = 1, family: str = "synthetic") -> str:
-    """``builtin:synthetic`` with T + ``more`` tasks in groups of 10 (the last ``more`` held back for the second run).
+    """``builtin:synthetic`` with T + ``more`` tasks in groups of 10 (the last ``more`` held back for the later runs).
 
     ``subsets``: T tasks of ``builtin:subsets`` (mixed kinds, hidden nonlinear features,
     each task missing up to ``missing`` of its labels; its default 0.3), no second run.
@@ -150,7 +152,8 @@ def main() -> None:
     ap.add_argument("--cluster", type=int, default=0, metavar="W",
                     help="run on a `dask scheduler` and W `dask worker` processes started here (--dask-address)")
     ap.add_argument("--no-plus-one", action="store_true", help="only the full runs")
-    ap.add_argument("--more", type=int, default=1, metavar="N", help="the second run adds N tasks (default 1)")
+    ap.add_argument("--more", type=int, default=0, metavar="N",
+                    help="after the full run, one that adds N tasks, then the +1 run (data: T + N + 1 tasks)")
     ap.add_argument("--family", default="synthetic", choices=["synthetic", "subsets"],
                     help="subsets: builtin:subsets, full runs only")
     ap.add_argument("--render", action="store_true", help="only write the table and plot from the jsonl")
@@ -164,13 +167,16 @@ def main() -> None:
         for missing in args.missing:
             root = tempfile.mkdtemp(prefix=f"tg-sparse-{t}-")
             store = str(Path(root) / "store")
-            data = source(t, missing, args.more, args.family)
+            data = source(t, missing, args.more + 1, args.family)
             common = ["--data", data, "--store", store, "--samples", str(args.samples), "--evaluate", "none"]
             if args.family == "subsets":
                 runs = [("full (subsets: up to the missing share per task)", [])]
             else:
-                more = f"+{args.more} task" + ("s" if args.more > 1 else "")
-                runs = [("full", ["--tasks", held_back(t, args.more)])] + ([] if args.no_plus_one else [(more, [])])
+                runs = [("full", ["--tasks", held_back(t, args.more + 1)])]
+                if args.more:  # T + N tasks, one held back for the +1 run
+                    runs.append((f"+{args.more} tasks", ["--tasks", held_back(t + args.more, 1)]))
+                if not args.no_plus_one:
+                    runs.append(("+1 task", []))
             for label, extra in runs:
                 summary, wall, peak = cli(common + extra + (["--dask-address", cluster.address] if cluster else []))
                 est = sum(sparse_memory(t, args.samples, 128, masked=missing > 0).values()) / 2**30  # the default MLP
