@@ -33,10 +33,12 @@ def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False
     and value arrays while they are sorted) and the neighbour lists; the probe steps
     before it (one step's probes and its head fit's intermediates, which the allocator
     keeps for the process after they are freed), and the process itself
-    (:data:`PROCESS_BASE`), and with missing labels the per-task head CV. Measured peaks
-    (``bench/results/scale_sparse.md``, 512 samples): 0.98, 2.63 and 3.97 GiB at 1,000,
-    5,000 and 10,000 tasks (1.02, 2.90 and 5.42 with 20% of labels missing); this gives
-    1.02, 2.63 and 4.00 (1.14, 3.24 and 5.22).
+    (:data:`PROCESS_BASE`). Measured peaks (``bench/results/scale_sparse.md``, 512
+    samples): 1.00, 2.52 and 4.05 GiB at 1,000, 5,000 and 10,000 tasks (1.05, 2.46 and 4.23
+    with 20% of labels missing); this gives 1.02, 2.63 and 4.00 (1.04, 2.76 and 4.27).
+    The head CV keeps a factor per task only for regression tasks with missing labels and
+    for tasks labelled on under half the rows (``(H + 1)^2`` float64 per distinct row
+    pattern and fold, 0.3 GiB per fold at 10,000 such tasks); the others share one.
     """
     from taskgrouping.methods.sparse import ROW_BLOCK, candidate_count, stored_count
 
@@ -50,8 +52,6 @@ def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False
         "exact pairs": t * c * 8 * 8 + c * n * width * 4,
         "neighbour lists": t * k * 64,
         "probe steps": min(t, chunk) * n * width * 8,
-        # with missing labels every task's head CV has its own Gram matrix and factor (per fold, kept)
-        "head CV": t * (hidden + 1) ** 2 * 8 * 3 if masked else 0,
         "process": PROCESS_BASE,
     }
 

@@ -87,6 +87,9 @@ class NeighbourAffinity:
             estimated from (:meth:`estimate_to`); without it an unstored pair counts as
             :meth:`radius` says.
         offset: subtracted from every estimate (the graph selector shifts the stored values).
+        row_norms, labelled: (T,) each task's squared row norm (its sketch's expected
+            squared norm) and share of labelled probe samples, when some label is missing
+            (None otherwise): the estimate takes the samples only one task labels out.
     """
 
     tasks: list[str]
@@ -96,6 +99,8 @@ class NeighbourAffinity:
     info: dict[str, Any] = field(default_factory=dict)
     sketch: np.ndarray | None = None
     offset: float = 0.0
+    row_norms: np.ndarray | None = None
+    labelled: np.ndarray | None = None
 
     sparse = True
 
@@ -115,8 +120,12 @@ class NeighbourAffinity:
 
     def copy(self) -> NeighbourAffinity:
         """An independent copy."""
+        def own(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x.copy()
+
         return NeighbourAffinity(list(self.tasks), self.neighbours.copy(), self.values.copy(), self.kind,
-                                 dict(self.info), None if self.sketch is None else self.sketch.copy(), self.offset)
+                                 dict(self.info), own(self.sketch), self.offset, own(self.row_norms),
+                                 own(self.labelled))
 
     @functools.cached_property
     def _scale(self) -> float:
@@ -127,7 +136,11 @@ class NeighbourAffinity:
             pick = np.random.default_rng(0).choice(len(a), 20_000, replace=False)
             a, b, d = a[pick], b[pick], d[pick]
         s = self.sketch.astype(np.float64)
-        l2 = np.sqrt(((s[a] - s[b]) ** 2).sum(axis=1))
+        sq = ((s[a] - s[b]) ** 2).sum(axis=1)
+        if self.row_norms is not None and self.labelled is not None:  # the same per-pair estimate as estimate_to
+            r, f = self.row_norms, self.labelled
+            sq = np.clip(sq - r[a] * (1.0 - f[b]) - r[b] * (1.0 - f[a]), 0.0, None) / np.maximum(f[a] * f[b], 1e-12)
+        l2 = np.sqrt(sq)
         ok = l2 > 0
         return float(np.median((d[ok] + self.offset) / l2[ok])) if ok.any() else 0.0
 
@@ -138,6 +151,16 @@ class NeighbourAffinity:
         :attr:`offset` (at least 0): the squared sketch distances add up by community, so
         this is one (T x w) by (w x communities) product, not a sum over pairs. Used for the
         pairs no list holds; the stored pairs keep their exact distances.
+
+        With missing labels a row is zero where its task is unlabelled, so
+        ``||s_i - s_j||^2`` also counts the samples only one of the two labels, and tasks
+        with many missing labels would look closer than they are (``builtin:subsets``,
+        each task missing up to 30%: every task merged into 2 groups, ARI 0.0). Taken
+        out per task, as if a task's missing labels fell at random: ``r_i (1 - f_j)`` for
+        task i's samples that j does not label (``r`` :attr:`row_norms`, ``f``
+        :attr:`labelled`), the rest divided by the shared share ``f_i f_j``; by
+        community these are means of ``r`` and ``f``, so the cost stays one product
+        (the same 1,000 tasks: 106 groups, ARI 0.84; dense 0.90).
         """
         assert self.sketch is not None
         s = self.sketch.astype(np.float64)
@@ -148,8 +171,14 @@ class NeighbourAffinity:
         np.add.at(mu, codes, s)
         mu /= sizes[:, None]
         q = np.bincount(codes, weights=n2, minlength=g) / sizes
-        part = s if rows is None else s[rows]
-        msq = (n2 if rows is None else n2[rows])[:, None] - 2.0 * (part @ mu.T) + q[None, :]
+        sel = slice(None) if rows is None else rows
+        msq = n2[sel][:, None] - 2.0 * (s[sel] @ mu.T) + q[None, :]
+        if self.row_norms is not None and self.labelled is not None:
+            r, f = self.row_norms, self.labelled
+            rbar = np.bincount(codes, weights=r, minlength=g) / sizes
+            fbar = np.bincount(codes, weights=f, minlength=g) / sizes
+            msq = msq - r[sel][:, None] * (1.0 - fbar[None, :]) - rbar[None, :] * (1.0 - f[sel][:, None])
+            msq = np.clip(msq, 0.0, None) / np.maximum(f[sel][:, None] * fbar[None, :], 1e-12)
         return np.clip(self._scale * np.sqrt(np.clip(msq, 0.0, None)) - self.offset, 0.0, None)
 
     def radius(self) -> np.ndarray:
@@ -235,7 +264,11 @@ class NeighbourAffinity:
             w = self.sketch.shape[1]
             offsets = np.concatenate([[0], np.repeat((np.arange(t) + 1) * w, k)]).astype(np.int32)
             values = pa.array(np.ascontiguousarray(self.sketch, np.float32).reshape(-1), pa.float32())
-            cols["sketch"] = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(np.tile(np.arange(k) != 0, t)))
+            first = np.tile(np.arange(k) != 0, t)
+            cols["sketch"] = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(first))
+            if self.row_norms is not None and self.labelled is not None:  # with missing labels, on the same rows
+                cols["row_norm"] = pa.array(np.repeat(self.row_norms.astype(np.float64), k), mask=first)
+                cols["labelled_share"] = pa.array(np.repeat(self.labelled.astype(np.float64), k), mask=first)
         return pa.table(cols)
 
     @classmethod
@@ -263,7 +296,7 @@ class NeighbourAffinity:
         if (nb < 0).any():
             i = int(np.argwhere(nb < 0)[0][0])
             raise ValueError(f"task {names[i]!r} lacks some of its {k} partners")
-        sketch = None
+        sketch = norms = share = None
         if "sketch" in table.column_names:
             col = table.column("sketch").combine_chunks()
             first = np.flatnonzero(rank == 1)
@@ -272,7 +305,11 @@ class NeighbourAffinity:
                 w = len(rows[0])
                 sketch = np.zeros((t, w), np.float32)
                 sketch[a[first]] = rows.flatten().to_numpy().reshape(len(first), w)
-        return cls(names, nb, val, sketch=sketch)
+                if "row_norm" in table.column_names and "labelled_share" in table.column_names:
+                    norms, share = np.zeros(t), np.zeros(t)
+                    norms[a[first]] = table.column("row_norm").combine_chunks().take(pa.array(first)).to_numpy()
+                    share[a[first]] = table.column("labelled_share").combine_chunks().take(pa.array(first)).to_numpy()
+        return cls(names, nb, val, sketch=sketch, row_norms=norms, labelled=share)
 
 
 def sample_norms(errors: torch.Tensor, p: int = 1, chunk: int = 64) -> torch.Tensor:
@@ -533,7 +570,11 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
     info = {"form": "neighbours", "stored": k, "candidates": c, "sketch_width": int(sketch.shape[1]),
             "pairs_exact": int(len(a)), "pairs_computed": int(len(todo)), "rows_read": int(asked),
             "seconds": {"sketch": round(t_sketch, 3), "exact": round(t_exact, 3)}}
-    return (NeighbourAffinity(list(tasks), nb, val, info=info, sketch=sketch.detach().cpu().numpy().astype(np.float32)),
+    masked = sq is not None and not bool(masks.all())
+    row_sq = sq.double().sum(dim=1).cpu().numpy() if sq is not None and masked else None
+    share = masks.double().mean(dim=1).cpu().numpy() if masked else None
+    return (NeighbourAffinity(list(tasks), nb, val, info=info, sketch=sketch.detach().cpu().numpy().astype(np.float32),
+                              row_norms=row_sq, labelled=share),
             {"a": a[todo], "b": b[todo], "d": d[todo]} | info)
 
 
