@@ -387,12 +387,11 @@ def probe_batches(tasks: list[str], workers: int) -> list[list[str]]:
 
 def _generic_trunk(run: _Run) -> bool:
     """Whether SWOLA probes this run on a trunk other than its MLP (the probe engine)."""
-    from taskgrouping.models.trunks import resolve_trunk_name
+    from taskgrouping.methods.swola import generic_trunk
 
-    shape = run.store.read_prepared_meta(run.dataset_key).get("input_shape")
-    s = run.cfg.swola
-    return s.checkpoint is not None or (shape is not None and resolve_trunk_name(s.trunk, tuple(shape)) != "mlp") \
-        or s.trunk not in ("auto", "mlp")
+    meta = run.store.read_prepared_meta(run.dataset_key)
+    shape = meta.get("input_shape") or [len(meta.get("x_mean") or meta["feature_names"])]
+    return generic_trunk(run.cfg.swola, tuple(shape))
 
 
 def _probe_name(batch: list[str]) -> str:

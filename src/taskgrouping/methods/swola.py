@@ -143,6 +143,11 @@ class SwolaSettings:
         return part
 
 
+def generic_trunk(settings: SwolaSettings, input_shape: tuple[int, ...]) -> bool:
+    """Whether probes on inputs of ``input_shape`` run on the probe engine (any trunk but the project's MLP)."""
+    return resolve_trunk_name(settings.trunk, input_shape) != "mlp" or settings.checkpoint is not None
+
+
 def probe_trunks(in_dim: int, settings: SwolaSettings, seed: int) -> list[nn.Sequential]:
     """The frozen trunks every probe of a run uses (same seed: same weights everywhere)."""
     out = []
@@ -275,7 +280,7 @@ def trunk_features(x: np.ndarray, settings: SwolaSettings, seed: int, device: st
     dev = resolve_device(device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
     with torch.no_grad():
-        if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
+        if generic_trunk(settings, shape):
             trunk = probe_trunk_any(settings, seed, shape, xt)
             return [torch.cat([trunk(xt[i : i + 256]) for i in range(0, xt.shape[0], 256)]).cpu().numpy()]
         return [_forward_record(t.to(dev), xt)[0].cpu().numpy() for t in probe_trunks(x.shape[1], settings, seed)]
@@ -342,7 +347,7 @@ def probe_tasks(x: np.ndarray, y: np.ndarray, tasks: list[TaskSpec], settings: S
         One :class:`Probe` per task, in order.
     """
     shape = tuple(input_shape) if input_shape is not None else (x.shape[1],)
-    if resolve_trunk_name(settings.trunk, shape) != "mlp" or settings.checkpoint is not None:
+    if generic_trunk(settings, shape):
         # every task at once: the trunk's per-sample work (sketch maps, Jacobians) is shared by all of them
         return probe_tasks_any(x, y, tasks, settings, seed, device, shape, maps=maps)
     if len(tasks) > PROBE_CHUNK:  # in chunks of tasks (one C for all of them): bounded memory, cache-friendly

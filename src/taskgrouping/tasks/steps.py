@@ -151,11 +151,10 @@ def _trunk_maps(st: Store, data: Any, x: np.ndarray, s: SwolaSettings, seed: int
     The maps depend on the trunk and the probe rows only, so every later batch and every
     task added later reuses them.
     """
-    from taskgrouping.methods.swola import trunk_sketch_maps
-    from taskgrouping.models.trunks import resolve_trunk_name
+    from taskgrouping.methods.swola import generic_trunk, trunk_sketch_maps
 
     shape = tuple(data.shape) if data.shape else (x.shape[1],)
-    if resolve_trunk_name(s.trunk, shape) == "mlp" and s.checkpoint is None:
+    if not generic_trunk(s, shape):
         return None
     key = keys.trunk_maps_key(data.data_key(), s, seed)
     stored = st.read_trunk_maps(key)
@@ -182,10 +181,10 @@ def trunk_maps_step(store: str, dataset_key: str, settings: dict[str, Any], seed
     st = Store(store)
     s = SwolaSettings(**settings)
     data = st.read_prepared(dataset_key, tasks=[])
-    had = st.read_trunk_maps(keys.trunk_maps_key(data.data_key(), s, seed)) is not None
+    path = st.trunk_maps_path(keys.trunk_maps_key(data.data_key(), s, seed))
+    had = intact(path)
     maps = _trunk_maps(st, data, data.x[data.probe_idx], s, seed, device, tasks)
-    path = None if maps is None else str(st.trunk_maps_path(keys.trunk_maps_key(data.data_key(), s, seed)))
-    return {"path": path, "computed": maps is not None and not had, "run_id": run_id}
+    return {"path": None if maps is None else str(path), "computed": maps is not None and not had, "run_id": run_id}
 
 
 @task(name="head-cv", retries=1, retry_delay_seconds=1, **STEP_OPTIONS)
