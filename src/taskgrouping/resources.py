@@ -34,8 +34,8 @@ def sparse_memory(n_tasks: int, n_samples: int, width: int, masked: bool = False
     before it (one step's probes and its head fit's intermediates, which the allocator
     keeps for the process after they are freed), and the process itself
     (:data:`PROCESS_BASE`). Measured peaks (``bench/results/scale_sparse.md``, 512
-    samples): 1.00, 2.52 and 4.05 GiB at 1,000, 5,000 and 10,000 tasks (1.05, 2.46 and 4.23
-    with 20% of labels missing); this gives 1.02, 2.63 and 4.00 (1.04, 2.76 and 4.27).
+    samples): 0.98, 2.43 and 4.34 GiB at 1,000, 5,000 and 10,000 tasks (0.97, 2.15-2.68 and
+    4.17 with 20% of labels missing); this gives 1.02, 2.63 and 4.00 (1.04, 2.76 and 4.27).
     The head CV keeps a factor per task only for regression tasks with missing labels and
     for tasks labelled on under half the rows (``(H + 1)^2`` float64 per distinct row
     pattern and fold, 0.3 GiB per fold at 10,000 such tasks); the others share one.
