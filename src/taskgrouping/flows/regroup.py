@@ -420,11 +420,13 @@ def _swola_affinity(run: _Run) -> _Affinity:
     todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
     batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
     if todo and _generic_trunk(run):  # sketched probes share the trunk's maps: computed once, before the batches
-        _run_step(trunk_maps_step, run.results, lambda r: r["path"] is None or intact(Path(r["path"])), cfg.store,
-                  run.dataset_key, swola_settings, cfg.seed, cfg.device, len(todo),
-                  cache_key=stable_hash("trunk-maps", keys.trunk_maps_key(run.data_key, settings, cfg.seed),
-                                        len(todo)),  # fewer tasks than features may need no maps
-                  run_id=run.run_id, inline=run.inline, name="trunk maps")
+        with _gpu_annotation(cfg):  # on a cluster, where the probes run (the flow's machine may have no GPU)
+            _run_step(trunk_maps_step, run.results, lambda r: r["path"] is None or intact(Path(r["path"])),
+                      cfg.store, run.dataset_key, swola_settings, cfg.seed, cfg.device, len(todo),
+                      cache_key=stable_hash("trunk-maps", keys.trunk_maps_key(run.data_key, settings, cfg.seed),
+                                            len(todo)),  # fewer tasks than features may need no maps
+                      run_id=run.run_id, inline=run.inline, name="trunk maps",
+                      submit=bool(cfg.dask_address) and not run.inline)
 
     def step(batch: list[str]) -> Any:
         # only tasks missing from the store are sent, so a cached step record would be stale:
