@@ -512,13 +512,22 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
     3. Those pairs in tiles of two row bands (:data:`ROW_BAND` tasks each), one step per tile,
        each appending its pairs to the cache. A lost worker costs its tile: Dask sends it
        to another worker, and the tiles already done stay in the cache.
+    4. Up to :data:`~taskgrouping.methods.sparse.REFINE_ROUNDS` neighbour-of-neighbour rounds
+       (:func:`~taskgrouping.methods.sparse.refine_pairs`) on the pairs so far, read back
+       from the cache; each round's new pairs go out in tiles the same way.
 
     The affinity step then finds every pair in the cache and only assembles the lists.
     On one machine this does not pay (the flow's process uses every core in one matrix
     product), so the local cluster leaves it to the affinity step.
     """
-    from taskgrouping.methods.sparse import candidate_pairs, tiles
-    from taskgrouping.tasks.steps import pair_tile_step, sketch_step, sketch_table
+    from taskgrouping.methods.sparse import (
+        REFINE_PARTNERS,
+        REFINE_ROUNDS,
+        candidate_pairs,
+        canonical_rank,
+        refine_pairs,
+    )
+    from taskgrouping.tasks.steps import sketch_step, sketch_table
 
     cfg, store = run.cfg, run.store
     sk_key = keys.sketch_key(pairs_key)
@@ -543,9 +552,33 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
         raise RuntimeError(f"sketch: {len(missing)} sketches are missing after their steps finished (first: ML task "
                            f"{names[missing[0]]!r}); is the store on a file system every worker sees?")
     a, b = candidate_pairs(names, sketch, sq, masks)
-    _, hit = store.read_pairs(pairs_key).lookup_pairs(probe_keys, a, b)
-    a, b = a[~hit], b[~hit]
+    rank = canonical_rank(names)
     t0 = time.perf_counter()
+    todo_a, todo_b = a, b
+    computed = tiles_done = 0
+    for round_ in range(REFINE_ROUNDS + 1):
+        if round_:  # the pairs so far are all in the cache now: a neighbour-of-neighbour round on them
+            d, _ = store.read_pairs(pairs_key).lookup_pairs(probe_keys, a, b)
+            todo_a, todo_b = refine_pairs(len(names), a, b, d, rank, REFINE_PARTNERS)
+            if not len(todo_a):
+                break
+            a, b = np.concatenate([a, todo_a]), np.concatenate([b, todo_b])
+        _, hit = store.read_pairs(pairs_key).lookup_pairs(probe_keys, todo_a, todo_b)
+        todo_a, todo_b = todo_a[~hit], todo_b[~hit]
+        computed += len(todo_a)
+        tiles_done += _pair_tiles(run, probe_keys, todo_a, todo_b, settings, pairs_key)
+    return {"sketched": int(sum(len(x) for x in batches)), "sketch_steps": len(batches), "tiles": tiles_done,
+            "pairs": int(computed), "seconds": {"sketch": round(sketch_seconds, 3),
+                                              "tiles": round(time.perf_counter() - t0, 3)}}
+
+
+def _pair_tiles(run: _Run, probe_keys: list[str], a: np.ndarray, b: np.ndarray, settings: dict[str, Any],
+                pairs_key: str) -> int:
+    """The pairs ``(a, b)`` in tiles of two row bands, one step each on the cluster; returns the tiles run."""
+    from taskgrouping.methods.sparse import tiles
+    from taskgrouping.tasks.steps import pair_tile_step
+
+    cfg = run.cfg
     futures = []
     with _gpu_annotation(cfg):
         for group in tiles(a, b, ROW_BAND):
@@ -562,9 +595,7 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
         f.result()
         if progress is not None:
             progress.step()
-    return {"sketched": int(sum(len(x) for x in batches)), "sketch_steps": len(batches), "tiles": len(futures),
-            "pairs": int(len(a)), "seconds": {"sketch": round(sketch_seconds, 3),
-                                              "tiles": round(time.perf_counter() - t0, 3)}}
+    return len(futures)
 
 
 def _meta_affinity(run: _Run, why: str | None = None) -> _Affinity:
