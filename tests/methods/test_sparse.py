@@ -233,8 +233,26 @@ def test_store_round_trip_and_the_select_file(tmp_path):
     np.testing.assert_array_equal(back.neighbours, aff.neighbours)
     np.testing.assert_array_equal(back.values, aff.values)
     np.testing.assert_array_equal(back.sketch, aff.sketch)  # kept: it estimates the pairs no list holds
+    assert aff.scale is not None and back.scale == aff.scale  # and the scale it was measured with
     loaded = load_affinity_file(str(path))
     np.testing.assert_array_equal(loaded.neighbours, aff.neighbours)
+
+
+def test_the_estimate_scale_is_measured_on_the_sketch_candidates_lists():
+    """The scale is the median exact / sketch ratio over the lists the sketch candidates alone give."""
+    from taskgrouping.methods.sparse import sketch_scale
+
+    ds, x, s, probes = _probed(120, 12, 8, missing=0.2, samples=128)
+    names = ds.task_names
+    refined, _ = _sparse(names, x, s, probes, 8)
+    bare, _ = _sparse(names, x, s, probes, 8, rounds=0)
+    assert bare.scale == refined.scale  # the refinement changes the lists, not the scale
+    a, b, d = bare.pairs()
+    assert bare.scale == sketch_scale(bare.sketch, bare.row_norms, bare.labelled, a, b, d)
+    # without a stored scale (a file written elsewhere) it is measured on the stored pairs
+    plain = NeighbourAffinity(names, bare.neighbours, bare.values, sketch=bare.sketch, row_norms=bare.row_norms,
+                              labelled=bare.labelled)
+    assert plain._scale == pytest.approx(bare.scale)
 
 
 def test_bad_neighbour_files_are_refused_with_their_reason(tmp_path):

@@ -209,7 +209,7 @@ def _sparse_graph(affinity: Any, neighbours: int | None, prune: float | None) ->
     shift = float(affinity.values.min()) if affinity.values.size else 0.0
     shifted = NeighbourAffinity(list(affinity.tasks), affinity.neighbours, np.clip(affinity.values - shift, 0.0, None),
                                 sketch=affinity.sketch, offset=affinity.offset + shift, row_norms=affinity.row_norms,
-                                labelled=affinity.labelled)
+                                labelled=affinity.labelled, scale=affinity.scale)
     if t < 2 or k < 1:
         return TaskGraph(list(affinity.tasks), 0, np.zeros((0, 0)), np.zeros(t), np.zeros((t, 0), int),
                          np.zeros((0, 2), int), np.zeros(0), np.zeros(0, bool), rule, shifted)
