@@ -37,11 +37,13 @@ def test_joint_methods_recompute_when_a_task_is_added(prefect_api, tmp_path):
         first = run_regroup(_cfg(store, method=method), f"{method}-1")
         _check_summary(first, ["y_00", "y_01", "y_02", "y_03"])
         assert first["counts"]["probes_computed"] == 4 and first["counts"]["pairs_computed"] == 6
-        again = run_regroup(_cfg(store, method=method), f"{method}-2")
+        # the reruns check what the affinity reuses or recomputes: no baselines to train (--evaluate none)
+        again = run_regroup(_cfg(store, method=method, evaluate="none"), f"{method}-2")
         assert again["counts"]["probes_computed"] == again["counts"]["pairs_computed"] == 0
         assert again["groups"] == first["groups"]
         # one more task: the joint run is keyed on the whole task set, so all of it is recomputed
-        more = run_regroup(_cfg(store, method=method, tasks="y_00,y_01,y_02,y_03,y_04"), f"{method}-3")
+        more = run_regroup(_cfg(store, method=method, tasks="y_00,y_01,y_02,y_03,y_04", evaluate="none"),
+                           f"{method}-3")
         assert more["counts"]["probes_computed"] == 5 and more["counts"]["pairs_computed"] == 10
     assert first["method_info"]["epochs"] == 20  # data maps: a fixed-length run, every snapshot exists
 

@@ -513,10 +513,17 @@ def _l1_pairs(rows: torch.Tensor, i: np.ndarray, j: np.ndarray,
     return total
 
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique(x)`` for integers by one sort: numpy 2.4's hashing ``unique`` took 1.1 s where
+    the sort takes 0.03 s (a million pair codes)."""
+    x = np.sort(x)
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
+
+
 def unordered(i: np.ndarray, j: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
     """Each unordered pair of ``(i, j)`` once, as ``(a, b)`` with ``a < b``, sorted."""
-    a, b = np.minimum(i, j), np.maximum(i, j)
-    code = np.unique(a * t + b)
+    a, b = np.minimum(i, j).astype(np.int64), np.maximum(i, j)
+    code = sorted_unique(a * t + b)
     return code // t, code % t
 
 
@@ -640,7 +647,10 @@ def refine_pairs(t: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, rank: np.n
     j = nb[nb].reshape(-1)
     keep = i != j
     a2, b2 = unordered(i[keep], j[keep], t)
-    fresh = ~np.isin(a2 * t + b2, a.astype(np.int64) * t + b)
+    known = np.sort(a.astype(np.int64) * t + b)
+    code = a2 * t + b2
+    pos = np.minimum(np.searchsorted(known, code), max(0, len(known) - 1))
+    fresh = known[pos] != code if len(known) else np.ones(len(code), bool)
     return a2[fresh], b2[fresh]
 
 
@@ -680,7 +690,7 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
             d, hit = cached(pa, pb)
         todo = np.flatnonzero(~hit)
         if len(todo):
-            involved = np.unique(np.concatenate([pa[todo], pb[todo]]))
+            involved = sorted_unique(np.concatenate([pa[todo], pb[todo]]))
             local = np.full(t, -1, np.int64)
             local[involved] = np.arange(len(involved))
             flat, norms = rows(involved)
