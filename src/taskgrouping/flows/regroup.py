@@ -557,13 +557,14 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
     todo_a, todo_b = a, b
     computed = tiles_done = 0
     for round_ in range(REFINE_ROUNDS + 1):
+        cache = store.read_pairs(pairs_key)
         if round_:  # the pairs so far are all in the cache now: a neighbour-of-neighbour round on them
-            d, _ = store.read_pairs(pairs_key).lookup_pairs(probe_keys, a, b)
+            d, _ = cache.lookup_pairs(probe_keys, a, b)
             todo_a, todo_b = refine_pairs(len(names), a, b, d, rank, REFINE_PARTNERS)
             if not len(todo_a):
                 break
             a, b = np.concatenate([a, todo_a]), np.concatenate([b, todo_b])
-        _, hit = store.read_pairs(pairs_key).lookup_pairs(probe_keys, todo_a, todo_b)
+        _, hit = cache.lookup_pairs(probe_keys, todo_a, todo_b)
         todo_a, todo_b = todo_a[~hit], todo_b[~hit]
         computed += len(todo_a)
         tiles_done += _pair_tiles(run, probe_keys, todo_a, todo_b, settings, pairs_key)
