@@ -44,7 +44,8 @@ def serving_order(affinity: AffinityMatrix, groups: list[list[str]],
     if served is not None:  # with helpers a task sits in several groups: place it by the one serving it
         groups = [[t for t in g if served.get(t) == gi] for gi, g in enumerate(groups)]
     order = [t for g in groups for t in g]
-    order += [t for t in affinity.tasks if t not in order]
+    placed = set(order)
+    order += [t for t in affinity.tasks if t not in placed]
     bounds, pos = [], 0
     for g in groups[:-1]:
         pos += len(g)

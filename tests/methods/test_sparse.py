@@ -19,6 +19,7 @@ from taskgrouping.methods.sparse import (
     neighbour_affinity,
     sample_norms,
     silhouette_sparse,
+    sketch_rows,
     stored_count,
 )
 from taskgrouping.methods.swola import (
@@ -436,3 +437,101 @@ def test_the_sketch_estimate_takes_out_labels_only_one_task_has():
     back = NeighbourAffinity.from_table(aff.to_table())
     np.testing.assert_array_equal(back.row_norms, aff.row_norms)
     np.testing.assert_array_equal(back.labelled, aff.labelled)
+
+
+def _brute_scores(sk, sq, masks):
+    """The candidate score of every pair in float64 numpy, one pair at a time (no shared product)."""
+    t = len(sk)
+    out = np.full((t, t), np.inf)
+    for i in range(t):
+        for j in range(t):
+            if i == j:
+                continue
+            if sq is None:
+                out[i, j] = float(((sk[i] - sk[j]) ** 2).sum())
+                continue
+            both = masks[i] & masks[j]
+            if both.any():
+                only = float(sq[i][masks[i] & ~masks[j]].sum() + sq[j][masks[j] & ~masks[i]].sum())
+                out[i, j] = max(0.0, float(((sk[i] - sk[j]) ** 2).sum()) - only) / both.sum()
+    return out
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_candidate_lists_brought_up_to_date_are_those_computed_afresh(masked):
+    """Tasks added and removed against a kept base: the lists are each task's c nearest by brute force.
+
+    Only the new tasks' rows and the rows whose list named a removed task are searched.
+    """
+    from taskgrouping.methods.sparse import (
+        CandidateLists,
+        candidates,
+        canonical_rank,
+        update_candidates,
+    )
+
+    rng = np.random.default_rng(11 + masked)
+    t, n, c = 120, 30, 6
+    lab = rng.random((t + 4, n)) > (0.3 if masked else -1.0)
+    rows = torch.as_tensor(rng.standard_normal((t + 4, n, 4)) * lab[:, :, None])  # unlabelled samples are zero
+    sk = sketch_rows(rows.reshape(t + 4, -1).float(), 64, 0).numpy()
+    sq = sample_norms(rows, 2).numpy()
+    names = [f"task{i:03d}" for i in rng.permutation(t + 4)]
+    keys = [f"key-{x}" for x in names]
+    now = np.arange(t)  # the run: tasks 0..t-1; the base: all but 0..2, plus task t (removed since)
+    was = np.arange(3, t + 1)
+
+    def parts(rows):
+        m = torch.as_tensor(lab[rows])
+        return torch.as_tensor(sk[rows]), (torch.as_tensor(sq[rows]) if masked else None), m
+
+    b_sk, b_sq, b_m = parts(was)
+    b_idx, b_val = candidates(b_sk, b_sq, b_m, c, canonical_rank([names[i] for i in was]))
+    base = CandidateLists([keys[i] for i in was], b_idx, b_val, masked)
+    n_sk, n_sq, n_m = parts(now)
+    got, rows = update_candidates([keys[i] for i in now], n_sk, n_sq, n_m, c,
+                                  canonical_rank([names[i] for i in now]), base)
+    brute = _brute_scores(sk[now].astype(np.float64), sq[now] if masked else None, lab[now])
+    named_removed = sum(t in set(was[b_idx[r]]) for r in range(len(was)) if was[r] < t)
+    assert rows == 3 + named_removed < t  # the new tasks and the lists that named a removed one
+    rank = canonical_rank([names[i] for i in now])
+    for i in range(t):
+        want = set(np.lexsort((rank, brute[i]))[:c].tolist())
+        assert set(got.idx[i].tolist()) == want, i
+        np.testing.assert_allclose(got.score[i], brute[i, got.idx[i]], rtol=1e-4, atol=1e-4)
+    fresh, _ = update_candidates([keys[i] for i in now], n_sk, n_sq, n_m, c,
+                                 canonical_rank([names[i] for i in now]), None)
+    assert all(set(fresh.idx[i]) == set(got.idx[i]) for i in range(t))
+    # a base of the other score kind, or of another c, is not used
+    assert update_candidates([keys[i] for i in now], n_sk, n_sq, n_m, c, canonical_rank([names[i] for i in now]),
+                             CandidateLists(base.keys, b_idx, b_val, not masked))[1] == t
+
+
+def test_kept_candidate_lists_round_trip_and_the_best_base_is_chosen(tmp_path, caplog):
+    from taskgrouping.methods.sparse import CandidateLists
+    from taskgrouping.storage import Store
+    from taskgrouping.storage.integrity import checksum_path
+
+    st = Store(tmp_path)
+    rng = np.random.default_rng(3)
+
+    def lists(keys):
+        t = len(keys)
+        return CandidateLists(keys, rng.integers(0, t, (t, 4)), rng.random((t, 4)), False)
+
+    a = lists([f"k{i}" for i in range(10)])
+    b = lists([f"k{i}" for i in range(5, 30)])
+    st.add_candidate_lists("sk", a)
+    pb = st.add_candidate_lists("sk", b)
+    got = st.read_candidate_base("sk", [f"k{i}" for i in range(12)])  # shares 10 with a, 7 with b
+    assert got is not None and got.keys == a.keys and (got.idx == a.idx).all() and (got.score == a.score).all()
+    assert st.read_candidate_base("sk", ["other"]) is None
+    assert st.read_candidate_base("sk", [f"k{i}" for i in range(5, 12)]).keys == b.keys  # 7 shared against 5
+    pb.write_bytes(pb.read_bytes()[:-20])  # damaged: passed over (with its reason), the other one read
+    assert st.read_candidate_base("sk", [f"k{i}" for i in range(5, 12)]).keys == a.keys
+    assert "checksum mismatch" in caplog.text
+    for i in range(Store.CANDIDATE_LISTS_KEPT + 2):  # only the newest few are kept
+        st.add_candidate_lists("sk", lists([f"x{i}"]))
+    kept = sorted((tmp_path / "sketches" / "sk" / "lists").glob("*.arrow"))
+    assert len(kept) == Store.CANDIDATE_LISTS_KEPT and all(checksum_path(p).exists() for p in kept)
+    assert len(list((tmp_path / "sketches" / "sk" / "lists").glob("*.sha256"))) == Store.CANDIDATE_LISTS_KEPT

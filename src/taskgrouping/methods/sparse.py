@@ -218,17 +218,24 @@ class NeighbourAffinity:
 
         Unstored pairs count as in :func:`community_sums`.
         """
-        from taskgrouping.methods.base import positions
-
         if len(members) < 2:
             return float("nan")
-        idx = np.asarray(positions(self.tasks, members), np.int64)
+        at = self._index
+        try:
+            idx = np.array([at[m] for m in members], np.int64)
+        except KeyError as exc:
+            raise ValueError(f"{exc.args[0]!r} is not in the list") from None
         i, j = np.triu_indices(len(idx), 1)
         d, hit = self.pair_values(idx[i], idx[j])
         r = self.radius()
         within = np.where(hit, d, np.maximum(r[idx[i]], r[idx[j]])).mean()
         overall = self._mean_distance
         return float(within / overall) if overall > 0 else float("nan")
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        """Each task's position (built once: the report asks for a thousand groups' cohesion at 10,000 tasks)."""
+        return {t: i for i, t in enumerate(self.tasks)}
 
     @functools.cached_property
     def _mean_distance(self) -> float:
@@ -377,42 +384,162 @@ def sketch_rows(errors: torch.Tensor, width: int, seed: int, chunk: int = 256) -
     return out
 
 
+class _Scores:
+    """Each task pair's candidate score (mask-aware squared L2 estimate) for any block of rows.
+
+    One float32 product per block: ``[s, sq, m] . [-2 s, m, sq] = -2 s_i.s_j + sq_i.m_j + m_i.sq_j``,
+    so that with the offsets ``||s||^2 - sum(sq)`` it is ``||s_i - s_j||^2`` less the squared
+    norms of the samples only one task labels, divided by the shared labelled samples. A
+    task's score to itself, and to a task it shares no labelled sample with, is infinite.
+    """
+
+    def __init__(self, sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor) -> None:
+        import torch
+
+        s32 = sketch.float()
+        self.offset = (s32.double() ** 2).sum(dim=1)
+        self.mf: torch.Tensor | None = None
+        if sq is None:
+            self.left, self.right = s32, -2.0 * s32
+        else:
+            self.mf = masks.float()
+            sqf = sq.float()
+            self.left = torch.cat([s32, sqf, self.mf], dim=1)
+            self.right = torch.cat([-2.0 * s32, self.mf, sqf], dim=1)
+            self.offset = self.offset - sq.double().sum(dim=1)
+
+    def block(self, rows: np.ndarray, cols: np.ndarray | None = None) -> torch.Tensor:
+        """(len(rows), T or len(cols)) float64 scores of the tasks ``rows`` against every task (or ``cols``)."""
+        import torch
+
+        r = torch.as_tensor(rows, dtype=torch.long)
+        c = slice(None) if cols is None else torch.as_tensor(cols, dtype=torch.long)
+        d2 = (self.left[r] @ self.right[c].T).double().add_(self.offset[r, None]).add_(self.offset[None, c])
+        if self.mf is not None:
+            both = (self.mf[r] @ self.mf[c].T).double()
+            d2 = torch.where(both > 0, d2.clamp_min(0.0) / both.clamp_min(1.0), torch.full_like(d2, math.inf))
+        d2 = d2.clamp_min(0.0)
+        col_ids = torch.arange(self.left.shape[0]) if cols is None else torch.as_tensor(cols, dtype=torch.long)
+        d2[r[:, None] == col_ids[None, :]] = math.inf
+        return d2
+
+
 def candidates(sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor, c: int,
-               rank: np.ndarray) -> np.ndarray:
-    """(T, c) each task's c nearest others in sketch space (mask-aware mean squared L2 estimate).
+               rank: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each task's c nearest others in sketch space (mask-aware mean squared L2 estimate).
 
     Args:
         sketch: (T, w) :func:`sketch_rows`.
         sq: (T, n) each sample's squared row norm per task, or None when every label is present.
         masks: (T, n) bool labelled.
         rank: (T,) canonical position of each task (ties break by it, not by input order).
+        rows: the tasks whose lists are wanted (every task when None).
+
+    Returns:
+        ``(idx, score)``: (R, c) the partners, nearest first, and their scores
+        (:class:`_Scores`, without the tie-break), one row per task of ``rows``.
     """
     import torch
 
-    t = sketch.shape[0]
-    s32 = sketch.float()
-    offset = (s32.double() ** 2).sum(dim=1)
-    # one float32 product per block: [s, sq, m] . [-2 s, m, sq] = -2 s_i.s_j + sq_i.m_j + m_i.sq_j, so that with the
-    # offsets ||s||^2 - sum(sq) it is ||s_i - s_j||^2 less the squared norms of the samples only one task labels
-    if sq is None:
-        left, right, mf = s32, -2.0 * s32, None
-    else:
-        mf = masks.float()
-        sqf = sq.float()
-        left, right = torch.cat([s32, sqf, mf], dim=1), torch.cat([-2.0 * s32, mf, sqf], dim=1)
-        offset = offset - sq.double().sum(dim=1)
-    out = np.empty((t, c), np.int64)
+    scores = _Scores(sketch, sq, masks)
+    rows = np.arange(sketch.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    idx = np.empty((len(rows), c), np.int64)
+    val = np.empty((len(rows), c))
     tie = torch.as_tensor(rank, dtype=torch.float64) * 1e-12
-    for r in range(0, t, ROW_BLOCK):
-        rows = slice(r, min(t, r + ROW_BLOCK))
-        d2 = (left[rows] @ right.T).double().add_(offset[rows, None]).add_(offset[None, :])
-        if mf is not None:
-            both = (mf[rows] @ mf.T).double()
-            d2 = torch.where(both > 0, d2.clamp_min(0.0) / both.clamp_min(1.0), torch.full_like(d2, math.inf))
-        d2 = d2.clamp_min(0.0) + tie[None, :]
-        d2[torch.arange(rows.stop - rows.start), torch.arange(rows.start, rows.stop)] = math.inf
-        out[rows] = torch.topk(d2, c, dim=1, largest=False).indices.cpu().numpy()
-    return out
+    for r in range(0, len(rows), ROW_BLOCK):
+        block = rows[r : r + ROW_BLOCK]
+        d2 = scores.block(block)
+        top = torch.topk(d2 + tie[None, :], c, dim=1, largest=False).indices
+        idx[r : r + len(block)] = top.cpu().numpy()
+        val[r : r + len(block)] = torch.gather(d2, 1, top).cpu().numpy()
+    return idx, val
+
+
+@dataclass(frozen=True)
+class CandidateLists:
+    """Every task's sketch candidates, kept so that a run with a few tasks more recomputes only theirs.
+
+    Attributes:
+        keys: each row's probe key (a task whose labels change has another key).
+        idx: (T, c) each task's candidates (rows of ``keys``), nearest first.
+        score: (T, c) their scores (:class:`_Scores`, no tie-break).
+        masked: whether the scores are the mask-aware ones (some label missing in the run).
+    """
+
+    keys: list[str]
+    idx: np.ndarray
+    score: np.ndarray
+    masked: bool
+
+
+CANDIDATE_FRESH_MAX = 0.25
+"""Past this share of rows to recompute (new tasks, and lists naming a removed one), every list is recomputed."""
+
+
+def update_candidates(keys: Sequence[str], sketch: torch.Tensor, sq: torch.Tensor | None, masks: torch.Tensor,
+                      c: int, rank: np.ndarray, base: CandidateLists | None) -> tuple[CandidateLists, int]:
+    """The candidate lists of ``keys``: :func:`candidates` for every task, or ``base`` brought up to date.
+
+    With ``base`` (an earlier run's lists over other tasks, the same ``c`` and score kind),
+    only these rows are computed against every task: the new tasks', and those whose list
+    names a task no longer present. Every other list is the old one with each new task that
+    scores below its last entry merged in, so the lists are those a fresh computation gives
+    (a task's c nearest among the old ones and the new ones; a test), up to floating-point
+    near-ties: a new task's score to an old one is read from the new task's row. Returns
+    ``(lists, rows computed)``.
+    """
+    t = len(keys)
+    masked = sq is not None
+    usable = base is not None and base.idx.shape[1] == c and base.masked == masked
+    if not usable:
+        idx, val = candidates(sketch, sq, masks, c, rank)
+        return CandidateLists(list(keys), idx, val, masked), t
+    assert base is not None
+    pos = {k: i for i, k in enumerate(keys)}
+    to_now = np.array([pos.get(k, -1) for k in base.keys], np.int64)  # base row -> row now (-1: gone)
+    from_base = np.full(t, -1, np.int64)
+    from_base[to_now[to_now >= 0]] = np.flatnonzero(to_now >= 0)
+    old = np.flatnonzero(from_base >= 0)
+    lists = to_now[base.idx[from_base[old]]]
+    broken = (lists < 0).any(axis=1)
+    new = np.flatnonzero(from_base < 0)
+    fresh = np.union1d(new, old[broken])
+    if len(fresh) > CANDIDATE_FRESH_MAX * t:
+        idx, val = candidates(sketch, sq, masks, c, rank)
+        return CandidateLists(list(keys), idx, val, masked), t
+    idx = np.empty((t, c), np.int64)
+    val = np.empty((t, c))
+    if len(fresh):
+        idx[fresh], val[fresh] = candidates(sketch, sq, masks, c, rank, fresh)
+    keep = old[~broken]
+    kl, kv = lists[~broken], base.score[from_base[keep]]
+    idx[keep], val[keep] = kl, kv
+    if len(new) and len(keep):
+        scores = _Scores(sketch, sq, masks)
+        tie = rank.astype(np.float64) * 1e-12
+        last = (kv + tie[kl]).max(axis=1)  # each kept list's last entry, with the tie-break
+        ent_row, ent_new, ent_val = [], [], []
+        for r in range(0, len(new), ROW_BLOCK):
+            block = new[r : r + ROW_BLOCK]
+            d = scores.block(block, keep).cpu().numpy()  # (new, kept): a new task's score to each kept task
+            n_i, k_i = np.nonzero(d + tie[block][:, None] <= last[None, :])
+            ent_row.append(k_i)
+            ent_new.append(block[n_i])
+            ent_val.append(d[n_i, k_i])
+        er, en, ev = (np.concatenate(x) for x in (ent_row, ent_new, ent_val))
+        if len(er):  # the kept lists a new task enters: old entries and entrants, the c nearest kept
+            hit = np.unique(er)
+            at = np.full(len(keep), -1, np.int64)
+            at[hit] = np.arange(len(hit))
+            src = np.concatenate([np.repeat(np.arange(len(hit)), c), at[er]])
+            dst = np.concatenate([kl[hit].reshape(-1), en])
+            v = np.concatenate([kv[hit].reshape(-1), ev])
+            order = np.lexsort((rank[dst], v + tie[dst], src))
+            src, dst, v = src[order], dst[order], v[order]
+            first = np.searchsorted(src, np.arange(len(hit)))
+            take = first[:, None] + np.arange(c)[None, :]
+            idx[keep[hit]], val[keep[hit]] = dst[take], v[take]
+    return CandidateLists(list(keys), idx, val, masked), len(fresh)
 
 
 def exact_pairs(flat: torch.Tensor, norms: torch.Tensor, masks: torch.Tensor, i: np.ndarray, j: np.ndarray,
@@ -606,7 +733,7 @@ def candidate_pairs(tasks: Sequence[str], sketch: torch.Tensor, sq: torch.Tensor
     """Every unordered candidate pair ``(a, b)``, ``a < b``: each task's ``c`` nearest in sketch space."""
     t = len(tasks)
     c = max(stored_count(t), candidate_count(t)) if c is None else min(c, t - 1)
-    cand = candidates(sketch, None if bool(masks.all()) else sq, masks, c, canonical_rank(tasks))
+    cand, _ = candidates(sketch, None if bool(masks.all()) else sq, masks, c, canonical_rank(tasks))
     return unordered(np.repeat(np.arange(t), c), cand.reshape(-1), t)
 
 
@@ -661,13 +788,15 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
                              cached: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
                              k: int | None = None, c: int | None = None,
                              progress: Callable[[int], None] | None = None,
-                             rounds: int = REFINE_ROUNDS) -> tuple[NeighbourAffinity, dict[str, Any]]:
+                             rounds: int = REFINE_ROUNDS,
+                             lists: np.ndarray | None = None) -> tuple[NeighbourAffinity, dict[str, Any]]:
     """Steps 2-4 of the module docstring from every task's sketch; ``rows`` gives the exact rows asked for.
 
     Only the tasks of pairs missing from ``cached`` are asked for: adding one task to a
     store asks for it and its few candidates, not for every probe. After the candidates,
     ``rounds`` of :func:`refine_pairs` add exact pairs between each task and its
-    neighbours' neighbours.
+    neighbours' neighbours. ``lists``: every task's candidates (T, c), found already
+    (:func:`update_candidates`); else they are found here.
     """
     import time
 
@@ -676,7 +805,12 @@ def neighbours_from_sketches(tasks: list[str], sketch: torch.Tensor, sq: torch.T
     c = max(k, candidate_count(t) if c is None else min(c, t - 1))
     rank = canonical_rank(tasks)
     t0 = time.perf_counter()
-    a, b = candidate_pairs(tasks, sketch, sq, masks, c)
+    if lists is None:
+        a, b = candidate_pairs(tasks, sketch, sq, masks, c)
+    elif lists.shape != (t, c):
+        raise ValueError(f"candidate lists of shape {lists.shape}, expected {(t, c)}")
+    else:
+        a, b = unordered(np.repeat(np.arange(t), c), lists.reshape(-1), t)
     t_sketch = time.perf_counter() - t0
     t_exact = 0.0
     asked: set[int] = set()

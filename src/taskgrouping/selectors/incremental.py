@@ -116,7 +116,8 @@ def incremental_grouping(affinity: Any, previous: dict[str, Any], n_groups: int 
     if previous_affinity is None or previous_affinity.kind != affinity.kind:
         return None, full | {"reason": "the previous version's affinity is not in the store"}
     old = [t for t in tasks if t in keep]
-    if any(t not in previous_affinity.tasks for t in old):
+    then_tasks = set(previous_affinity.tasks)
+    if any(t not in then_tasks for t in old):
         return None, full | {"reason": "the previous version's affinity lacks some of its tasks"}
     sparse = getattr(affinity, "sparse", False)
     if sparse != getattr(previous_affinity, "sparse", False):

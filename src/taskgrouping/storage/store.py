@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -60,9 +61,11 @@ if TYPE_CHECKING:
     from taskgrouping.data.dataset import PreparedData
     from taskgrouping.methods.base import AffinityMatrix
     from taskgrouping.methods.pairs import PairCache
-    from taskgrouping.methods.sparse import NeighbourAffinity
+    from taskgrouping.methods.sparse import CandidateLists, NeighbourAffinity
     from taskgrouping.methods.swola import Probe
     from taskgrouping.selectors.base import Grouping
+
+log = logging.getLogger("taskgrouping")
 
 AFFINITY_SCHEMA = pa.schema(
     [
@@ -617,6 +620,71 @@ class Store:
             return [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros((0, 0), bool)
         sk, sq, lab = (np.concatenate(p) for p in parts)
         return keys, sk, sq, lab.astype(bool)
+
+    CANDIDATE_LISTS_KEPT = 4
+    """Candidate-list files kept per sketch key (the newest; each run writes one)."""
+
+    def add_candidate_lists(self, key: str, lists: CandidateLists) -> Path:
+        """Keep a run's sketch candidates (:class:`~taskgrouping.methods.sparse.CandidateLists`).
+
+        ``sketches/<key>/lists/<time>-<id>.arrow``, an uncompressed Arrow IPC file, one row per
+        probe key: ``idx`` (int32 x c, rows of this file), ``score`` (float64 x c); the schema's
+        metadata says whether the scores are mask-aware. Only the newest
+        :data:`CANDIDATE_LISTS_KEPT` are kept: a later run starts from the one sharing the most
+        tasks with it.
+        """
+        import uuid
+
+        t, c = lists.idx.shape
+        table = pa.table({
+            "key": pa.array(lists.keys, pa.string()),
+            "idx": pa.FixedSizeListArray.from_arrays(pa.array(lists.idx.astype(np.int32).reshape(-1), pa.int32()), c),
+            "score": pa.FixedSizeListArray.from_arrays(pa.array(lists.score.astype(np.float64).reshape(-1),
+                                                                pa.float64()), c),
+        }).replace_schema_metadata({"taskgrouping": json.dumps({"masked": lists.masked, "c": c})})
+        folder = self.root / "sketches" / key / "lists"
+        path = folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.arrow"
+        with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        for old in sorted(folder.glob("*.arrow"))[: -self.CANDIDATE_LISTS_KEPT]:
+            with contextlib.suppress(OSError):  # a concurrent run pruning the same file
+                old.unlink()
+                checksum_path(old).unlink(missing_ok=True)
+        return path
+
+    def read_candidate_base(self, key: str, keys: Sequence[str]) -> CandidateLists | None:
+        """The kept candidate lists sharing the most tasks with ``keys`` (fewest removed on a tie), or None.
+
+        A damaged or unreadable file is passed over (the lists are then computed afresh).
+        """
+        from taskgrouping.methods.sparse import CandidateLists
+
+        folder = self.root / "sketches" / key / "lists"
+        want = set(keys)
+        best: tuple[int, int] | None = None
+        chosen = None
+        for path in sorted(folder.glob("*.arrow"), reverse=True) if folder.is_dir() else []:
+            data = intact_bytes(path)
+            if data is None:
+                continue
+            try:
+                table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+                meta = json.loads((table.schema.metadata or {}).get(b"taskgrouping", b"{}"))
+                names = table.column("key").to_pylist()
+                shared = len(want.intersection(names))
+                score = (shared, shared - len(names))
+                if shared and (best is None or score > best):
+                    c = int(meta["c"])
+                    idx = table.column("idx").combine_chunks().values.to_numpy().reshape(len(names), c)
+                    val = table.column("score").combine_chunks().values.to_numpy().reshape(len(names), c)
+                    if idx.size and (idx.min() < 0 or idx.max() >= len(names)):
+                        raise ValueError("a candidate index outside the file")
+                    best, chosen = score, CandidateLists(names, idx.astype(np.int64), val.astype(np.float64),
+                                                         bool(meta["masked"]))
+            except (pa.ArrowInvalid, KeyError, ValueError, TypeError) as exc:
+                log.warning("candidate lists %s unreadable (%s); passed over", path, exc)
+        return chosen
 
     # --- pair cache ------------------------------------------------------------
     def pair_segments(self, key: str) -> list[Path]:

@@ -294,9 +294,12 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
         norms = torch.stack([parts[i][1] for i in idx.tolist()])
         return flat, norms
 
+    lists, rows_searched, search_seconds = candidate_lists(st, sk_key, names, probe_keys, sketch, sq, masks)
     cached = st.read_pairs(pairs_key)
     aff, new = neighbours_from_sketches(names, sketch, sq, masks, exact_rows, s.lr / s.trunks,
-                                        cached=lambda a, b: cached.lookup_pairs(probe_keys, a, b))
+                                        cached=lambda a, b: cached.lookup_pairs(probe_keys, a, b), lists=lists)
+    aff.info["candidate_rows"] = rows_searched
+    aff.info["seconds"]["sketch"] = round(aff.info["seconds"]["sketch"] + search_seconds, 3)
     held.clear()
     if len(new["a"]):
         st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, new["a"], new["b"], new["d"]))
@@ -306,6 +309,29 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     return {"path": str(path), "pairs_computed": int(len(new["a"])),
             "pairs_reused": int(new["pairs_exact"] - len(new["a"])), "pairs_exact": int(new["pairs_exact"]),
             "sparse": aff.info, "run_id": run_id}
+
+
+def candidate_lists(st: Store, sk_key: str, names: list[str], probe_keys: list[str], sketch: Any, sq: Any,
+                    masks: Any) -> tuple[np.ndarray, int, float]:
+    """Every task's sketch candidates, from the kept lists sharing the most tasks (only new rows searched), kept.
+
+    Returns ``(lists (T, c), rows searched against every task, seconds)``.
+    """
+    from taskgrouping.methods.sparse import (
+        candidate_count,
+        canonical_rank,
+        stored_count,
+        update_candidates,
+    )
+
+    t0 = time.perf_counter()
+    t = len(names)
+    c = max(stored_count(t), candidate_count(t))
+    base = st.read_candidate_base(sk_key, probe_keys)
+    lists, rows = update_candidates(probe_keys, sketch, None if bool(masks.all()) else sq, masks, c,
+                                    canonical_rank(names), base)
+    st.add_candidate_lists(sk_key, lists)
+    return lists.idx, rows, time.perf_counter() - t0
 
 
 def _probe_rows(st: Store, probe_keys: list[str], x: np.ndarray, s: SwolaSettings, seed: int,
