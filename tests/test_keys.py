@@ -43,3 +43,16 @@ def test_keys_are_equal_in_another_process():
             "print(keys.probe_key('data', 't', 'l', SwolaSettings(), 3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == keys.probe_key("data", "t", "l", SwolaSettings(), 3)
+
+
+def test_batched_keys_equal_the_single_ones():
+    """The keys of many tasks at once (the shared parts encoded once) are those made one by one."""
+    from taskgrouping.hashing import encoded, stable_hash
+    from taskgrouping.methods.swola import SwolaSettings
+
+    s = SwolaSettings(hidden=16, head_c=0.5)
+    fps = {"a": "fp1", "b": "fp2"}
+    assert keys.probe_keys("dk", fps, ["a", "b"], s, 3) == {t: keys.probe_key("dk", t, fps[t], s, 3) for t in fps}
+    assert keys.head_cv_keys("dk", fps, ["b"], s, 3) == {"b": keys.head_cv_key("dk", "b", "fp2", s, 3)}
+    part = {"z": 1, "a": [1.5, None]}
+    assert stable_hash("x", encoded(part), 2) == stable_hash("x", part, 2) != stable_hash("x", part, 3)

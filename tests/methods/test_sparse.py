@@ -535,3 +535,15 @@ def test_kept_candidate_lists_round_trip_and_the_best_base_is_chosen(tmp_path, c
     kept = sorted((tmp_path / "sketches" / "sk" / "lists").glob("*.arrow"))
     assert len(kept) == Store.CANDIDATE_LISTS_KEPT and all(checksum_path(p).exists() for p in kept)
     assert len(list((tmp_path / "sketches" / "sk" / "lists").glob("*.sha256"))) == Store.CANDIDATE_LISTS_KEPT
+
+
+def test_row_order_is_lexsort_with_ties():
+    """The packed-key sort against ``np.lexsort`` on values with many exact ties."""
+    from taskgrouping.methods.sparse import row_order
+
+    rng = np.random.default_rng(4)
+    for t, n in [(2, 1), (7, 40), (300, 5000), (5000, 200_000)]:
+        src = rng.integers(0, t, n)
+        tie = rng.permutation(max(t, n))[:n] % t
+        val = np.round(rng.random(n), 2)  # about a hundred distinct values: ties everywhere
+        np.testing.assert_array_equal(row_order(src, val, tie, t), np.lexsort((tie, val, src)))

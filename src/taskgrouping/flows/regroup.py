@@ -429,7 +429,7 @@ def _swola_affinity(run: _Run) -> _Affinity:
     head_c, scored = _head_c(run)
     settings = replace(cfg.swola, head_c=head_c)
     swola_settings = asdict(settings)
-    probe_keys = {t: keys.probe_key(run.data_key, t, run.label_fps[t], settings, cfg.seed) for t in run.names}
+    probe_keys = keys.probe_keys(run.data_key, run.label_fps, run.names, settings, cfg.seed)
     todo = [t for t in run.names if not store.has_probe(probe_keys[t])]
     batches = probe_batches(todo, cfg.workers if not cfg.dask_address else 8)
     if todo and _generic_trunk(run):  # sketched probes share the trunk's maps: computed once, before the batches
@@ -665,7 +665,7 @@ def _head_c(run: _Run) -> tuple[float | None, int]:
         return s.head_c, 0
     from taskgrouping.methods.heads import choose_c
 
-    cv_keys = {t: keys.head_cv_key(run.data_key, t, run.label_fps[t], s, run.cfg.seed) for t in run.names}
+    cv_keys = keys.head_cv_keys(run.data_key, run.label_fps, run.names, s, run.cfg.seed)
     stored = store.read_head_cv()
     todo = [t for t in run.names if cv_keys[t] not in stored]
     if todo:

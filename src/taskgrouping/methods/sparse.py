@@ -158,24 +158,45 @@ class NeighbourAffinity:
         community these are means of ``r`` and ``f``, so the cost stays one product
         (the same 1,000 tasks: 106 groups, ARI 0.84; dense 0.90).
         """
+        return self._estimate_rows(self._community_stats(codes), rows)
+
+    def _community_stats(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per community: mean sketch, mean squared sketch norm, and (masked) mean row norm and labelled share."""
         assert self.sketch is not None
         s = self.sketch.astype(np.float64)
         g = int(codes.max()) + 1
         sizes = np.bincount(codes, minlength=g).astype(np.float64)
         n2 = (s * s).sum(axis=1)
-        mu = np.zeros((g, s.shape[1]))
-        np.add.at(mu, codes, s)
-        mu /= sizes[:, None]
+        mu = np.stack([np.bincount(codes, weights=s[:, j], minlength=g) for j in range(s.shape[1])],
+                      axis=1).astype(np.float64) / sizes[:, None]
         q = np.bincount(codes, weights=n2, minlength=g) / sizes
+        if self.row_norms is None or self.labelled is None:
+            return s, n2, mu, q
+        rbar = np.bincount(codes, weights=self.row_norms, minlength=g) / sizes
+        fbar = np.bincount(codes, weights=self.labelled, minlength=g) / sizes
+        return s, n2, mu, q, rbar, fbar
+
+    def _estimate_rows(self, stats: tuple[np.ndarray, ...], rows: slice | None) -> np.ndarray:
+        """:meth:`estimate_to` for ``rows`` from :meth:`_community_stats`."""
+        s, n2, mu, q = stats[:4]
         sel = slice(None) if rows is None else rows
-        msq = n2[sel][:, None] - 2.0 * (s[sel] @ mu.T) + q[None, :]
-        if self.row_norms is not None and self.labelled is not None:
+        msq = s[sel] @ mu.T
+        msq *= -2.0
+        msq += n2[sel][:, None]
+        msq += q[None, :]
+        if len(stats) > 4:
+            assert self.row_norms is not None and self.labelled is not None
+            rbar, fbar = stats[4], stats[5]
             r, f = self.row_norms, self.labelled
-            rbar = np.bincount(codes, weights=r, minlength=g) / sizes
-            fbar = np.bincount(codes, weights=f, minlength=g) / sizes
-            msq = msq - r[sel][:, None] * (1.0 - fbar[None, :]) - rbar[None, :] * (1.0 - f[sel][:, None])
-            msq = np.clip(msq, 0.0, None) / np.maximum(f[sel][:, None] * fbar[None, :], 1e-12)
-        return np.clip(self._scale * np.sqrt(np.clip(msq, 0.0, None)) - self.offset, 0.0, None)
+            msq -= r[sel][:, None] * (1.0 - fbar[None, :])
+            msq -= rbar[None, :] * (1.0 - f[sel][:, None])
+            np.clip(msq, 0.0, None, out=msq)
+            msq /= np.maximum(f[sel][:, None] * fbar[None, :], 1e-12)
+        np.clip(msq, 0.0, None, out=msq)
+        np.sqrt(msq, out=msq)
+        msq *= self._scale
+        msq -= self.offset
+        return np.clip(msq, 0.0, None, out=msq)
 
     def radius(self) -> np.ndarray:
         """(T,) each task's distance to its last stored partner (what an unstored pair is at least)."""
@@ -656,6 +677,25 @@ def unordered(i: np.ndarray, j: np.ndarray, t: int) -> tuple[np.ndarray, np.ndar
     return code // t, code % t
 
 
+def row_order(src: np.ndarray, val: np.ndarray, tie: np.ndarray, t: int) -> np.ndarray:
+    """``np.lexsort((tie, val, src))`` (``src``, ``tie`` in [0, T)), as one sort of a packed integer key.
+
+    The key is ``src``, the value's position among the distinct values, then ``tie``,
+    in one int64 when their bits fit (up to about 100,000 tasks); three times faster than
+    ``lexsort`` (0.25 s against 0.8 s for 1.3 million entries).
+    """
+    n = len(val)
+    bits = max(1, int(t - 1).bit_length())
+    if not n or 2 * bits + max(1, int(n).bit_length()) > 62:
+        return np.lexsort((tie, val, src))
+    by_val = np.argsort(val)
+    sorted_val = val[by_val]
+    level = np.empty(n, np.int64)  # equal values share a level, so ties fall to ``tie``
+    level[by_val] = np.concatenate([[0], np.cumsum(sorted_val[1:] != sorted_val[:-1])])
+    key = (src.astype(np.int64) << (bits + int(n).bit_length())) | (level << bits) | tie.astype(np.int64)
+    return np.argsort(key, kind="stable")  # full ties (none when (src, tie) pairs are unique) in input order
+
+
 def nearest_lists(t: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, k: int,
                   rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(T, k) each task's k nearest among the pairs ``(a, b, d)`` (both directions), ties by ``rank``.
@@ -665,7 +705,7 @@ def nearest_lists(t: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, k: int,
     src = np.concatenate([a, b])
     dst = np.concatenate([b, a])
     val = np.concatenate([d, d])
-    order = np.lexsort((rank[dst], val, src))
+    order = row_order(src, val, rank[dst], t)
     src, dst, val = src[order], dst[order], val[order]
     start = np.searchsorted(src, np.arange(t))
     count = np.diff(np.append(start, len(src)))
@@ -965,6 +1005,44 @@ def fill_sums(r: np.ndarray, codes: np.ndarray, i: np.ndarray, c: np.ndarray) ->
     return out - np.where(codes[i] == c, r[i], 0.0)  # a task is not its own partner
 
 
+SILHOUETTE_BLOCK = 1024
+"""Tasks per block of :func:`_silhouette_in_blocks` (a block x communities array, reused)."""
+
+
+def _silhouette_in_blocks(aff: NeighbourAffinity, codes: np.ndarray, g: int) -> float:
+    """:func:`~taskgrouping.selectors.base.silhouette_from_sums` of :func:`community_sums`, block by block.
+
+    Each task's silhouette needs its own row of sums only, so the T x communities array
+    is never held: at 10,000 tasks in 1,000 groups that array's page faults and passes
+    took most of a second.
+    """
+    from taskgrouping.selectors.base import silhouette_values
+
+    t = len(codes)
+    sizes = np.bincount(codes, minlength=g).astype(np.float64)
+    a, b, d = aff.pairs()
+    src = np.concatenate([a, b])
+    order = np.argsort(src, kind="stable")
+    src = src[order]
+    dst_code = codes[np.concatenate([b, a])[order]]
+    dist = np.concatenate([d, d])[order]
+    stats = aff._community_stats(codes)
+    out = np.empty(t)
+    for start in range(0, t, SILHOUETTE_BLOCK):
+        stop = min(t, start + SILHOUETTE_BLOCK)
+        lo, hi = np.searchsorted(src, [start, stop])
+        where = (src[lo:hi] - start) * g + dst_code[lo:hi]
+        n = stop - start
+        total = np.bincount(where, weights=dist[lo:hi], minlength=n * g).reshape(n, g)
+        unstored = sizes[None, :] - np.bincount(where, minlength=n * g).reshape(n, g)
+        unstored[np.arange(n), codes[start:stop]] -= 1.0  # a task is not its own partner
+        np.clip(unstored, 0.0, None, out=unstored)
+        unstored *= aff._estimate_rows(stats, slice(start, stop))
+        unstored += total
+        out[start:stop] = silhouette_values(unstored, sizes, codes[start:stop])
+    return float(np.mean(np.nan_to_num(out)))
+
+
 def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
     """The silhouette of ``labels`` on the stored distances, unstored pairs as in :func:`community_sums`.
 
@@ -980,7 +1058,9 @@ def silhouette_sparse(aff: NeighbourAffinity, labels: np.ndarray) -> float:
     g = int(codes.max()) + 1 if t else 0
     if g < 2 or g >= t:
         return float("nan")
-    if g <= FULL_FILL_MAX or aff.sketch is not None:  # every community summed (as the chains score them)
+    if aff.sketch is not None:  # every community summed, a block of tasks at a time
+        return _silhouette_in_blocks(aff, codes, g)
+    if g <= FULL_FILL_MAX:  # every community summed (as the chains score them)
         from taskgrouping.selectors.base import silhouette_from_sums
 
         sums, sizes, codes = community_sums(aff, labels)

@@ -41,7 +41,10 @@ def evaluation_jobs(tasks: list[str], grouped: list[list[str]], served: dict[str
     partitions the tasks at random with the sizes of the served sets, a new partition
     per ``repeat`` (the control stands for random groupings, not for one of them).
     """
-    serves = [[t for t in tasks if served[t] == gi] for gi in range(len(grouped))]
+    serves: list[list[str]] = [[] for _ in grouped]
+    for t in tasks:  # one pass (a scan per group was 1 s at 10,000 tasks in 1,000 groups)
+        if 0 <= served[t] < len(serves):
+            serves[served[t]].append(t)
     if weights is None:
         grouped_jobs = [GroupJob(tuple(g), tuple(s), repeat=repeat) for g, s in zip(grouped, serves, strict=True)]
     else:

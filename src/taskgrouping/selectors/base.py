@@ -158,6 +158,11 @@ def silhouette_from_sums(sums: np.ndarray, sizes: np.ndarray, codes: np.ndarray)
     are ignored. A caller that merges clusters one pair at a time keeps ``sums`` up to
     date by adding two columns (the graph selector's average-linkage chains).
     """
+    return float(np.mean(np.nan_to_num(silhouette_values(sums, sizes, codes))))
+
+
+def silhouette_values(sums: np.ndarray, sizes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each item's silhouette (NaN where undefined) from its row of ``sums``: rows may be any block of items."""
     n = len(codes)
     own = sizes[codes]
     a = sums[np.arange(n), codes] / np.maximum(own - 1.0, 1.0)
@@ -168,7 +173,7 @@ def silhouette_from_sums(sums: np.ndarray, sizes: np.ndarray, codes: np.ndarray)
     with np.errstate(invalid="ignore", divide="ignore"):
         s = (b - a) / np.maximum(a, b)
     s[own == 1] = 0.0
-    return float(np.mean(np.nan_to_num(s)))
+    return s
 
 
 def adjusted_rand(truth: Sequence[object] | np.ndarray, found: Sequence[object] | np.ndarray) -> float:

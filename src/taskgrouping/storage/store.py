@@ -903,10 +903,12 @@ class Store:
 
     def write_groups(self, run_id: str, grouping: Grouping) -> Path:
         """``runs/<id>/groups.parquet``: one row per (group, task)."""
-        rows = [{"group": gi, "task": t, "served": grouping.served[t] == gi}
-                for gi, g in enumerate(grouping.groups) for t in g]
-        return atomic_write_table(self.run_dir(run_id) / "groups.parquet",
-                                  pa.Table.from_pylist(rows, schema=GROUPS_SCHEMA), GROUPS_SCHEMA)
+        group = [gi for gi, g in enumerate(grouping.groups) for _ in g]
+        task = [t for g in grouping.groups for t in g]
+        served = [grouping.served[t] == gi for t, gi in zip(task, group, strict=True)]
+        table = pa.table({"group": pa.array(group, pa.int32()), "task": pa.array(task, pa.string()),
+                          "served": pa.array(served, pa.bool_())})
+        return atomic_write_table(self.run_dir(run_id) / "groups.parquet", table, GROUPS_SCHEMA)
 
     def write_neighbours(self, run_id: str, rows: list[dict[str, Any]]) -> Path:
         """``runs/<id>/neighbours.parquet`` (:data:`NEIGHBOURS_SCHEMA`)."""
