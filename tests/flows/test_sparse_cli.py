@@ -48,6 +48,9 @@ def test_sparse_run_then_one_more_task(prefect_api, tmp_path, capsys):
     assert second["pairs"]["sketched"] == 1 and second["pairs"]["rows_read"] <= second["counts"]["pairs_computed"] + 1 < 101
     # only the rows of the pairs it computes, not every probe
     assert len(list((store / "sketches").rglob("*.parquet"))) == 2
+    # the kept candidate lists: only the new task's row is searched against every task
+    assert first["pairs"]["candidate_rows"] == 100 and second["pairs"]["candidate_rows"] == 1
+    assert len(list((store / "sketches").rglob("lists/*.arrow"))) == 2
 
     fresh = _run(capsys, "--store", str(tmp_path / "fresh"), "--pairs", "sparse")  # all 101 from scratch
     from taskgrouping.storage import Store

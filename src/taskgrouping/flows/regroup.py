@@ -521,7 +521,8 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
     """The sparse step's work on the user's Dask cluster (``--dask-address``): sketch steps, then pair tiles.
 
     1. Probes without a stored sketch are sketched in steps of :data:`SKETCH_BATCH`.
-    2. Here: every task's candidates from the sketches; the pairs not in the pair cache.
+    2. Here: every task's candidates from the sketches (the kept lists brought up to
+       date, :func:`~taskgrouping.tasks.steps.candidate_lists`); the pairs not in the pair cache.
     3. Those pairs in tiles of two row bands (:data:`ROW_BAND` tasks each), one step per tile,
        each appending its pairs to the cache. A lost worker costs its tile: Dask sends it
        to another worker, and the tiles already done stay in the cache.
@@ -536,11 +537,11 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
     from taskgrouping.methods.sparse import (
         REFINE_PARTNERS,
         REFINE_ROUNDS,
-        candidate_pairs,
         canonical_rank,
         refine_pairs,
+        unordered,
     )
-    from taskgrouping.tasks.steps import sketch_step, sketch_table
+    from taskgrouping.tasks.steps import candidate_lists, sketch_step, sketch_table
 
     cfg, store = run.cfg, run.store
     sk_key = keys.sketch_key(pairs_key)
@@ -564,7 +565,8 @@ def _sparse_on_cluster(run: _Run, ordered: list[list[str]], settings: dict[str, 
     if len(missing):
         raise RuntimeError(f"sketch: {len(missing)} sketches are missing after their steps finished (first: ML task "
                            f"{names[missing[0]]!r}); is the store on a file system every worker sees?")
-    a, b = candidate_pairs(names, sketch, sq, masks)
+    lists, _, _ = candidate_lists(store, sk_key, names, probe_keys, sketch, sq, masks)  # kept lists brought up to date
+    a, b = unordered(np.repeat(np.arange(len(names)), lists.shape[1]), lists.reshape(-1), len(names))
     rank = canonical_rank(names)
     t0 = time.perf_counter()
     todo_a, todo_b = a, b

@@ -276,17 +276,18 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
         sketch[missing], sq[missing], masks[missing] = sk.cpu(), sq_m.cpu(), m.cpu()
         del errors
 
+    parts: dict[int, tuple[Any, Any]] = {}  # rows read so far: each probe is read once a run, not once a round
+
     def exact_rows(idx: np.ndarray) -> tuple[Any, Any]:
-        """The rows asked for: held ones (this run's new probes), the others read now."""
+        """The rows asked for: held ones (this run's new probes), the others read now or earlier this run."""
         if len(held) and len(held["idx"]) == t:
             return held["flat"], held["norms"]  # every row is in memory already: all of them, no copy
         pos_held = {int(v): j for j, v in enumerate(held["idx"])} if held else {}
-        read = [i for i in idx.tolist() if i not in pos_held]
-        parts: dict[int, tuple[Any, Any]] = {}
+        read = [i for i in idx.tolist() if i not in pos_held and i not in parts]
         if read:
             e, nr, _ = _probe_rows(st, [probe_keys[i] for i in read], x, s, seed, device)
             fr = e.view(len(read), -1)
-            parts = {i: (fr[j], nr[j]) for j, i in enumerate(read)}
+            parts.update({i: (fr[j], nr[j]) for j, i in enumerate(read)})
         for i in idx.tolist():
             if i in pos_held:
                 parts[i] = (held["flat"][pos_held[i]], held["norms"][pos_held[i]])
@@ -301,6 +302,7 @@ def _sparse_affinity(st: Store, dataset_key: str, names: list[str], probe_keys: 
     aff.info["candidate_rows"] = rows_searched
     aff.info["seconds"]["sketch"] = round(aff.info["seconds"]["sketch"] + search_seconds, 3)
     held.clear()
+    parts.clear()
     if len(new["a"]):
         st.add_pairs(pairs_key, PairCache().with_pairs(probe_keys, new["a"], new["b"], new["d"]))
         faults.reached(st.root, "affinity")
