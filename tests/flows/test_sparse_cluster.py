@@ -67,6 +67,9 @@ def test_pair_tiles_survive_a_killed_worker(prefect_api, tmp_path, capsys, monke
         # the killed worker had written its tile before it died; run again elsewhere, nothing else was redone
         segments = list((store / "pairs").rglob("*.parquet"))
         assert len(segments) == cluster["tiles"] + 1
+        # the candidate lists: searched once on the flow's side, kept once (the affinity step found them kept)
+        assert summary["pairs"]["candidate_rows"] == 0
+        assert len(list((store / "sketches").rglob("lists/*.arrow"))) == 1
         # the same lists as one process computes on a fresh store
         rc = main(["run", "--data", DATA, "--store", str(tmp_path / "local"), *FAST])
         local = json.loads(capsys.readouterr().out)

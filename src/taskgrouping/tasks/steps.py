@@ -332,7 +332,8 @@ def candidate_lists(st: Store, sk_key: str, names: list[str], probe_keys: list[s
     base = st.read_candidate_base(sk_key, probe_keys)
     lists, rows = update_candidates(probe_keys, sketch, None if bool(masks.all()) else sq, masks, c,
                                     canonical_rank(names), base)
-    st.add_candidate_lists(sk_key, lists)
+    if base is None or rows or base.keys != lists.keys:  # the same tasks again (the cluster path, then the
+        st.add_candidate_lists(sk_key, lists)           # affinity step): the kept file already holds these lists
     return lists.idx, rows, time.perf_counter() - t0
 
 
